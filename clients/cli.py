@@ -1,0 +1,80 @@
+"""`webconf`: the one command for operators and meeting clients (DESIGN §7).
+
+Operator commands (`init`, `serve`, `user`) belong to the server wings and are imported
+only when used, so the client commands stay usable from a client-only install and the
+client wing never touches the server's internals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# command -> (module, add-arguments function, run function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "init": ("conferencing.deploy", "add_init_arguments", "run_init",
+             "write a new deployment (PKI, keys, webconf.toml, var/)"),
+    "serve": ("conferencing.serve", "add_serve_arguments", "run_serve",
+              "run the deployment's servers; prints 'ready' when they accept connections"),
+}
+OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "user": ("focus.directory", "add_user_arguments", "run_user",
+             "manage the tenant directory (webconf user add DIR alice@contoso.example)"),
+    "join": ("clients.commands", "add_join_arguments", "run_join",
+             "join a conference and save every shared item"),
+    "share": ("clients.commands", "add_share_arguments", "run_share",
+              "join, upload files with a progress bar, leave"),
+    "fetch": ("clients.commands", "add_fetch_arguments", "run_fetch",
+              "join, download and decrypt items, leave"),
+    "demo": ("clients.demo", "add_demo_arguments", "run_demo",
+             "a whole verified meeting in a temp directory"),
+    "loadtest": ("clients.loadtest", "add_loadtest_arguments", "run_loadtest",
+                 "simulated meetings with a latency/throughput report"),
+}
+
+
+def _load(spec: tuple[str, str, str, str]) -> tuple[Callable[..., Any], Callable[..., int]] | None:
+    module_name, add_name, run_name, _ = spec
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+    add, run = getattr(module, add_name, None), getattr(module, run_name, None)
+    if add is None or run is None:
+        return None
+    return add, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="webconf", description="Self-hostable web conferencing content server with a "
+        "SIP conference focus.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, spec in {**COMMANDS, **OPTIONAL_COMMANDS}.items():
+        loaded = _load(spec)
+        if loaded is None:
+            continue
+        add, run = loaded
+        cmd = sub.add_parser(name, help=spec[3], description=spec[3])
+        add(cmd)
+        cmd.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print("webconf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

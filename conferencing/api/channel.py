@@ -1,0 +1,120 @@
+"""The data channel: a WebSocket per participant that pushes items and their keys.
+
+Server -> client (JSON text frames): `welcome` (every current item with its key), then
+`item.shared`, `item.removed`, `participant.joined`, `participant.left`, `revoked`,
+`conference.ended`, and `pong` replies. Client -> server: only `{"type": "ping"}`.
+Abuse closes the socket: binary frames, invalid JSON, unknown types or a message flood get
+1008 (policy violation); an oversized frame gets 1009 (aiohttp enforces `max_msg_size`).
+A revoked or ended participant gets its final event and then a close; a cookie that
+expires closes the channel at `exp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..events import Subscription
+from ..service import ServiceError
+from .public import METRICS, SERVICE, authenticate
+
+CHANNELS = web.AppKey("channels", set)
+FLOOD_WINDOW_SECONDS = 1.0
+FLOOD_MAX_MESSAGES = 20
+CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
+
+
+async def channel(request: web.Request) -> web.StreamResponse:
+    who = await authenticate(request)
+    service = request.app[SERVICE]
+    cfg = service.cfg.wcs
+    if service.events.count(who.conference_id, who.participant_id) >= (
+            cfg.max_channels_per_participant):
+        raise ServiceError("too_many_requests", "too many data channels for this participant")
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=cfg.max_channel_message_bytes,
+                               autoping=True)
+    if not ws.can_prepare(request).ok:
+        raise ServiceError("bad_request", "expected a WebSocket upgrade")
+    # Subscribe before reading the item list so no share can fall between the two.
+    sub = service.events.subscribe(who.conference_id, who.participant_id)
+    metrics = request.app[METRICS]
+    request.app[CHANNELS].add(ws)
+    metrics.active_channels.inc()
+    try:
+        await ws.prepare(request)
+        items = await service.items_with_keys(who)
+        await ws.send_str(json.dumps({
+            "type": "welcome", "conference": who.conference_id,
+            "participant": who.participant_id, "role": who.role, "items": items}))
+        send_lock = asyncio.Lock()
+        sender = asyncio.create_task(_pump_events(ws, sub, send_lock, who.claims.expires_at))
+        try:
+            await _read_client(ws, send_lock)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    finally:
+        sub.unsubscribe()
+        request.app[CHANNELS].discard(ws)
+        metrics.active_channels.dec()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: asyncio.Lock,
+                       expires_at: int) -> None:
+    while True:
+        timeout = max(0.0, expires_at - time.time())
+        try:
+            message = await asyncio.wait_for(sub.next(), timeout=timeout)
+        except TimeoutError:
+            await ws.close(code=CLOSE_REVOKED, message=b"cookie expired")
+            return
+        if message is None:
+            reason = sub.close_reason
+            if reason == "conference.ended":
+                await ws.close(code=WSCloseCode.OK, message=b"conference ended")
+            elif reason == "revoked":
+                await ws.close(code=CLOSE_REVOKED, message=b"revoked")
+            elif sub.overflowed:
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
+            else:
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            return
+        async with lock:
+            await ws.send_str(message)
+
+
+async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock) -> None:
+    window_start = time.monotonic()
+    count = 0
+    async for msg in ws:
+        now = time.monotonic()
+        if now - window_start > FLOOD_WINDOW_SECONDS:
+            window_start, count = now, 0
+        count += 1
+        if count > FLOOD_MAX_MESSAGES:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"message flood")
+            return
+        if msg.type == WSMsgType.TEXT:
+            try:
+                data = json.loads(msg.data)
+            except ValueError:
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid JSON")
+                return
+            if not isinstance(data, dict) or data.get("type") != "ping":
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unknown message")
+                return
+            async with lock:
+                await ws.send_str(json.dumps({"type": "pong"}))
+        elif msg.type == WSMsgType.BINARY:
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"binary frames refused")
+            return
+        elif msg.type == WSMsgType.ERROR:
+            return

@@ -1,0 +1,90 @@
+"""JSON errors and per-request accounting, as aiohttp middlewares.
+
+Every error leaves as `{"error": {"code", "message"}}` with the right status, whatever
+raised it: a `ServiceError`, an aiohttp HTTP exception (unknown route, wrong method, body
+too large), or a bug (500, logged with a traceback, never with request secrets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..metrics import Metrics
+from ..service import ServiceError
+
+log = logging.getLogger("webconf.wcs.http")
+
+STATUS_BY_CODE = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "range_not_satisfiable": 416,
+    "too_many_requests": 429,
+    "internal": 500,
+    "unavailable": 503,
+}
+CODE_BY_STATUS = {status: code for code, status in STATUS_BY_CODE.items()}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, message: str, *, code: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"code": code or CODE_BY_STATUS.get(status, "error"), "message": message}}
+    resp = web.json_response(body, status=status, headers=headers)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="webconf", error="invalid_token"'
+    return resp
+
+
+def route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def make_middlewares(metrics: Metrics | None) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except ServiceError as exc:
+            status = STATUS_BY_CODE.get(exc.code, 500)
+            return json_error(status, exc.message, code=exc.code)
+        except web.HTTPException as exc:
+            status = exc.status
+            if status < 400:
+                raise
+            headers = {}
+            if "Allow" in exc.headers:
+                headers["Allow"] = exc.headers["Allow"]
+            message = exc.reason if exc.status != 413 else "request body too large"
+            return json_error(status, message, headers=headers)
+        except (ConnectionResetError, TimeoutError) as exc:
+            status = 499
+            raise web.HTTPBadRequest() from exc
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, route_name(request))
+            return json_error(500, "internal server error")
+        finally:
+            if metrics is not None:
+                metrics.requests.labels(request.method, route_name(request), str(status)).inc()
+            log.info(json.dumps({
+                "event": "http", "method": request.method, "route": route_name(request),
+                "status": status, "ms": round((time.perf_counter() - started) * 1000, 2),
+                "peer": request.remote}))
+
+    return [errors]

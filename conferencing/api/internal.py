@@ -1,0 +1,88 @@
+"""Internal API (DESIGN §7), served only on the mTLS listener the focus reaches.
+
+The TLS layer has already required a client certificate from the deployment CA; these
+handlers trust the caller to have authenticated the SIP user and applied join policy.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..service import ServiceError, valid_id
+from .public import SERVICE
+
+MAX_BODY = 16 * 1024
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ServiceError("too_large", "request body too large")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ServiceError("too_large", "request body too large")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ServiceError("bad_request", "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ServiceError("bad_request", "body must be a JSON object")
+    return data
+
+
+def _conference_id(request: web.Request) -> str:
+    conference_id = request.match_info["conf"]
+    if not valid_id(conference_id):
+        raise ServiceError("bad_request", "invalid conference id")
+    return conference_id
+
+
+async def admit_participant(request: web.Request) -> web.Response:
+    conference_id = _conference_id(request)
+    body = await _json_body(request)
+    fields = {}
+    for name in ("tenant", "organizer", "user"):
+        value = body.get(name)
+        if not isinstance(value, str):
+            raise ServiceError("bad_request", f"{name} must be a string")
+        fields[name] = value
+    role = body.get("role", "attendee")
+    if not isinstance(role, str):
+        raise ServiceError("bad_request", "role must be a string")
+    admission = await request.app[SERVICE].admit_participant(
+        conference_id, tenant=fields["tenant"], organizer=fields["organizer"],
+        user=fields["user"], role=role)
+    return web.json_response({
+        "conference": admission.conference_id, "participant": admission.participant_id,
+        "role": admission.role, "cookie": admission.cookie, "expires_at": admission.expires_at,
+        "webconf_url": admission.webconf_url}, status=201)
+
+
+async def revoke_participant(request: web.Request) -> web.Response:
+    conference_id = _conference_id(request)
+    pid = request.match_info["pid"]
+    if not valid_id(pid) or not await request.app[SERVICE].revoke_participant(
+            conference_id, pid):
+        raise ServiceError("not_found", "unknown participant")
+    return web.Response(status=204)
+
+
+async def end_conference(request: web.Request) -> web.Response:
+    conference_id = _conference_id(request)
+    if not await request.app[SERVICE].end_conference(conference_id):
+        raise ServiceError("not_found", "unknown conference")
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    base = "/internal/v1/conferences/{conf}"
+    app.router.add_post(f"{base}/participants", admit_participant)
+    app.router.add_delete(f"{base}/participants/{{pid}}", revoke_participant)
+    app.router.add_delete(base, end_conference)
+    app.router.add_get("/internal/v1/healthz", healthz)

@@ -1,0 +1,181 @@
+"""Public HTTPS API (DESIGN §4): items, keys, ciphertext downloads, health, metrics.
+
+Handlers parse HTTP, call the service, and shape the response. Downloads stream the blob
+in ~1 MiB chunks through a `StreamResponse` (FileResponse measured 8x slower over TLS).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..metrics import PROMETHEUS_CONTENT_TYPE, Metrics
+from ..service import ConferenceService, Principal, ServiceError, b64url, valid_id
+from .errors import json_error
+
+SERVICE = web.AppKey("service", ConferenceService)
+METRICS = web.AppKey("metrics", Metrics)
+AUTH_COOKIE = "webconf_auth"
+READ_SIZE = 64 * 1024
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(AUTH_COOKIE)
+
+
+async def authenticate(request: web.Request) -> Principal:
+    conference_id = request.match_info["conf"]
+    if not valid_id(conference_id):
+        raise ServiceError("not_found", "unknown conference")
+    return await request.app[SERVICE].authenticate(bearer_token(request), conference_id)
+
+
+async def upload_item(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    service = request.app[SERVICE]
+    limit = service.cfg.wcs.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ServiceError("too_large", f"upload exceeds {limit} bytes")
+    raw_name = request.headers.get("X-Item-Name")
+    if raw_name is None:
+        raise ServiceError("bad_request", "X-Item-Name header is required")
+    try:
+        name = unquote(raw_name, errors="strict")
+    except UnicodeDecodeError:
+        raise ServiceError("bad_request", "X-Item-Name must be percent-encoded UTF-8") from None
+    content_type = request.headers.get("Content-Type", "application/octet-stream")
+    sha256 = request.headers.get("X-Content-SHA256")
+    metrics = request.app[METRICS]
+
+    async def body() -> AsyncIterator[bytes]:
+        async for chunk in request.content.iter_chunked(READ_SIZE):
+            metrics.bytes_in.inc(len(chunk))
+            yield chunk
+
+    item = await service.share_item(who, name=name, content_type=content_type, body=body(),
+                                     max_bytes=limit, sha256=sha256)
+    metrics.items_shared.inc()
+    return web.json_response({"item": item}, status=201, headers={"Location": item["url"]})
+
+
+async def list_items(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    items = await request.app[SERVICE].list_items(who)
+    return web.json_response({"conference": who.conference_id, "items": items})
+
+
+async def item_key(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    key = await request.app[SERVICE].item_key(who, request.match_info["item"])
+    return web.json_response(
+        {"key": b64url(key.dek), "context": b64url(key.context)},
+        headers={"Cache-Control": "no-store"})
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    who = await authenticate(request)
+    await request.app[SERVICE].delete_item(who, request.match_info["item"])
+    return web.Response(status=204)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One `bytes=` range as (start, end_exclusive); None means serve the whole blob.
+
+    Raises ServiceError(range_not_satisfiable) for a malformed or unsatisfiable range.
+    Multiple ranges are answered with the whole representation (RFC 9110 §14.2 allows it).
+    """
+    header = header.strip()
+    if not header.lower().startswith("bytes="):
+        return None  # unknown unit: ignore the header
+    if "," in header:
+        return None
+    m = _RANGE_RE.match(header.replace(" ", ""))
+    if m is None or (m.group(1) == "" and m.group(2) == ""):
+        raise ServiceError("range_not_satisfiable", "malformed Range header")
+    first, last = m.group(1), m.group(2)
+    if len(first) > 19 or len(last) > 19:
+        raise ServiceError("range_not_satisfiable", "Range out of bounds")
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise ServiceError("range_not_satisfiable", "empty suffix range")
+        return max(0, size - suffix), size
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or (last != "" and int(last) < start):
+        raise ServiceError("range_not_satisfiable", "Range not satisfiable")
+    return start, end + 1
+
+
+async def item_content(request: web.Request) -> web.StreamResponse:
+    who = await authenticate(request)
+    service = request.app[SERVICE]
+    blob = await service.item_blob(who, request.match_info["item"])
+    headers = {
+        "ETag": blob.etag,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "Cache-Control": "private, no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
+    inm = request.headers.get("If-None-Match")
+    if inm is not None and (inm.strip() == "*" or blob.etag in [t.strip() for t in inm.split(",")]):
+        return web.Response(status=304, headers=headers)
+    span: tuple[int, int] | None = None
+    range_header = request.headers.get("Range")
+    if_range = request.headers.get("If-Range")
+    if range_header is not None and (if_range is None or if_range.strip() == blob.etag):
+        try:
+            span = parse_range(range_header, blob.size)
+        except ServiceError as exc:
+            return json_error(416, exc.message, headers={
+                "Content-Range": f"bytes */{blob.size}", **headers})
+    start, end = span if span is not None else (0, blob.size)
+    resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+    resp.content_length = end - start
+    if span is not None:
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{blob.size}"
+    await resp.prepare(request)
+    if request.method == "HEAD" or end == start:
+        await resp.write_eof()
+        return resp
+    metrics = request.app[METRICS]
+    chunk_size = service.cfg.wcs.download_chunk_bytes
+    async for chunk in service.share.read(blob.blob_id, start, end - start, chunk_size):
+        await resp.write(chunk)
+        metrics.bytes_out.inc(len(chunk))
+    await resp.write_eof()
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    resp = web.Response(body=metrics.render())
+    resp.headers["Content-Type"] = PROMETHEUS_CONTENT_TYPE
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    from .channel import channel
+
+    base = "/v1/conferences/{conf}"
+    app.router.add_post(f"{base}/items", upload_item)
+    app.router.add_get(f"{base}/items", list_items)
+    app.router.add_get(f"{base}/items/{{item}}/key", item_key)
+    app.router.add_get(f"{base}/items/{{item}}/content", item_content)
+    app.router.add_delete(f"{base}/items/{{item}}", delete_item)
+    app.router.add_get(f"{base}/channel", channel)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)

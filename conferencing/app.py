@@ -1,0 +1,173 @@
+"""The WCS process: two HTTPS listeners over one service.
+
+- public (8443): the DESIGN §4 API, server-authenticated TLS;
+- internal (8444): the DESIGN §7 API, TLS that requires a client certificate from the
+  deployment CA (so only the focus reaches it).
+
+`python -m conferencing DIR` runs it in the foreground, prints `wcs ready ...` once both
+listeners accept connections, and on SIGTERM/SIGINT stops accepting, closes data channels,
+drains in-flight requests (up to `wcs.shutdown_grace_seconds`) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from . import keys, tls
+from .api import internal, public
+from .api.channel import CHANNELS
+from .api.errors import make_middlewares
+from .config import Config, load_config
+from .cookies import CookieAuthority
+from .events import EventHub
+from .metrics import Metrics
+from .service import ConferenceService
+from .share import FileShare
+from .store import Store
+
+log = logging.getLogger("webconf.wcs")
+
+
+def build_public_app(service: ConferenceService, metrics: Metrics) -> web.Application:
+    app = web.Application(middlewares=make_middlewares(metrics), client_max_size=64 * 1024)
+    app[public.SERVICE] = service
+    app[public.METRICS] = metrics
+    app[CHANNELS] = set()
+    public.add_routes(app)
+
+    async def close_channels(app: web.Application) -> None:
+        service.events.close_all("shutdown")
+        for ws in list(app[CHANNELS]):
+            await ws.close(code=1001, message=b"server shutting down")
+
+    app.on_shutdown.append(close_channels)
+    return app
+
+
+def build_internal_app(service: ConferenceService) -> web.Application:
+    app = web.Application(middlewares=make_middlewares(None), client_max_size=64 * 1024)
+    app[public.SERVICE] = service
+    internal.add_routes(app)
+    return app
+
+
+@dataclass
+class WcsServer:
+    """A running WCS: start() binds both listeners, stop() drains and closes."""
+
+    cfg: Config
+    service: ConferenceService | None = None
+    runners: list[web.AppRunner] = field(default_factory=list)
+    https_port: int = 0
+    internal_port: int = 0
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        store = await Store.open(cfg.store_url)
+        share = FileShare(cfg.share_dir)
+        share.prepare()
+        cookie_keys = keys.load_cookie_keys(cfg)
+        cookies = CookieAuthority(cookie_keys, cfg.keys.cookie_signing_kid,
+                                  ttl_seconds=cfg.wcs.cookie_ttl_seconds)
+        metrics = Metrics()
+        self.service = ConferenceService(
+            cfg, store, share, cookies, keys.load_root_keys(cfg),
+            EventHub(queue_length=cfg.wcs.channel_queue_length), metrics)
+        swept = await self.service.sweep_share()
+        if swept["temp"] or swept["orphan"]:
+            log.info(json.dumps({"event": "share.sweep", **swept}))
+        grace = cfg.wcs.shutdown_grace_seconds
+        public_runner = web.AppRunner(build_public_app(self.service, metrics), access_log=None,
+                                      shutdown_timeout=grace, max_field_size=8190)
+        internal_runner = web.AppRunner(build_internal_app(self.service), access_log=None,
+                                        shutdown_timeout=grace)
+        for runner in (public_runner, internal_runner):
+            await runner.setup()
+            self.runners.append(runner)
+        public_site = web.TCPSite(
+            public_runner, cfg.server.host, cfg.wcs.https_port,
+            ssl_context=tls.server_context(cfg, "wcs"), backlog=1024, shutdown_timeout=grace)
+        await public_site.start()
+        self.https_port = _bound_port(public_runner)
+        if cfg.wcs.https_port == 0:
+            cfg.wcs.https_port = self.https_port
+        internal_site = web.TCPSite(
+            internal_runner, cfg.server.host, cfg.wcs.internal_port,
+            ssl_context=tls.server_context(cfg, "wcs", require_client_cert=True),
+            backlog=1024, shutdown_timeout=grace)
+        await internal_site.start()
+        self.internal_port = _bound_port(internal_runner)
+        if cfg.wcs.internal_port == 0:
+            cfg.wcs.internal_port = self.internal_port
+
+    async def stop(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+        if self.service is not None:
+            await self.service.store.close()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    addresses = runner.addresses
+    return int(addresses[-1][1])
+
+
+def configure_logging(component: str) -> None:
+    """One JSON object per line on stderr; secrets never reach a log call."""
+
+    class JsonLines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            msg = record.getMessage()
+            line = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                    "component": component, "logger": record.name}
+            if msg.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    line.update(json.loads(msg))
+                    msg = ""
+            if msg:
+                line["msg"] = msg
+            if record.exc_info:
+                line["exc"] = self.formatException(record.exc_info)
+            return json.dumps(line)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve_forever(cfg: Config) -> None:
+    server = WcsServer(cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"wcs ready https={cfg.public_url} internal={cfg.internal_url}", flush=True)
+    await stop.wait()
+    log.info(json.dumps({"event": "shutdown", "phase": "draining"}))
+    await server.stop()
+    log.info(json.dumps({"event": "shutdown", "phase": "done"}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m conferencing DIR", file=sys.stderr)
+        return 2
+    configure_logging("wcs")
+    cfg = load_config(Path(args[0]))
+    asyncio.run(serve_forever(cfg))
+    return 0

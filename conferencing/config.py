@@ -1,0 +1,244 @@
+"""One deployment, one TOML file.
+
+`DIR/webconf.toml` describes a deployment; every setting can also be overridden by an
+environment variable `WEBCONF_<SECTION>_<KEY>` (for example `WEBCONF_WCS_HTTPS_PORT=9443`),
+which is how tests and containers adjust a deployment without rewriting the file.
+Relative paths in the file are relative to the deployment directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+CONFIG_NAME = "webconf.toml"
+
+
+@dataclass
+class ServerSection:
+    host: str = "127.0.0.1"
+    """Address every listener binds to (loopback by default)."""
+    public_host: str = ""
+    """Host name clients use to reach us; defaults to `host`."""
+
+
+@dataclass
+class WcsSection:
+    https_port: int = 8443
+    internal_port: int = 8444
+    public_url: str = ""
+    """URL handed to clients in the join result; defaults to https://public_host:https_port."""
+    max_upload_bytes: int = 2 * 1024**3
+    max_item_name_bytes: int = 1024
+    cookie_ttl_seconds: int = 12 * 3600
+    max_channels_per_participant: int = 4
+    max_channel_message_bytes: int = 4096
+    channel_queue_length: int = 256
+    download_chunk_bytes: int = 1024 * 1024
+    max_connections: int = 10_000
+    shutdown_grace_seconds: float = 10.0
+    retain_content_on_end: bool = False
+
+
+@dataclass
+class FocusSection:
+    sip_port: int = 5061
+    tcp_port: int = 0
+    """Plain-TCP SIP listener for deployments behind a TLS-terminating SBC; 0 = off."""
+    tcp_host: str = "127.0.0.1"
+    digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
+    md5_only_user_agents: list[str] = field(default_factory=lambda: ["baresip"])
+    nonce_lifetime_seconds: int = 300
+    leave_grace_seconds: float = 30.0
+    header_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 900.0
+    max_connections: int = 20_000
+    max_connections_per_source: int = 2_000
+    max_message_bytes: int = 65536
+    wcs_timeout_seconds: float = 5.0
+
+
+@dataclass
+class StoreSection:
+    url: str = "sqlite+aiosqlite:///var/webconf.db"
+    """SQLAlchemy async URL; a relative sqlite path is relative to the deployment dir."""
+
+
+@dataclass
+class ShareSection:
+    path: str = "var/share"
+
+
+@dataclass
+class KeysSection:
+    dir: str = "keys"
+    root_key_version: int = 1
+    cookie_signing_kid: str = "k1"
+
+
+@dataclass
+class TenantsSection:
+    domains: list[str] = field(default_factory=lambda: ["contoso.example"])
+
+
+@dataclass
+class Config:
+    """A whole deployment's settings, with paths resolved against `base_dir`."""
+
+    base_dir: Path
+    server: ServerSection = field(default_factory=ServerSection)
+    wcs: WcsSection = field(default_factory=WcsSection)
+    focus: FocusSection = field(default_factory=FocusSection)
+    store: StoreSection = field(default_factory=StoreSection)
+    share: ShareSection = field(default_factory=ShareSection)
+    keys: KeysSection = field(default_factory=KeysSection)
+    tenants: TenantsSection = field(default_factory=TenantsSection)
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def certs_dir(self) -> Path:
+        return self.base_dir / "certs"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self._resolve(self.keys.dir)
+
+    @property
+    def var_dir(self) -> Path:
+        return self.base_dir / "var"
+
+    @property
+    def share_dir(self) -> Path:
+        return self._resolve(self.share.path)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @property
+    def public_host(self) -> str:
+        return self.server.public_host or self.server.host
+
+    @property
+    def public_url(self) -> str:
+        if self.wcs.public_url:
+            return self.wcs.public_url.rstrip("/")
+        host = self.public_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.wcs.https_port}"
+
+    @property
+    def internal_url(self) -> str:
+        host = self.server.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.wcs.internal_port}"
+
+    @property
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path made absolute."""
+        url = self.store.url
+        prefix = "sqlite+aiosqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            return prefix + str(self._resolve(url[len(prefix):]))
+        return url
+
+    def _resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.base_dir / p
+
+    # -- (de)serialisation --------------------------------------------------
+    def to_toml(self) -> str:
+        doc: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "base_dir":
+                continue
+            section = getattr(self, f.name)
+            doc[f.name] = {sf.name: getattr(section, sf.name) for sf in fields(section)}
+        return tomli_w.dumps(doc)
+
+    def write(self) -> Path:
+        path = self.base_dir / CONFIG_NAME
+        path.write_text(self.to_toml())
+        return path
+
+
+_SECTIONS = {
+    "server": ServerSection,
+    "wcs": WcsSection,
+    "focus": FocusSection,
+    "store": StoreSection,
+    "share": ShareSection,
+    "keys": KeysSection,
+    "tenants": TenantsSection,
+}
+
+
+class ConfigError(Exception):
+    """The deployment's configuration is missing or invalid."""
+
+
+def _coerce(value: Any, like: Any, name: str) -> Any:
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false",
+                                                         "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+    if isinstance(like, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
+    if isinstance(like, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if isinstance(like, list):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        raise ConfigError(f"{name}: expected a list, got {value!r}")
+    return str(value)
+
+
+def load_config(base_dir: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> Config:
+    """Read `DIR/webconf.toml` and apply `WEBCONF_<SECTION>_<KEY>` overrides."""
+    base = Path(base_dir).resolve()
+    path = base / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no {CONFIG_NAME} in {base} (run `webconf init {base}` first)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    env = dict(os.environ) if env is None else env
+    cfg = Config(base_dir=base)
+    for section_name, cls in _SECTIONS.items():
+        section = cls()
+        values = raw.get(section_name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section_name}] must be a table")
+        known = {f.name for f in fields(section)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(f"unknown setting {section_name}.{key}")
+        for f in fields(section):
+            name = f"{section_name}.{f.name}"
+            default = getattr(section, f.name)
+            if f.name in values:
+                setattr(section, f.name, _coerce(values[f.name], default, name))
+            env_key = f"WEBCONF_{section_name}_{f.name}".upper()
+            if env_key in env:
+                setattr(section, f.name, _coerce(env[env_key], default, env_key))
+        setattr(cfg, section_name, section)
+    return cfg

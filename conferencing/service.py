@@ -1,0 +1,388 @@
+"""Conference service: the one place that ties store, share, keys, cookies and events.
+
+HTTP handlers call these functions with already-parsed input; they hold no SQL and no
+crypto. Everything here raises `ServiceError` with a stable `code` that the API layer maps
+to a status. Order of effects is chosen for crash safety:
+
+- share: ciphertext to a temp file -> fsync -> rename -> fsync dir -> metadata row
+  (wrapped DEK) -> push. A crash at any point leaves either nothing or an orphan blob the
+  startup sweep removes; never a row without its blob, never a key without its blob.
+- delete: row (wrapped DEK) first, then the blob: the item is crypto-shredded the moment
+  the row is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import Config
+from .cookies import CookieAuthority, CookieClaims, CookieError
+from .crypto import keywrap
+from .crypto.cobblestone import Encryptor, item_context
+from .events import EventHub
+from .metrics import Metrics
+from .share import FileShare, ShareError
+from .store import ConferenceRow, ItemRow, ParticipantRow, Store
+
+ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}"
+                             r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"\\]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+UPLOADERS = ("organizer", "presenter")
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `code` is one of the keys of `STATUS_BY_CODE`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated participant, bound to one conference of one tenant."""
+
+    claims: CookieClaims
+
+    @property
+    def conference_id(self) -> str:
+        return self.claims.conference_id
+
+    @property
+    def tenant(self) -> str:
+        return self.claims.tenant
+
+    @property
+    def participant_id(self) -> str:
+        return self.claims.participant_id
+
+    @property
+    def role(self) -> str:
+        return self.claims.role
+
+
+@dataclass(frozen=True)
+class Admission:
+    participant_id: str
+    role: str
+    cookie: str
+    expires_at: str
+    webconf_url: str
+    conference_id: str
+
+
+@dataclass(frozen=True)
+class ItemKey:
+    dek: bytes
+    context: bytes
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    blob_id: str
+    size: int
+    etag: str
+
+
+def valid_id(value: str) -> bool:
+    return bool(ID_RE.match(value))
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class ConferenceService:
+    def __init__(self, cfg: Config, store: Store, share: FileShare, cookies: CookieAuthority,
+                 root_keys: dict[int, bytes], events: EventHub, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.share = share
+        self.cookies = cookies
+        self.root_keys = root_keys
+        self.root_key_version = cfg.keys.root_key_version
+        self.events = events
+        self.metrics = metrics
+        self._tenant_keys: dict[tuple[str, int], bytes] = {}
+
+    # -- tenant keys ----------------------------------------------------------------
+    async def _tenant_key(self, tenant: str, version: int | None = None) -> tuple[bytes, int]:
+        """The unwrapped tenant key (current version unless given), creating the tenant."""
+        if version is not None and (tenant, version) in self._tenant_keys:
+            return self._tenant_keys[(tenant, version)], version
+        row = await self.store.tenant_key(tenant, version)
+        if row is None and version is None:
+            fresh = keywrap.new_key()
+            wrapped = keywrap.wrap_tenant_key(
+                self.root_keys[self.root_key_version], fresh, tenant=tenant,
+                tenant_key_version=1, root_key_version=self.root_key_version)
+            await self.store.create_tenant(tenant, wrapped, self.root_key_version, time.time())
+            row = await self.store.tenant_key(tenant)
+        if row is None:
+            raise ServiceError("not_found", "unknown tenant key")
+        cached = self._tenant_keys.get((tenant, row.version))
+        if cached is not None:
+            return cached, row.version
+        root = self.root_keys.get(row.root_key_version)
+        if root is None:
+            raise ServiceError("unavailable", "root key version not loaded")
+        started = time.perf_counter()
+        key = keywrap.unwrap_tenant_key(root, row.wrapped_key, tenant=tenant,
+                                        tenant_key_version=row.version,
+                                        root_key_version=row.root_key_version)
+        self.metrics.decrypt_seconds.observe(time.perf_counter() - started)
+        self._tenant_keys[(tenant, row.version)] = key
+        return key, row.version
+
+    # -- participants (internal API) ----------------------------------------------------
+    async def admit_participant(self, conference_id: str, *, tenant: str, organizer: str,
+                                user: str, role: str) -> Admission:
+        if not valid_id(conference_id):
+            raise ServiceError("bad_request", "invalid conference id")
+        for name, value in (("tenant", tenant), ("organizer", organizer), ("user", user)):
+            if not value or len(value) > 512:
+                raise ServiceError("bad_request", f"invalid {name}")
+        if role not in ("attendee", "presenter", "organizer"):
+            raise ServiceError("bad_request", "invalid role")
+        await self._tenant_key(tenant)
+        now = time.time()
+        conf = await self.store.conference(conference_id)
+        if conf is None:
+            if user != organizer:
+                raise ServiceError("not_found", "unknown conference")
+            conf = await self.store.create_conference(ConferenceRow(
+                id=conference_id, tenant=tenant, organizer=organizer, created_at=now,
+                ended_at=None))
+        if conf.tenant != tenant:
+            raise ServiceError("forbidden", "conference belongs to another tenant")
+        if conf.organizer != organizer:
+            raise ServiceError("not_found", "unknown conference")
+        if conf.ended_at is not None:
+            if user != conf.organizer:
+                raise ServiceError("not_found", "conference has ended")
+            await self.store.reopen_conference(conference_id)
+        effective_role = "organizer" if user == conf.organizer else (
+            role if role in ("attendee", "presenter") else "attendee")
+        pid = secrets.token_urlsafe(12)
+        cookie, claims = self.cookies.mint(
+            sub=f"sip:{user}", tenant=tenant, conference_id=conference_id, participant_id=pid,
+            role=effective_role, now=now)
+        await self.store.add_participant(ParticipantRow(
+            id=pid, conference_id=conference_id, tenant=tenant, user=user, role=effective_role,
+            jti=claims.jti, joined_at=now, expires_at=float(claims.expires_at), left_at=None))
+        self.events.publish(conference_id, {"type": "participant.joined", "participant": {
+            "id": pid, "user": user, "role": effective_role}})
+        return Admission(participant_id=pid, role=effective_role, cookie=cookie,
+                         expires_at=rfc3339(claims.expires_at), webconf_url=self.cfg.public_url,
+                         conference_id=conference_id)
+
+    async def revoke_participant(self, conference_id: str, participant_id: str) -> bool:
+        """Revoke the participant's cookie and close its channels; False if unknown."""
+        p = await self.store.revoke_participant(conference_id, participant_id, time.time())
+        if p is None:
+            existing = await self.store.participant(participant_id)
+            return existing is not None and existing.conference_id == conference_id
+        self.events.publish(conference_id, {"type": "revoked", "reason": "left"},
+                            participant_id=participant_id, final=True)
+        self.events.publish(conference_id, {"type": "participant.left", "participant": {
+            "id": p.id, "user": p.user, "role": p.role}})
+        return True
+
+    async def end_conference(self, conference_id: str) -> bool:
+        conf = await self.store.conference(conference_id)
+        if conf is None:
+            return False
+        await self.store.end_conference(conference_id, time.time())
+        if not await self.store.tenant_retains_content(conf.tenant):
+            for row in await self.store.delete_items(conference_id):
+                await self.share.remove(row.blob_id)
+        self.events.publish(conference_id, {"type": "conference.ended"}, final=True)
+        return True
+
+    # -- authentication -------------------------------------------------------------
+    async def authenticate(self, token: str | None, conference_id: str) -> Principal:
+        if not token:
+            raise ServiceError("unauthorized", "missing cookie")
+        try:
+            claims = self.cookies.verify(token, conference_id=conference_id)
+        except CookieError as exc:
+            code = "forbidden" if exc.reason == "token is for another conference" else (
+                "unauthorized")
+            raise ServiceError(code, exc.reason) from None
+        state = await self.store.cookie_state(claims.jti, conference_id)
+        if state.revoked:
+            raise ServiceError("unauthorized", "cookie revoked")
+        if state.conference_tenant is None:
+            raise ServiceError("unauthorized", "unknown conference")
+        if not secrets.compare_digest(state.conference_tenant.encode(), claims.tenant.encode()):
+            raise ServiceError("forbidden", "conference belongs to another tenant")
+        if state.conference_ended:
+            raise ServiceError("unauthorized", "conference has ended")
+        return Principal(claims)
+
+    # -- items -------------------------------------------------------------------
+    async def share_item(self, who: Principal, *, name: str, content_type: str,
+                         body: AsyncIterator[bytes], max_bytes: int,
+                         sha256: str | None = None) -> dict[str, Any]:
+        """Encrypt `body` while it streams in, store the blob, record and push the item."""
+        if who.role not in UPLOADERS:
+            raise ServiceError("forbidden", "only presenters and the organizer may share")
+        name = _check_name(name, self.cfg.wcs.max_item_name_bytes)
+        if not CONTENT_TYPE_RE.match(content_type):
+            raise ServiceError("bad_request", "invalid Content-Type")
+        if sha256 is not None and not SHA256_RE.match(sha256):
+            raise ServiceError("bad_request", "X-Content-SHA256 must be 64 lowercase hex digits")
+        item_id = secrets.token_urlsafe(12)
+        dek = keywrap.new_key()
+        context = item_context(who.tenant, who.conference_id, item_id)
+        encryptor = Encryptor(dek, context)
+        writer = await self.share.create()
+        plaintext_size = 0
+        encrypt_seconds = 0.0
+        try:
+            async for chunk in body:
+                plaintext_size += len(chunk)
+                if plaintext_size > max_bytes:
+                    raise ServiceError("too_large", f"upload exceeds {max_bytes} bytes")
+                started = time.perf_counter()
+                out = encryptor.update(chunk)
+                encrypt_seconds += time.perf_counter() - started
+                await writer.write(out)
+            await writer.write(encryptor.finalize())
+            await writer.commit()
+        except BaseException:
+            await writer.abort()
+            raise
+        finally:
+            self.metrics.encrypt_seconds.observe(encrypt_seconds)
+        tenant_key, tenant_key_version = await self._tenant_key(who.tenant)
+        now = time.time()
+        row = ItemRow(
+            id=item_id, conference_id=who.conference_id, tenant=who.tenant,
+            presenter_pid=who.participant_id, presenter=who.claims.sub, blob_id=writer.blob_id,
+            wrapped_dek=keywrap.wrap_dek(tenant_key, dek, tenant=who.tenant,
+                                         conference_id=who.conference_id, item_id=item_id,
+                                         tenant_key_version=tenant_key_version),
+            tenant_key_version=tenant_key_version,
+            sealed_name=keywrap.seal_item_field(dek, "name", name, context=context),
+            sealed_content_type=keywrap.seal_item_field(dek, "content_type", content_type,
+                                                        context=context),
+            sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
+                dek, "sha256", sha256, context=context),
+            plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
+        try:
+            await self.store.insert_item(row)
+        except BaseException:
+            await self.share.remove(writer.blob_id)
+            raise
+        view = self._item_view(row, dek, context)
+        self.events.publish(who.conference_id, {
+            "type": "item.shared", "item": view, "key": b64url(dek), "context": b64url(context)})
+        return view
+
+    async def list_items(self, who: Principal) -> list[dict[str, Any]]:
+        views = []
+        for row in await self.store.items(who.conference_id):
+            key = await self._unwrap(row)
+            views.append(self._item_view(row, key.dek, key.context))
+        return views
+
+    async def items_with_keys(self, who: Principal) -> list[dict[str, Any]]:
+        """Every current item with its key, for the channel's `welcome`."""
+        out = []
+        for row in await self.store.items(who.conference_id):
+            key = await self._unwrap(row)
+            out.append({"item": self._item_view(row, key.dek, key.context),
+                        "key": b64url(key.dek), "context": b64url(key.context)})
+        return out
+
+    async def item_key(self, who: Principal, item_id: str) -> ItemKey:
+        return await self._unwrap(await self._item(who, item_id))
+
+    async def item_blob(self, who: Principal, item_id: str) -> BlobRef:
+        row = await self._item(who, item_id)
+        try:
+            size = await self.share.size(row.blob_id)
+        except ShareError:
+            raise ServiceError("not_found", "item content missing from the share") from None
+        return BlobRef(blob_id=row.blob_id, size=size, etag=f'"{row.blob_id}"')
+
+    async def delete_item(self, who: Principal, item_id: str) -> None:
+        if who.role not in UPLOADERS:
+            raise ServiceError("forbidden", "only presenters and the organizer may delete")
+        row = await self._item(who, item_id)
+        if who.role != "organizer" and row.presenter_pid != who.participant_id:
+            raise ServiceError("forbidden", "presenters may delete only their own items")
+        deleted = await self.store.delete_item(who.conference_id, item_id)
+        if deleted is None:
+            raise ServiceError("not_found", "unknown item")
+        await self.share.remove(deleted.blob_id)
+        self.events.publish(who.conference_id, {"type": "item.removed", "item": {"id": item_id}})
+
+    async def _item(self, who: Principal, item_id: str) -> ItemRow:
+        if not valid_id(item_id):
+            raise ServiceError("not_found", "unknown item")
+        row = await self.store.item(who.conference_id, item_id)
+        if row is None or row.tenant != who.tenant:
+            raise ServiceError("not_found", "unknown item")
+        return row
+
+    async def _unwrap(self, row: ItemRow) -> ItemKey:
+        tenant_key, _ = await self._tenant_key(row.tenant, row.tenant_key_version)
+        started = time.perf_counter()
+        try:
+            dek = keywrap.unwrap_dek(tenant_key, row.wrapped_dek, tenant=row.tenant,
+                                     conference_id=row.conference_id, item_id=row.id,
+                                     tenant_key_version=row.tenant_key_version)
+        except keywrap.KeyWrapError:
+            raise ServiceError("internal", "item key failed to unwrap") from None
+        finally:
+            self.metrics.decrypt_seconds.observe(time.perf_counter() - started)
+        return ItemKey(dek=dek, context=item_context(row.tenant, row.conference_id, row.id))
+
+    def _item_view(self, row: ItemRow, dek: bytes, context: bytes) -> dict[str, Any]:
+        base = f"{self.cfg.public_url}/v1/conferences/{row.conference_id}/items/{row.id}"
+        view: dict[str, Any] = {
+            "id": row.id,
+            "name": keywrap.open_item_field(dek, "name", row.sealed_name, context=context),
+            "content_type": keywrap.open_item_field(dek, "content_type",
+                                                    row.sealed_content_type, context=context),
+            "size": row.plaintext_size,
+            "ciphertext_size": row.ciphertext_size,
+            "presenter": row.presenter,
+            "created_at": rfc3339(row.created_at),
+            "url": f"{base}/content",
+            "key_url": f"{base}/key",
+        }
+        if row.sealed_sha256 is not None:
+            view["sha256"] = keywrap.open_item_field(dek, "sha256", row.sealed_sha256,
+                                                     context=context)
+        return view
+
+    # -- housekeeping -----------------------------------------------------------------
+    async def sweep_share(self, min_age_seconds: float = 0.0) -> dict[str, int]:
+        known = await self.store.blob_ids()
+        return await asyncio.to_thread(self.share.sweep, known, min_age_seconds=min_age_seconds)
+
+
+def _check_name(name: str, max_bytes: int) -> str:
+    if not name or len(name.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ServiceError("bad_request", "item name is empty or too long")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise ServiceError("bad_request", "item name contains control characters")
+    return name
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+

@@ -1,0 +1,195 @@
+"""The file share: ciphertext blobs under opaque names.
+
+Layout: `<root>/ab/cd/<32 hex>` where the name is 128 random bits; temp files are
+`<root>/.tmp/<32 hex>.part`. Nothing on the share names a tenant, conference or file, and
+only Cobblestone ciphertext is ever written here.
+
+Commit protocol (DESIGN §6): write the temp file, fsync it, rename it into place, fsync the
+blob's directory; only then does the caller commit the metadata row. A crash before the
+rename leaves a temp file, a crash after it leaves a blob without a row: the startup sweep
+removes both. Blocking file calls run in a worker thread so the event loop never waits on
+the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+BLOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+TMP_DIR = ".tmp"
+WRITE_BUFFER = 1024 * 1024
+
+
+class ShareError(Exception):
+    """A blob is missing or the share is unusable."""
+
+
+def new_blob_id() -> str:
+    return secrets.token_hex(16)
+
+
+class BlobWriter:
+    """Buffered writer of one blob's ciphertext into a temp file, committed atomically."""
+
+    def __init__(self, share: FileShare, blob_id: str, file: BinaryIO, tmp_path: Path) -> None:
+        self.share = share
+        self.blob_id = blob_id
+        self._file = file
+        self._tmp_path = tmp_path
+        self._buffer = bytearray()
+        self.size = 0
+        self._done = False
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._buffer += data
+        self.size += len(data)
+        if len(self._buffer) >= WRITE_BUFFER:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._buffer:
+            chunk = bytes(self._buffer)
+            self._buffer.clear()
+            await asyncio.to_thread(self._file.write, chunk)
+
+    async def commit(self) -> None:
+        """Flush, fsync, rename into place and fsync the directory."""
+        await self._flush()
+        final = self.share.blob_path(self.blob_id)
+
+        def _commit() -> None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(self._tmp_path, final)
+            _fsync_dir(final.parent)
+
+        await asyncio.to_thread(_commit)
+        self._done = True
+
+    async def abort(self) -> None:
+        """Drop the temp file; safe to call more than once."""
+        if self._done:
+            return
+        self._done = True
+
+        def _abort() -> None:
+            try:
+                self._file.close()
+            finally:
+                self._tmp_path.unlink(missing_ok=True)
+
+        await asyncio.to_thread(_abort)
+
+
+class FileShare:
+    """A directory (local disk or a shared NFS/SMB mount) holding ciphertext blobs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / TMP_DIR
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.tmp_dir.mkdir(exist_ok=True, mode=0o700)
+
+    def blob_path(self, blob_id: str) -> Path:
+        if not BLOB_ID_RE.match(blob_id):
+            raise ShareError("invalid blob id")
+        return self.root / blob_id[:2] / blob_id[2:4] / blob_id
+
+    async def create(self) -> BlobWriter:
+        blob_id = new_blob_id()
+        tmp_path = self.tmp_dir / f"{blob_id}.part"
+
+        def _open() -> BinaryIO:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return os.fdopen(fd, "wb", buffering=0)
+
+        file = await asyncio.to_thread(_open)
+        return BlobWriter(self, blob_id, file, tmp_path)
+
+    async def size(self, blob_id: str) -> int:
+        try:
+            st = await asyncio.to_thread(os.stat, self.blob_path(blob_id))
+        except FileNotFoundError:
+            raise ShareError("blob missing") from None
+        return st.st_size
+
+    async def read(self, blob_id: str, offset: int = 0, length: int | None = None,
+                   chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """Stream `length` bytes of the blob from `offset`, `chunk_size` at a time."""
+        path = self.blob_path(blob_id)
+        try:
+            file = await asyncio.to_thread(open, path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise ShareError("blob missing") from None
+        try:
+            if offset:
+                await asyncio.to_thread(file.seek, offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                data = await asyncio.to_thread(file.read, want)
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+        finally:
+            await asyncio.to_thread(file.close)
+
+    async def remove(self, blob_id: str) -> None:
+        path = self.blob_path(blob_id)
+
+        def _remove() -> None:
+            path.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
+
+        await asyncio.to_thread(_remove)
+
+    def sweep(self, known_blob_ids: Iterable[str], *, min_age_seconds: float = 0.0) -> dict[str, int]:
+        """Remove temp files and blobs without a metadata row (run at startup).
+
+        `min_age_seconds` spares files younger than that, for a share used by several nodes
+        where another node may be between its rename and its row commit.
+        """
+        known = set(known_blob_ids)
+        cutoff = time.time() - min_age_seconds
+        removed = {"temp": 0, "orphan": 0}
+        if self.tmp_dir.is_dir():
+            for entry in self.tmp_dir.iterdir():
+                if entry.is_file() and entry.stat().st_mtime <= cutoff:
+                    entry.unlink(missing_ok=True)
+                    removed["temp"] += 1
+        for first in self.root.iterdir() if self.root.is_dir() else ():
+            if first.name == TMP_DIR or not first.is_dir():
+                continue
+            for second in first.iterdir():
+                if not second.is_dir():
+                    continue
+                for blob in second.iterdir():
+                    if blob.name in known:
+                        continue
+                    if blob.stat().st_mtime <= cutoff:
+                        blob.unlink(missing_ok=True)
+                        removed["orphan"] += 1
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,99 @@
+"""Tables of the metadata store.
+
+Portable SQLAlchemy Core only (SQLite embedded, PostgreSQL for scale-out): no
+dialect-specific types or SQL. Timestamps are UNIX seconds as floats, which compare the
+same way everywhere. Nothing here holds a plaintext key, file name or content type: keys
+are wrapped, names and types are sealed under a key derived from the item's DEK.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("current_key_version", Integer, nullable=False),
+    Column("retain_content", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+)
+
+tenant_keys = Table(
+    "tenant_keys",
+    metadata,
+    Column("tenant", String(255), ForeignKey("tenants.domain"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("root_key_version", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+conferences = Table(
+    "conferences",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(255), ForeignKey("tenants.domain"), nullable=False),
+    Column("organizer", String(512), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("conference_id", String(64), ForeignKey("conferences.id"), nullable=False),
+    Column("tenant", String(255), nullable=False),
+    Column("user", String(512), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("jti", String(64), nullable=False, unique=True),
+    Column("joined_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("left_at", Float, nullable=True),
+    Index("ix_participants_conference", "conference_id"),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("conference_id", String(64), ForeignKey("conferences.id"), nullable=False),
+    Column("tenant", String(255), nullable=False),
+    Column("presenter_pid", String(64), nullable=False),
+    Column("presenter", String(512), nullable=False),
+    Column("blob_id", String(32), nullable=False),
+    Column("wrapped_dek", LargeBinary, nullable=False),
+    Column("tenant_key_version", Integer, nullable=False),
+    Column("sealed_name", LargeBinary, nullable=False),
+    Column("sealed_content_type", LargeBinary, nullable=False),
+    Column("sealed_sha256", LargeBinary, nullable=True),
+    Column("plaintext_size", BigInteger, nullable=False),
+    Column("ciphertext_size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("blob_id", name="uq_items_blob"),
+    Index("ix_items_conference", "conference_id"),
+)
+
+revoked_cookies = Table(
+    "revoked_cookies",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("revoked_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

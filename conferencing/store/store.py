@@ -1,0 +1,327 @@
+"""The metadata store: conferences, participants, items, tenant keys, revocations.
+
+A thin typed layer over SQLAlchemy Core (async). It knows rows, not HTTP and not crypto:
+everything it stores is already wrapped or sealed by the service layer. Only portable SQL
+is used so the same code runs on SQLite (embedded) and PostgreSQL (scale-out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, event, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .schema import conferences, items, metadata, participants, revoked_cookies, tenant_keys, tenants
+
+
+@dataclass(frozen=True)
+class TenantKeyRow:
+    tenant: str
+    version: int
+    wrapped_key: bytes
+    root_key_version: int
+
+
+@dataclass(frozen=True)
+class ConferenceRow:
+    id: str
+    tenant: str
+    organizer: str
+    created_at: float
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class ParticipantRow:
+    id: str
+    conference_id: str
+    tenant: str
+    user: str
+    role: str
+    jti: str
+    joined_at: float
+    expires_at: float
+    left_at: float | None
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    id: str
+    conference_id: str
+    tenant: str
+    presenter_pid: str
+    presenter: str
+    blob_id: str
+    wrapped_dek: bytes
+    tenant_key_version: int
+    sealed_name: bytes
+    sealed_content_type: bytes
+    sealed_sha256: bytes | None
+    plaintext_size: int
+    ciphertext_size: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class CookieState:
+    """What a cookie check needs to know, read in one query."""
+
+    revoked: bool
+    conference_tenant: str | None
+    conference_ended: bool
+
+
+def _row(cls: Any, row: Any) -> Any:
+    return cls(**dict(row._mapping))
+
+
+class Store:
+    """Async access to the metadata database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str, *, create: bool = True) -> Store:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        engine = create_async_engine(url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        if create:
+            async with engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- tenants ---------------------------------------------------------------
+    async def tenant_key(self, tenant: str, version: int | None = None) -> TenantKeyRow | None:
+        """The tenant's wrapped key: the given version, or the current one."""
+        async with self.engine.connect() as conn:
+            if version is None:
+                q = (
+                    select(tenant_keys)
+                    .join(tenants, tenants.c.domain == tenant_keys.c.tenant)
+                    .where(tenants.c.domain == tenant)
+                    .where(tenant_keys.c.version == tenants.c.current_key_version)
+                )
+            else:
+                q = select(tenant_keys).where(
+                    tenant_keys.c.tenant == tenant, tenant_keys.c.version == version
+                )
+            row = (await conn.execute(q)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return TenantKeyRow(m["tenant"], m["version"], m["wrapped_key"], m["root_key_version"])
+
+    async def create_tenant(self, tenant: str, wrapped_key: bytes, root_key_version: int,
+                            now: float) -> bool:
+        """Create a tenant with key version 1; False if another writer created it first."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(tenants).values(
+                    domain=tenant, current_key_version=1, retain_content=False, created_at=now))
+                await conn.execute(insert(tenant_keys).values(
+                    tenant=tenant, version=1, wrapped_key=wrapped_key,
+                    root_key_version=root_key_version, created_at=now))
+        except IntegrityError:
+            return False
+        return True
+
+    async def tenant_retains_content(self, tenant: str) -> bool:
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                select(tenants.c.retain_content).where(tenants.c.domain == tenant))
+        return bool(value)
+
+    async def list_tenant_keys(self) -> list[TenantKeyRow]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(tenant_keys))).all()
+        return [TenantKeyRow(r.tenant, r.version, r.wrapped_key, r.root_key_version) for r in rows]
+
+    async def rewrap_tenant_key(self, tenant: str, version: int, wrapped_key: bytes,
+                                root_key_version: int) -> None:
+        """Store a tenant key re-wrapped under another root key (root key rotation)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(tenant_keys)
+                .where(tenant_keys.c.tenant == tenant, tenant_keys.c.version == version)
+                .values(wrapped_key=wrapped_key, root_key_version=root_key_version))
+
+    # -- conferences -------------------------------------------------------------
+    async def conference(self, conference_id: str) -> ConferenceRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(conferences).where(conferences.c.id == conference_id))).first()
+        return None if row is None else _row(ConferenceRow, row)  # type: ignore[no-any-return]
+
+    async def create_conference(self, row: ConferenceRow) -> ConferenceRow:
+        """Insert the conference, or return the one a concurrent writer created."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(conferences).values(**row.__dict__))
+            return row
+        except IntegrityError:
+            existing = await self.conference(row.id)
+            if existing is None:  # pragma: no cover - the conflict was not on the id
+                raise
+            return existing
+
+    async def reopen_conference(self, conference_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(conferences).where(conferences.c.id == conference_id)
+                               .values(ended_at=None))
+
+    async def end_conference(self, conference_id: str, now: float) -> list[ParticipantRow]:
+        """Mark the conference ended and every active participant left, revoking their
+        cookies in the same transaction. Returns the participants it ended."""
+        async with self.engine.begin() as conn:
+            await conn.execute(update(conferences).where(
+                conferences.c.id == conference_id, conferences.c.ended_at.is_(None))
+                .values(ended_at=now))
+            rows = (await conn.execute(select(participants).where(
+                participants.c.conference_id == conference_id,
+                participants.c.left_at.is_(None)))).all()
+            ended = [_row(ParticipantRow, r) for r in rows]
+            if ended:
+                await conn.execute(update(participants).where(
+                    participants.c.conference_id == conference_id,
+                    participants.c.left_at.is_(None)).values(left_at=now))
+                await conn.execute(insert(revoked_cookies), [
+                    {"jti": p.jti, "revoked_at": now, "expires_at": p.expires_at}
+                    for p in ended])
+        return ended
+
+    # -- participants ----------------------------------------------------------------
+    async def add_participant(self, row: ParticipantRow) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(participants).values(**row.__dict__))
+
+    async def participant(self, pid: str) -> ParticipantRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(participants).where(participants.c.id == pid))).first()
+        return None if row is None else _row(ParticipantRow, row)  # type: ignore[no-any-return]
+
+    async def active_participants(self, conference_id: str) -> list[ParticipantRow]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(participants).where(
+                participants.c.conference_id == conference_id,
+                participants.c.left_at.is_(None)).order_by(participants.c.joined_at))).all()
+        return [_row(ParticipantRow, r) for r in rows]
+
+    async def revoke_participant(self, conference_id: str, pid: str,
+                                 now: float) -> ParticipantRow | None:
+        """Mark the participant left and its cookie revoked, atomically.
+
+        Returns the participant if this call revoked it, None if unknown or already gone.
+        """
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(participants).where(
+                participants.c.id == pid, participants.c.conference_id == conference_id))).first()
+            if row is None:
+                return None
+            p: ParticipantRow = _row(ParticipantRow, row)
+            if p.left_at is not None:
+                return None
+            result = await conn.execute(update(participants).where(
+                participants.c.id == pid, participants.c.left_at.is_(None)).values(left_at=now))
+            if result.rowcount == 0:
+                return None
+            await conn.execute(insert(revoked_cookies).values(
+                jti=p.jti, revoked_at=now, expires_at=p.expires_at))
+        return p
+
+    async def cookie_state(self, jti: str, conference_id: str) -> CookieState:
+        """Revocation and conference state for one cookie, in one round trip."""
+        revoked = exists().where(revoked_cookies.c.jti == jti).label("revoked")
+        q = select(revoked, conferences.c.tenant, conferences.c.ended_at).select_from(
+            conferences).where(conferences.c.id == conference_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+            if row is None:
+                is_revoked = bool(await conn.scalar(select(revoked)))
+                return CookieState(is_revoked, None, False)
+        return CookieState(bool(row.revoked), row.tenant, row.ended_at is not None)
+
+    async def purge_expired_revocations(self, now: float) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(revoked_cookies).where(revoked_cookies.c.expires_at < now))
+        return int(result.rowcount or 0)
+
+    # -- items ---------------------------------------------------------------------
+    async def insert_item(self, row: ItemRow) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(items).values(**row.__dict__))
+
+    async def item(self, conference_id: str, item_id: str) -> ItemRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(items).where(
+                items.c.id == item_id, items.c.conference_id == conference_id))).first()
+        return None if row is None else _row(ItemRow, row)  # type: ignore[no-any-return]
+
+    async def items(self, conference_id: str) -> list[ItemRow]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(items).where(
+                items.c.conference_id == conference_id).order_by(
+                items.c.created_at, items.c.id))).all()
+        return [_row(ItemRow, r) for r in rows]
+
+    async def delete_item(self, conference_id: str, item_id: str) -> ItemRow | None:
+        """Delete the item's row, and with it the wrapped DEK (the crypto-shred)."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(select(items).where(
+                items.c.id == item_id, items.c.conference_id == conference_id))).first()
+            if row is None:
+                return None
+            await conn.execute(delete(items).where(items.c.id == item_id))
+        return _row(ItemRow, row)  # type: ignore[no-any-return]
+
+    async def delete_items(self, conference_id: str) -> list[ItemRow]:
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(
+                select(items).where(items.c.conference_id == conference_id))).all()
+            await conn.execute(delete(items).where(items.c.conference_id == conference_id))
+        return [_row(ItemRow, r) for r in rows]
+
+    async def blob_ids(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(items.c.blob_id))).all()
+        return {r.blob_id for r in rows}
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts, for health and metrics."""
+        out: dict[str, int] = {}
+        async with self.engine.connect() as conn:
+            for name, table in (("conferences", conferences), ("items", items)):
+                out[name] = int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+            out["active_participants"] = int(await conn.scalar(
+                select(func.count()).select_from(participants).where(
+                    participants.c.left_at.is_(None))) or 0)
+        return out
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets readers run beside the single writer; NORMAL sync is durable in WAL."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+__all__: Sequence[str] = (
+    "ConferenceRow", "CookieState", "ItemRow", "ParticipantRow", "Store", "TenantKeyRow",
+)
