@@ -95,7 +95,7 @@ class WcsServer:
             self.runners.append(runner)
         public_site = web.TCPSite(
             public_runner, cfg.server.host, cfg.wcs.https_port,
-            ssl_context=tls.server_context(cfg, "wcs"), backlog=1024, shutdown_timeout=grace)
+            ssl_context=tls.server_context(cfg, "wcs"), backlog=1024)
         await public_site.start()
         self.https_port = _bound_port(public_runner)
         if cfg.wcs.https_port == 0:
@@ -103,7 +103,7 @@ class WcsServer:
         internal_site = web.TCPSite(
             internal_runner, cfg.server.host, cfg.wcs.internal_port,
             ssl_context=tls.server_context(cfg, "wcs", require_client_cert=True),
-            backlog=1024, shutdown_timeout=grace)
+            backlog=1024)
         await internal_site.start()
         self.internal_port = _bound_port(internal_runner)
         if cfg.wcs.internal_port == 0:

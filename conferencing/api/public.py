@@ -137,7 +137,8 @@ async def item_content(request: web.Request) -> web.StreamResponse:
             span = parse_range(range_header, blob.size)
         except ServiceError as exc:
             return json_error(416, exc.message, headers={
-                "Content-Range": f"bytes */{blob.size}", **headers})
+                "Content-Range": f"bytes */{blob.size}", "ETag": blob.etag,
+                "Accept-Ranges": "bytes"})
     start, end = span if span is not None else (0, blob.size)
     resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     resp.content_length = end - start

@@ -1,0 +1,189 @@
+"""Shared fixtures: real deployments, real servers on loopback, real TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conferencing import tls
+from conferencing.app import WcsServer
+from conferencing.config import Config, load_config
+from conferencing.deploy import init_deployment
+
+TENANTS = ["contoso.example", "fabrikam.example"]
+VECTORS = Path(os.environ.get("WEBCONF_VECTORS", Path(__file__).resolve().parents[2] / "shared"
+                              / "vectors"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Config:
+    """A fresh deployment directory with free ports reserved for a subprocess server."""
+    return init_deployment(tmp_path / "dep", https_port=free_port(), internal_port=free_port(),
+                           sip_port=free_port(), tenants=TENANTS)
+
+
+@dataclass
+class Participant:
+    conference: str
+    pid: str
+    role: str
+    cookie: str
+    user: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.cookie}"}
+
+
+class Wcs:
+    """A running WCS plus an HTTPS client and an mTLS internal client."""
+
+    def __init__(self, cfg: Config, server: WcsServer | None = None) -> None:
+        self.cfg = cfg
+        self.server = server
+        self.url = cfg.public_url
+        self.internal_url = cfg.internal_url
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg)))
+        self.internal = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg, client_cert="focus-client")))
+
+    async def admit(self, conference: str, user: str, *, organizer: str | None = None,
+                    role: str = "attendee", expect: int = 201) -> Participant:
+        tenant = user.split("@", 1)[1]
+        organizer = organizer or user
+        async with self.internal.post(
+                f"{self.internal_url}/internal/v1/conferences/{conference}/participants",
+                json={"tenant": tenant, "organizer": organizer, "user": user, "role": role},
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == expect, body
+        if expect != 201:
+            return Participant(conference, "", "", "", user)
+        return Participant(conference, body["participant"], body["role"], body["cookie"], user)
+
+    async def revoke(self, who: Participant) -> int:
+        async with self.internal.delete(
+                f"{self.internal_url}/internal/v1/conferences/{who.conference}/participants/"
+                f"{who.pid}") as resp:
+            return resp.status
+
+    async def end(self, conference: str) -> int:
+        async with self.internal.delete(
+                f"{self.internal_url}/internal/v1/conferences/{conference}") as resp:
+            return resp.status
+
+    async def upload(self, who: Participant, data: bytes | Any, name: str = "slides.pdf",
+                     content_type: str = "application/pdf",
+                     extra: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {**who.headers, "X-Item-Name": name, "Content-Type": content_type,
+                   **(extra or {})}
+        async with self.http.post(f"{self.url}/v1/conferences/{who.conference}/items",
+                                  data=data, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    def items_url(self, conference: str) -> str:
+        return f"{self.url}/v1/conferences/{conference}/items"
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.internal.close()
+
+
+@pytest.fixture
+async def wcs(deployment: Config) -> AsyncIterator[Wcs]:
+    """An in-process WCS on ephemeral loopback ports."""
+    cfg = deployment
+    cfg.wcs.https_port = 0
+    cfg.wcs.internal_port = 0
+    server = WcsServer(cfg)
+    await server.start()
+    client = Wcs(cfg, server)
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop()
+
+
+class ServeProcess:
+    """`webconf serve DIR` as a real subprocess."""
+
+    def __init__(self, base_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.base_dir = base_dir
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "serve", str(self.base_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+            start_new_session=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise RuntimeError(f"serve exited early: {err}")
+            self.lines.append(line)
+            if line.startswith("webconf ready"):
+                return
+        raise RuntimeError("serve did not become ready")
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group: supervisor and servers die at once."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def serve(deployment: Config) -> Iterator[ServeProcess]:
+    proc = ServeProcess(deployment.base_dir)
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            try:
+                proc.terminate(20)
+            except subprocess.TimeoutExpired:
+                proc.kill9()
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def reload(cfg: Config) -> Config:
+    return load_config(cfg.base_dir)
