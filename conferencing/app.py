@@ -25,7 +25,7 @@ from aiohttp import web
 from . import keys, tls
 from .api import internal, public
 from .api.channel import CHANNELS
-from .api.errors import make_middlewares
+from .api.errors import InFlight, make_middlewares
 from .config import Config, load_config
 from .cookies import CookieAuthority
 from .events import EventHub
@@ -37,24 +37,29 @@ from .store import Store
 log = logging.getLogger("webconf.wcs")
 
 
-def build_public_app(service: ConferenceService, metrics: Metrics) -> web.Application:
-    app = web.Application(middlewares=make_middlewares(metrics), client_max_size=64 * 1024)
+def build_public_app(service: ConferenceService, metrics: Metrics,
+                     in_flight: InFlight | None = None) -> web.Application:
+    app = web.Application(middlewares=make_middlewares(metrics, in_flight),
+                          client_max_size=64 * 1024)
     app[public.SERVICE] = service
     app[public.METRICS] = metrics
-    app[CHANNELS] = set()
+    channels: set[web.WebSocketResponse] = set()
+    app[CHANNELS] = channels
     public.add_routes(app)
 
     async def close_channels(app: web.Application) -> None:
         service.events.close_all("shutdown")
-        for ws in list(app[CHANNELS]):
+        for ws in list(channels):
             await ws.close(code=1001, message=b"server shutting down")
 
     app.on_shutdown.append(close_channels)
     return app
 
 
-def build_internal_app(service: ConferenceService) -> web.Application:
-    app = web.Application(middlewares=make_middlewares(None), client_max_size=64 * 1024)
+def build_internal_app(service: ConferenceService,
+                       in_flight: InFlight | None = None) -> web.Application:
+    app = web.Application(middlewares=make_middlewares(None, in_flight),
+                          client_max_size=64 * 1024)
     app[public.SERVICE] = service
     internal.add_routes(app)
     return app
@@ -69,6 +74,7 @@ class WcsServer:
     runners: list[web.AppRunner] = field(default_factory=list)
     https_port: int = 0
     internal_port: int = 0
+    in_flight: InFlight = field(default_factory=InFlight)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -86,9 +92,11 @@ class WcsServer:
         if swept["temp"] or swept["orphan"]:
             log.info(json.dumps({"event": "share.sweep", **swept}))
         grace = cfg.wcs.shutdown_grace_seconds
-        public_runner = web.AppRunner(build_public_app(self.service, metrics), access_log=None,
+        public_runner = web.AppRunner(build_public_app(self.service, metrics, self.in_flight),
+                                      access_log=None,
                                       shutdown_timeout=grace, max_field_size=8190)
-        internal_runner = web.AppRunner(build_internal_app(self.service), access_log=None,
+        internal_runner = web.AppRunner(build_internal_app(self.service, self.in_flight),
+                                        access_log=None,
                                         shutdown_timeout=grace)
         for runner in (public_runner, internal_runner):
             await runner.setup()
@@ -110,6 +118,13 @@ class WcsServer:
             cfg.wcs.internal_port = self.internal_port
 
     async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close."""
+        for runner in self.runners:
+            for site in list(runner.sites):
+                await site.stop()
+        if self.service is not None:
+            self.service.events.close_all("shutdown")
+        await self.in_flight.wait_idle(self.cfg.wcs.shutdown_grace_seconds)
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()

@@ -158,7 +158,8 @@ class FileShare:
 
         await asyncio.to_thread(_remove)
 
-    def sweep(self, known_blob_ids: Iterable[str], *, min_age_seconds: float = 0.0) -> dict[str, int]:
+    def sweep(self, known_blob_ids: Iterable[str], *,
+              min_age_seconds: float = 0.0) -> dict[str, int]:
         """Remove temp files and blobs without a metadata row (run at startup).
 
         `min_age_seconds` spares files younger than that, for a share used by several nodes

@@ -22,7 +22,7 @@ from ..events import Subscription
 from ..service import ServiceError
 from .public import METRICS, SERVICE, authenticate
 
-CHANNELS = web.AppKey("channels", set)
+CHANNELS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("channels", set)
 FLOOD_WINDOW_SECONDS = 1.0
 FLOOD_MAX_MESSAGES = 20
 CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION

@@ -7,6 +7,7 @@ too large), or a bug (500, logged with a traceback, never with request secrets).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -52,11 +53,39 @@ def route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def make_middlewares(metrics: Metrics | None) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+class InFlight:
+    """Counts requests being handled, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def make_middlewares(metrics: Metrics | None, in_flight: InFlight | None = None
+                     ) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         status = 500
+        if in_flight is not None:
+            in_flight.enter()
         try:
             resp = await handler(request)
             status = resp.status
@@ -80,6 +109,8 @@ def make_middlewares(metrics: Metrics | None) -> list[Callable[..., Awaitable[we
             log.exception("unhandled error on %s %s", request.method, route_name(request))
             return json_error(500, "internal server error")
         finally:
+            if in_flight is not None:
+                in_flight.leave()
             if metrics is not None:
                 metrics.requests.labels(request.method, route_name(request), str(status)).inc()
             log.info(json.dumps({

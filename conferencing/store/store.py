@@ -15,7 +15,15 @@ from sqlalchemy import delete, event, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .schema import conferences, items, metadata, participants, revoked_cookies, tenant_keys, tenants
+from .schema import (
+    conferences,
+    items,
+    metadata,
+    participants,
+    revoked_cookies,
+    tenant_keys,
+    tenants,
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(
                 select(conferences).where(conferences.c.id == conference_id))).first()
-        return None if row is None else _row(ConferenceRow, row)  # type: ignore[no-any-return]
+        return None if row is None else _row(ConferenceRow, row)
 
     async def create_conference(self, row: ConferenceRow) -> ConferenceRow:
         """Insert the conference, or return the one a concurrent writer created."""
@@ -212,7 +220,7 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(
                 select(participants).where(participants.c.id == pid))).first()
-        return None if row is None else _row(ParticipantRow, row)  # type: ignore[no-any-return]
+        return None if row is None else _row(ParticipantRow, row)
 
     async def active_participants(self, conference_id: str) -> list[ParticipantRow]:
         async with self.engine.connect() as conn:
@@ -270,7 +278,7 @@ class Store:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(items).where(
                 items.c.id == item_id, items.c.conference_id == conference_id))).first()
-        return None if row is None else _row(ItemRow, row)  # type: ignore[no-any-return]
+        return None if row is None else _row(ItemRow, row)
 
     async def items(self, conference_id: str) -> list[ItemRow]:
         async with self.engine.connect() as conn:
@@ -287,7 +295,8 @@ class Store:
             if row is None:
                 return None
             await conn.execute(delete(items).where(items.c.id == item_id))
-        return _row(ItemRow, row)  # type: ignore[no-any-return]
+        deleted: ItemRow = _row(ItemRow, row)
+        return deleted
 
     async def delete_items(self, conference_id: str) -> list[ItemRow]:
         async with self.engine.begin() as conn:

@@ -1,0 +1,37 @@
+# webconf: one-command set-up on a fresh machine.
+#   make test   - create .venv, install, run the whole test suite (what CI runs)
+#   make lint   - ruff + mypy
+#   make dev    - a dev deployment in .dev/ (PKI, keys, config), then `make serve`
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: venv test test-fast lint dev serve clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check conferencing focus clients tests
+	$(VENV)/bin/mypy conferencing focus clients
+
+dev: $(STAMP)
+	test -f .dev/webconf.toml || $(VENV)/bin/webconf init .dev
+
+serve: dev
+	$(VENV)/bin/webconf serve .dev
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache *.egg-info
