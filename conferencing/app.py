@@ -48,9 +48,8 @@ def build_public_app(service: ConferenceService, metrics: Metrics,
     public.add_routes(app)
 
     async def close_channels(app: web.Application) -> None:
+        # Each channel handler closes its own socket (1001) once its subscription ends.
         service.events.close_all("shutdown")
-        for ws in list(channels):
-            await ws.close(code=1001, message=b"server shutting down")
 
     app.on_shutdown.append(close_channels)
     return app

@@ -76,7 +76,9 @@ class CookieAuthority:
 
     def verify(self, token: str, *, conference_id: str) -> CookieClaims:
         """Check signature and claims, and that the token is for `conference_id`."""
-        if not token or len(token) > 4096:
+        # A JWS is ASCII; aiohttp hands over non-UTF-8 header bytes as lone surrogates,
+        # which PyJWT would fail to encode (an unhandled UnicodeEncodeError, a 500).
+        if not token or len(token) > 4096 or not token.isascii():
             raise CookieError("malformed token")
         try:
             header = jwt.get_unverified_header(token)

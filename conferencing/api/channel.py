@@ -35,12 +35,21 @@ async def channel(request: web.Request) -> web.StreamResponse:
     if service.events.count(who.conference_id, who.participant_id) >= (
             cfg.max_channels_per_participant):
         raise ServiceError("too_many_requests", "too many data channels for this participant")
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=cfg.max_channel_message_bytes,
+    # aiohttp refuses a frame whose size is >= max_msg_size; the setting is the largest
+    # message a client may send.
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=cfg.max_channel_message_bytes + 1,
                                autoping=True)
     if not ws.can_prepare(request).ok:
         raise ServiceError("bad_request", "expected a WebSocket upgrade")
     # Subscribe before reading the item list so no share can fall between the two.
     sub = service.events.subscribe(who.conference_id, who.participant_id)
+    try:
+        # A revocation or end that committed while we authenticated published its final
+        # event before this subscription existed; check again now that none can be missed.
+        await authenticate(request)
+    except BaseException:
+        sub.unsubscribe()
+        raise
     metrics = request.app[METRICS]
     request.app[CHANNELS].add(ws)
     metrics.active_channels.inc()
@@ -50,14 +59,7 @@ async def channel(request: web.Request) -> web.StreamResponse:
         await ws.send_str(json.dumps({
             "type": "welcome", "conference": who.conference_id,
             "participant": who.participant_id, "role": who.role, "items": items}))
-        send_lock = asyncio.Lock()
-        sender = asyncio.create_task(_pump_events(ws, sub, send_lock, who.claims.expires_at))
-        try:
-            await _read_client(ws, send_lock)
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        await _serve(ws, sub, who.claims.expires_at)
     finally:
         sub.unsubscribe()
         request.app[CHANNELS].discard(ws)
@@ -67,26 +69,48 @@ async def channel(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int) -> None:
+    """Read the client and pump events until either ends; close as the pump decides.
+
+    The pump's close happens here, once the reader task is gone: closing from one task while
+    another waits in `receive()` makes aiohttp drop the connection right after our close
+    frame, so clients see 1006 (abnormal closure) instead of 1008/1000/1001.
+    """
+    lock = asyncio.Lock()
+    reader = asyncio.create_task(_read_client(ws, lock))
+    pump = asyncio.create_task(_pump_events(ws, sub, lock, expires_at))
+    try:
+        await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (reader, pump):
+            task.cancel()
+        await asyncio.gather(reader, pump, return_exceptions=True)
+    if pump.cancelled() or pump.exception() is not None:
+        return
+    code, reason = pump.result()
+    if not ws.closed:
+        with contextlib.suppress(ConnectionError):
+            await ws.close(code=code, message=reason)
+
+
 async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: asyncio.Lock,
-                       expires_at: int) -> None:
+                       expires_at: int) -> tuple[int, bytes]:
+    """Send events until the subscription ends; return the close code and reason."""
     while True:
         timeout = max(0.0, expires_at - time.time())
         try:
             message = await asyncio.wait_for(sub.next(), timeout=timeout)
         except TimeoutError:
-            await ws.close(code=CLOSE_REVOKED, message=b"cookie expired")
-            return
+            return CLOSE_REVOKED, b"cookie expired"
         if message is None:
             reason = sub.close_reason
             if reason == "conference.ended":
-                await ws.close(code=WSCloseCode.OK, message=b"conference ended")
-            elif reason == "revoked":
-                await ws.close(code=CLOSE_REVOKED, message=b"revoked")
-            elif sub.overflowed:
-                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
-            else:
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-            return
+                return WSCloseCode.OK, b"conference ended"
+            if reason == "revoked":
+                return CLOSE_REVOKED, b"revoked"
+            if sub.overflowed:
+                return WSCloseCode.TRY_AGAIN_LATER, b"too slow"
+            return WSCloseCode.GOING_AWAY, b"server shutting down"
         async with lock:
             await ws.send_str(message)
 

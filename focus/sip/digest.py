@@ -1,0 +1,317 @@
+"""Digest authentication, server side (RFC 3261 §22, RFC 8760 algorithms, qop=auth only).
+
+Operations: `build_challenges` for a 401, `verify` for the Authorization that follows.
+
+Plan: nonces are stateless so any focus node that shares the secret can verify them:
+    nonce = base64url(timestamp (8 bytes, big-endian seconds) || random (8)
+                      || HMAC-SHA256(secret, timestamp || random || realm)[:16])
+An expired nonce with an otherwise correct response yields "stale" (answer 401 with
+stale=true, and the client retries without asking its user). Replay within a nonce's
+lifetime is caught by `NonceCountTracker`, which remembers the highest nc per nonce for one
+connection; `FailureThrottle` slows password guessing per user and per source address.
+Every secret-dependent comparison uses `hmac.compare_digest`.
+
+Weaknesses: nc tracking is per connection and bounded (a nonce evicted from the tracker, or
+replayed on another connection, is accepted again until it expires); TLS is what keeps
+credentials from being observed in the first place. The digest-uri is not compared with the
+Request-URI (clients normalise it differently); method and nc still bind each response.
+Per-user lockout lets anyone lock a user out for `lockout` seconds by failing on purpose;
+that is the price of stopping distributed guessing against one account.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from .syntax import SipParseError, parse_auth_params, quote
+
+# RFC 8760 name -> hashlib name. MD5 stays for agents that know nothing else (RFC 3261).
+_HASHES = {"MD5": "md5", "SHA-256": "sha256"}
+ALGORITHMS = tuple(_HASHES)
+DEFAULT_ALGORITHMS = ("SHA-256", "MD5")
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+_NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
+
+NonceStatus: TypeAlias = Literal["ok", "stale", "invalid"]
+AuthReason: TypeAlias = Literal[
+    "ok",
+    "stale",
+    "bad-nonce",
+    "bad-response",
+    "unknown-user",
+    "bad-realm",
+    "replay",
+    "malformed",
+    "unsupported-algorithm",
+]
+
+
+def canonical_algorithm(name: str) -> str | None:
+    """Canonical spelling ("sha-256" -> "SHA-256"), or None if unsupported (incl. -sess)."""
+    upper = name.upper()
+    return upper if upper in _HASHES else None
+
+
+def _h(algorithm: str, text: str) -> str:
+    data = text.encode("utf-8", "surrogateescape")
+    return hashlib.new(_HASHES[algorithm], data).hexdigest()  # noqa: S324 (protocol-mandated)
+
+
+def ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """H(username:realm:password) in hex: what the directory stores instead of passwords."""
+    alg = canonical_algorithm(algorithm)
+    if alg is None:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    return _h(alg, f"{username}:{realm}:{password}")
+
+
+def digest_response(
+    algorithm: str, ha1_hex: str, nonce: str, nc: str, cnonce: str, method: str, uri: str
+) -> str:
+    """KD(HA1, nonce:nc:cnonce:auth:H(method:uri)) for qop=auth (RFC 7616 §3.4.1)."""
+    alg = canonical_algorithm(algorithm)
+    if alg is None:
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    ha2 = _h(alg, f"{method}:{uri}")
+    return _h(alg, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+
+
+class NonceService:
+    """Stateless, HMAC-authenticated, time-stamped nonces."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        lifetime: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_skew: float = 30.0,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("the nonce secret must be at least 16 bytes")
+        self._secret = secret
+        self.lifetime = lifetime
+        self.max_skew = max_skew
+        """How far in the future a nonce may be dated (clock skew between nodes)."""
+        self._clock = clock
+
+    def _mac(self, prefix: bytes, realm: str) -> bytes:
+        data = prefix + realm.encode("utf-8", "surrogateescape")
+        return hmac.new(self._secret, data, hashlib.sha256).digest()[:16]
+
+    def make(self, realm: str) -> str:
+        """A fresh nonce bound to `realm`."""
+        prefix = struct.pack(">Q", max(0, int(self._clock()))) + os.urandom(8)
+        raw = prefix + self._mac(prefix, realm)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def check(self, nonce: str, realm: str) -> NonceStatus:
+        """Return "ok", "stale" (genuine but older than `lifetime`) or "invalid"."""
+        if not _NONCE_RE.fullmatch(nonce):
+            return "invalid"
+        raw = base64.urlsafe_b64decode(nonce + "=")
+        if not hmac.compare_digest(self._mac(raw[:16], realm), raw[16:]):
+            return "invalid"
+        (issued,) = struct.unpack(">Q", raw[:8])
+        age = self._clock() - issued
+        if age < -self.max_skew:
+            return "invalid"
+        return "stale" if age > self.lifetime else "ok"
+
+
+def build_challenges(
+    realm: str,
+    algorithms: Sequence[str],
+    nonce_service: NonceService,
+    stale: bool = False,
+    opaque: str | None = None,
+) -> list[str]:
+    """One WWW-Authenticate value per algorithm, in the given (preference) order.
+
+    RFC 8760 §2.4: a challenge names one algorithm, so offering several means several
+    headers, most preferred first (e.g. ("SHA-256", "MD5")).
+    """
+    values = []
+    for name in algorithms:
+        alg = canonical_algorithm(name)
+        if alg is None:
+            raise ValueError(f"unsupported digest algorithm {name!r}")
+        value = (
+            f"Digest realm={quote(realm)}, nonce={quote(nonce_service.make(realm))}, "
+            f'algorithm={alg}, qop="auth"'
+        )
+        if opaque is not None:
+            value += f", opaque={quote(opaque)}"
+        if stale:
+            value += ", stale=true"
+        values.append(value)
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """The outcome of `verify`."""
+
+    ok: bool
+    """True only for a fresh, correct, non-replayed response."""
+    username: str | None
+    """The claimed username (None if the header could not be read)."""
+    reason: AuthReason
+    """Why: "ok", or what failed ("stale" means: challenge again with stale=true)."""
+    algorithm: str | None = None
+    """The algorithm the client used, canonical spelling."""
+
+
+class NonceCountTracker:
+    """Highest nonce-count seen per nonce on one connection (bounded, least recent out)."""
+
+    def __init__(self, max_nonces: int = 64) -> None:
+        self.max_nonces = max_nonces
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def accept(self, nonce: str, nc: int) -> bool:
+        """Record `nc` for `nonce`; False if it is not above the highest one seen."""
+        last = self._seen.get(nonce)
+        if last is not None and nc <= last:
+            return False
+        self._seen[nonce] = nc
+        self._seen.move_to_end(nonce)
+        while len(self._seen) > self.max_nonces:
+            self._seen.popitem(last=False)
+        return True
+
+
+def verify(
+    auth_header_value: str,
+    *,
+    method: str,
+    expected_realm: str,
+    ha1_lookup: Callable[[str, str], str | None],
+    nonce_service: NonceService,
+    nc_tracker: NonceCountTracker,
+    allowed_algorithms: Collection[str] | None = None,
+) -> AuthResult:
+    """Check an Authorization value for a request with this `method`.
+
+    `ha1_lookup(username, algorithm)` returns the stored HA1 hex for that algorithm (in the
+    expected realm) or None. `allowed_algorithms`, when given, refuses algorithms that were
+    not offered to this client (no downgrade from SHA-256 to MD5).
+    """
+    try:
+        scheme, p = parse_auth_params(auth_header_value)
+    except SipParseError:
+        return AuthResult(False, None, "malformed")
+    username = p.get("username")
+    if scheme != "digest" or username is None:
+        return AuthResult(False, username, "malformed")
+    alg = canonical_algorithm(p.get("algorithm", "MD5"))
+    allowed = None if allowed_algorithms is None else {a.upper() for a in allowed_algorithms}
+    if alg is None or (allowed is not None and alg not in allowed):
+        return AuthResult(False, username, "unsupported-algorithm")
+
+    def fail(reason: AuthReason) -> AuthResult:
+        return AuthResult(False, username, reason, alg)
+
+    nonce, uri, response = p.get("nonce"), p.get("uri"), p.get("response")
+    realm, nc, cnonce = p.get("realm"), p.get("nc", ""), p.get("cnonce")
+    if nonce is None or uri is None or response is None or realm is None or not cnonce:
+        return fail("malformed")
+    if p.get("qop") != "auth" or not _NC_RE.fullmatch(nc):
+        return fail("malformed")
+    if realm != expected_realm:
+        return fail("bad-realm")
+    status = nonce_service.check(nonce, expected_realm)
+    if status == "invalid":
+        return fail("bad-nonce")
+    stored = ha1_lookup(username, alg)
+    expected = digest_response(alg, stored or "0" * 64, nonce, nc, cnonce, method, uri)
+    if stored is None:
+        return fail("unknown-user")
+    if not hmac.compare_digest(expected, response.lower()):
+        return fail("bad-response")
+    if status == "stale":
+        return fail("stale")
+    if not nc_tracker.accept(nonce, int(nc, 16)):
+        return fail("replay")
+    return AuthResult(True, username, "ok", alg)
+
+
+@dataclass(slots=True)
+class _Failures:
+    window_start: float
+    count: int = 0
+    locked_until: float = 0.0
+
+
+class FailureThrottle:
+    """Lock a user, or a source address, out after repeated authentication failures.
+
+    Users and sources are separate keys: a locked-out source does not stop other users
+    elsewhere, and a locked-out user does not stop other users. Memory is bounded by
+    `max_keys`; the least recently failing key is forgotten first.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 60.0,
+        lockout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self.max_keys = max_keys
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
+
+    @staticmethod
+    def _keys(user: str | None, source: str) -> list[tuple[str, str]]:
+        keys = [("source", source)]
+        if user is not None:
+            keys.append(("user", user))
+        return keys
+
+    def check(self, user: str | None, source: str) -> float | None:
+        """Seconds to wait (for Retry-After) if `user` or `source` is locked out, else None."""
+        now = self._clock()
+        wait = 0.0
+        for key in self._keys(user, source):
+            entry = self._entries.get(key)
+            if entry is not None and entry.locked_until > now:
+                wait = max(wait, entry.locked_until - now)
+        return wait or None
+
+    def record_failure(self, user: str | None, source: str) -> None:
+        """Count a failed attempt against both the user and the source."""
+        now = self._clock()
+        for key in self._keys(user, source):
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Failures(now)
+            elif now - entry.window_start >= self.window:
+                entry.window_start, entry.count = now, 0
+            entry.count += 1
+            if entry.count >= self.max_failures:
+                entry.locked_until = now + self.lockout
+                entry.window_start, entry.count = now, 0
+            self._entries.move_to_end(key)
+        while len(self._entries) > self.max_keys:
+            self._entries.popitem(last=False)
+
+    def record_success(self, user: str | None, source: str) -> None:
+        """Forget the user's failures (the source's stay: one good account must not
+        launder a guessing source)."""
+        if user is not None:
+            self._entries.pop(("user", user), None)
