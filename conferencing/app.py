@@ -12,7 +12,6 @@ drains in-flight requests (up to `wcs.shutdown_grace_seconds`) and exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -29,6 +28,7 @@ from .api.errors import InFlight, make_middlewares
 from .config import Config, load_config
 from .cookies import CookieAuthority
 from .events import EventHub
+from .logs import configure_logging
 from .metrics import Metrics
 from .service import ConferenceService
 from .share import FileShare
@@ -134,32 +134,6 @@ class WcsServer:
 def _bound_port(runner: web.AppRunner) -> int:
     addresses = runner.addresses
     return int(addresses[-1][1])
-
-
-def configure_logging(component: str) -> None:
-    """One JSON object per line on stderr; secrets never reach a log call."""
-
-    class JsonLines(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            msg = record.getMessage()
-            line = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                    "component": component, "logger": record.name}
-            if msg.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    line.update(json.loads(msg))
-                    msg = ""
-            if msg:
-                line["msg"] = msg
-            if record.exc_info:
-                line["exc"] = self.formatException(record.exc_info)
-            return json.dumps(line)
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve_forever(cfg: Config) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -32,11 +33,7 @@ class Component:
 def components() -> list[Component]:
     """The processes of one node. The focus joins once its package provides `__main__`."""
     parts = [Component("wcs", "conferencing")]
-    try:
-        import focus.__main__  # noqa: F401  (presence check only)
-    except ImportError:
-        pass
-    else:
+    if importlib.util.find_spec("focus.__main__") is not None:
         parts.append(Component("focus", "focus"))
     return parts
 

@@ -1,0 +1,40 @@
+"""JSON-lines logging shared by every server process of a deployment.
+
+One JSON object per line on stderr (the supervisor appends it to `DIR/var/log/<name>.log`).
+A message that is itself a JSON object is merged into the line, so call sites log
+`json.dumps({"event": ...})`. Secrets never reach a log call: cookies, keys, passwords and
+HA1s are not passed to loggers anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+
+
+def configure_logging(component: str) -> None:
+    """One JSON object per line on stderr; secrets never reach a log call."""
+
+    class JsonLines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            msg = record.getMessage()
+            line = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                    "component": component, "logger": record.name}
+            if msg.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    line.update(json.loads(msg))
+                    msg = ""
+            if msg:
+                line["msg"] = msg
+            if record.exc_info:
+                line["exc"] = self.formatException(record.exc_info)
+            return json.dumps(line)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

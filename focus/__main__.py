@@ -1,0 +1,57 @@
+"""`python -m focus DIR`: run the SIP focus of a deployment in the foreground.
+
+Prints `focus ready ...` once the SIP listener accepts connections; on SIGTERM/SIGINT it
+stops accepting, ends every open participation at the WCS and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from conferencing import keys
+from conferencing.config import load_config
+from conferencing.logs import configure_logging
+
+from .directory import Directory
+from .server import FocusServer
+from .wcs_client import WcsClient
+
+log = logging.getLogger("webconf.focus")
+
+
+async def serve(base_dir: Path) -> None:
+    cfg = load_config(base_dir)
+    directory = await Directory.open(cfg.store_url)
+    wcs = WcsClient(cfg)
+    server = FocusServer(cfg, directory, wcs, keys.load_nonce_secret(cfg))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tcp = f" tcp={cfg.focus.tcp_host}:{server.tcp_port}" if server.tcp_port else ""
+    print(f"focus ready sips={cfg.server.host}:{server.sip_port}{tcp}", flush=True)
+    await stop.wait()
+    log.info(json.dumps({"event": "shutdown", "phase": "draining"}))
+    await server.stop()
+    await wcs.close()
+    await directory.close()
+    log.info(json.dumps({"event": "shutdown", "phase": "done"}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m focus DIR", file=sys.stderr)
+        return 2
+    configure_logging("focus")
+    asyncio.run(serve(Path(args[0])))
+    return 0
+
+
+raise SystemExit(main())
