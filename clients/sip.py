@@ -1,0 +1,286 @@
+"""A SIP user agent client for joining conferences over TLS (RFC 3261, Digest RFC 8760).
+
+Only what a meeting client needs: one connection to the focus, INVITE with a Digest
+retry, ACK, BYE, OPTIONS, and CRLF keep-alives. It reuses the pure message, framing and
+digest code of `focus.sip` (a sans-IO SIP library), so parsing is written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from focus.sip import digest
+from focus.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from focus.sip.message import (
+    Request,
+    Response,
+    SipURI,
+    parse_auth_params,
+    parse_name_addr,
+    parse_uri,
+    serialize,
+)
+
+JOIN_CONTENT_TYPE = "application/vnd.webconf.join+json"
+USER_AGENT = "webconf-client/0.1"
+
+
+class SipError(Exception):
+    """The focus refused or failed a request; `status` is the SIP status (0 = transport)."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(f"{status} {reason}" if status else reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass
+class JoinResult:
+    conference: str
+    participant: str
+    role: str
+    webconf_url: str
+    cookie: str = field(repr=False)
+    expires_at: str
+    contact: str
+    """The focus's Contact: where in-dialog requests go."""
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], contact: str) -> JoinResult:
+        return cls(conference=str(body["conference"]), participant=str(body["participant"]),
+                   role=str(body["role"]), webconf_url=str(body["webconf_url"]),
+                   cookie=str(body["cookie"]), expires_at=str(body["expires_at"]),
+                   contact=contact)
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    user, sep, domain = address.partition("@")
+    if not sep or not user or not domain:
+        raise ValueError(f"not a user@domain address: {address!r}")
+    return user, domain.lower()
+
+
+class SipConnection:
+    """One TLS (or TCP) connection to a focus, with request/response matching by CSeq."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 *, transport: str = "TLS", timeout: float = 10.0) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.transport = transport
+        self.timeout = timeout
+        self.framer = SipFramer()
+        sock = writer.get_extra_info("sockname") or ("127.0.0.1", 0)
+        self.local_host, self.local_port = str(sock[0]), int(sock[1])
+        self._responses: asyncio.Queue[Response | Exception] = asyncio.Queue()
+        self._reader_task = asyncio.create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
+                   server_hostname: str | None = None, timeout: float = 10.0,
+                   local_addr: tuple[str, int] | None = None) -> SipConnection:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, ssl=ssl_context, local_addr=local_addr,
+            server_hostname=server_hostname if ssl_context else None), timeout)
+        return cls(reader, writer, transport="TLS" if ssl_context else "TCP", timeout=timeout)
+
+    @property
+    def tls_version(self) -> str | None:
+        obj = self.writer.get_extra_info("ssl_object")
+        return None if obj is None else str(obj.version())
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionResetError("connection closed by the focus")
+                self.framer.feed(data)
+                while True:
+                    event = self.framer.next_event()
+                    if isinstance(event, NeedData):
+                        break
+                    if isinstance(event, Response):
+                        self._responses.put_nowait(event)
+                    elif isinstance(event, FramingError):
+                        raise ConnectionError(f"unparseable data from focus: {event.reason}")
+                    elif isinstance(event, KeepAlive):
+                        continue
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            self._responses.put_nowait(exc)
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def response(self, *, final: bool = True) -> Response:
+        """The next response (skipping provisional ones when `final`)."""
+        while True:
+            item = await asyncio.wait_for(self._responses.get(), self.timeout)
+            if isinstance(item, Exception):
+                self._responses.put_nowait(item)
+                raise SipError(0, str(item) or type(item).__name__)
+            if final and item.status < 200:
+                continue
+            return item
+
+    def via(self, branch: str) -> str:
+        return (f"SIP/2.0/{self.transport} {self.local_host}:{self.local_port}"
+                f";branch={branch};rport")
+
+    async def close(self) -> None:
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader_task
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+class ConferenceDialog:
+    """A join dialog: INVITE (with Digest), ACK, then BYE to leave."""
+
+    def __init__(self, conn: SipConnection, conference_uri: str, address: str,
+                 password: str, *, user_agent: str = USER_AGENT) -> None:
+        self.conn = conn
+        self.uri: SipURI = parse_uri(conference_uri)
+        self.conference_uri = conference_uri
+        self.user, self.domain = _split_address(address)
+        self.password = password
+        self.user_agent = user_agent
+        self.call_id = secrets.token_hex(12)
+        self.local_tag = secrets.token_hex(6)
+        self.remote_tag: str | None = None
+        self.cseq = 0
+        self.remote_target: str = conference_uri
+        self.result: JoinResult | None = None
+        self._nc = 0
+
+    def _request(self, method: str, *, uri: str | None = None, cseq: int | None = None,
+                 extra: list[tuple[str, str]] | None = None, body: bytes = b"",
+                 branch: str | None = None) -> tuple[bytes, str]:
+        if cseq is None:
+            self.cseq += 1
+            cseq = self.cseq
+        branch = branch or "z9hG4bK" + secrets.token_hex(8)
+        to = f"<{self.conference_uri}>" + (f";tag={self.remote_tag}" if self.remote_tag else "")
+        headers = [
+            ("Via", self.conn.via(branch)),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:{self.user}@{self.domain}>;tag={self.local_tag}"),
+            ("To", to),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Contact", f"<sip:{self.user}@{self.conn.local_host}:{self.conn.local_port};"
+                        f"transport={self.conn.transport.lower()}>"),
+            ("User-Agent", self.user_agent),
+            *(extra or []),
+        ]
+        from focus.sip.message import Headers
+
+        req = Request(method, parse_uri(uri or self.conference_uri), Headers(headers), body)
+        return serialize(req), branch
+
+    async def join(self, *, sdp_offer: bytes | None = None) -> JoinResult:
+        """INVITE; answer one Digest challenge; ACK the 200. Raises SipError otherwise."""
+        accept = f"{JOIN_CONTENT_TYPE}, application/sdp, multipart/mixed"
+        extra = [("Accept", accept)]
+        body = b""
+        if sdp_offer is not None:
+            extra.append(("Content-Type", "application/sdp"))
+            body = sdp_offer
+        data, _ = self._request("INVITE", extra=extra, body=body)
+        self.conn.send(data)
+        resp = await self.conn.response()
+        attempts = 0
+        while resp.status == 401 and attempts < 2:
+            await self._ack_failure(resp)
+            attempts += 1
+            auth = self._authorization(resp)
+            data, _ = self._request("INVITE", extra=[*extra, ("Authorization", auth)],
+                                    body=body)
+            self.conn.send(data)
+            resp = await self.conn.response()
+        if resp.status != 200:
+            await self._ack_failure(resp)
+            retry = resp.headers.get("Retry-After")
+            raise SipError(resp.status, resp.reason,
+                           int(retry) if retry and retry.isdigit() else None)
+        to = parse_name_addr(resp.headers.get("To") or "")
+        self.remote_tag = to.params.get("tag")
+        contact = resp.headers.get("Contact") or ""
+        try:
+            self.remote_target = str(parse_name_addr(contact).uri)
+        except Exception:  # noqa: BLE001 - keep the conference URI as target
+            self.remote_target = self.conference_uri
+        self.conn.send(self._request("ACK", uri=self.remote_target, cseq=self.cseq)[0])
+        self.result = JoinResult.from_body(self._join_body(resp), contact)
+        return self.result
+
+    def _join_body(self, resp: Response) -> dict[str, Any]:
+        ctype = (resp.headers.get("Content-Type") or "").strip()
+        body = resp.body
+        if ctype.lower().startswith("multipart/"):
+            from focus.sdp import parse_multipart
+
+            parts = dict(parse_multipart(ctype, body))
+            body = parts.get(JOIN_CONTENT_TYPE, b"")
+        elif not ctype.lower().startswith(JOIN_CONTENT_TYPE):
+            raise SipError(200, f"200 OK without a join body ({ctype or 'no body'})")
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise SipError(200, "join body is not a JSON object")
+        return data
+
+    def _authorization(self, challenge: Response) -> str:
+        offered = [parse_auth_params(v)[1] for v in challenge.headers.get_fields(
+            "WWW-Authenticate")]
+        usable = [c for c in offered if digest.canonical_algorithm(
+            c.get("algorithm", "MD5")) is not None]
+        if not usable:
+            raise SipError(401, "no supported Digest challenge")
+        chosen = usable[0]
+        alg = digest.canonical_algorithm(chosen.get("algorithm", "MD5")) or "MD5"
+        realm, nonce = chosen["realm"], chosen["nonce"]
+        self._nc += 1
+        nc = f"{self._nc:08x}"
+        cnonce = secrets.token_hex(8)
+        uri = self.conference_uri
+        response = digest.digest_response(
+            alg, digest.ha1(self.user, realm, self.password, alg), nonce, nc, cnonce,
+            "INVITE", uri)
+        value = (f'Digest username="{self.user}", realm="{realm}", nonce="{nonce}", '
+                 f'uri="{uri}", response="{response}", algorithm={alg}, qop=auth, '
+                 f'nc={nc}, cnonce="{cnonce}"')
+        if "opaque" in chosen:
+            value += f', opaque="{chosen["opaque"]}"'
+        return value
+
+    async def _ack_failure(self, resp: Response) -> None:
+        """ACK a non-2xx final response (same branch; RFC 3261 §17.1.1.3)."""
+        via = resp.headers.get("Via") or ""
+        branch = next((p.split("=", 1)[1] for p in via.split(";")
+                       if p.strip().startswith("branch=")), None)
+        to = resp.headers.get("To") or f"<{self.conference_uri}>"
+        saved = self.remote_tag
+        self.remote_tag = parse_name_addr(to).params.get("tag")
+        self.conn.send(self._request("ACK", cseq=self.cseq, branch=branch)[0])
+        self.remote_tag = saved
+
+    async def leave(self) -> int:
+        """BYE; returns the status (200 normally, 481 if the focus forgot us)."""
+        data, _ = self._request("BYE", uri=self.remote_target)
+        self.conn.send(data)
+        resp = await self.conn.response()
+        return resp.status
+
+    async def options(self) -> Response:
+        data, _ = self._request("OPTIONS")
+        self.conn.send(data)
+        return await self.conn.response()
