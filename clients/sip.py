@@ -79,7 +79,8 @@ class SipConnection:
         self.framer = SipFramer()
         sock = writer.get_extra_info("sockname") or ("127.0.0.1", 0)
         self.local_host, self.local_port = str(sock[0]), int(sock[1])
-        self._responses: asyncio.Queue[Response | Exception] = asyncio.Queue()
+        self._responses: dict[str, asyncio.Queue[Response]] = {}
+        self._error: Exception | None = None
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
@@ -108,24 +109,37 @@ class SipConnection:
                     if isinstance(event, NeedData):
                         break
                     if isinstance(event, Response):
-                        self._responses.put_nowait(event)
+                        queue = self._responses.get(event.headers.get("Call-ID") or "")
+                        if queue is not None:
+                            queue.put_nowait(event)
                     elif isinstance(event, FramingError):
                         raise ConnectionError(f"unparseable data from focus: {event.reason}")
                     elif isinstance(event, KeepAlive):
                         continue
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            self._responses.put_nowait(exc)
+            self._error = exc
+            for queue in self._responses.values():
+                queue.put_nowait(Response(0, str(exc) or type(exc).__name__))
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def response(self, *, final: bool = True) -> Response:
-        """The next response (skipping provisional ones when `final`)."""
+    def register(self, call_id: str) -> None:
+        """Route responses with this Call-ID to `response(call_id)`."""
+        self._responses.setdefault(call_id, asyncio.Queue())
+
+    def unregister(self, call_id: str) -> None:
+        self._responses.pop(call_id, None)
+
+    async def response(self, call_id: str, *, final: bool = True) -> Response:
+        """The next response of this call (skipping provisional ones when `final`)."""
+        if self._error is not None:
+            raise SipError(0, str(self._error) or type(self._error).__name__)
+        queue = self._responses[call_id]
         while True:
-            item = await asyncio.wait_for(self._responses.get(), self.timeout)
-            if isinstance(item, Exception):
-                self._responses.put_nowait(item)
-                raise SipError(0, str(item) or type(item).__name__)
+            item = await asyncio.wait_for(queue.get(), self.timeout)
+            if item.status == 0:
+                raise SipError(0, item.reason)
             if final and item.status < 200:
                 continue
             return item
@@ -155,6 +169,7 @@ class ConferenceDialog:
         self.password = password
         self.user_agent = user_agent
         self.call_id = secrets.token_hex(12)
+        conn.register(self.call_id)
         self.local_tag = secrets.token_hex(6)
         self.remote_tag: str | None = None
         self.cseq = 0
@@ -197,7 +212,7 @@ class ConferenceDialog:
             body = sdp_offer
         data, _ = self._request("INVITE", extra=extra, body=body)
         self.conn.send(data)
-        resp = await self.conn.response()
+        resp = await self.conn.response(self.call_id)
         attempts = 0
         while resp.status == 401 and attempts < 2:
             await self._ack_failure(resp)
@@ -206,9 +221,10 @@ class ConferenceDialog:
             data, _ = self._request("INVITE", extra=[*extra, ("Authorization", auth)],
                                     body=body)
             self.conn.send(data)
-            resp = await self.conn.response()
+            resp = await self.conn.response(self.call_id)
         if resp.status != 200:
             await self._ack_failure(resp)
+            self.conn.unregister(self.call_id)
             retry = resp.headers.get("Retry-After")
             raise SipError(resp.status, resp.reason,
                            int(retry) if retry and retry.isdigit() else None)
@@ -277,10 +293,13 @@ class ConferenceDialog:
         """BYE; returns the status (200 normally, 481 if the focus forgot us)."""
         data, _ = self._request("BYE", uri=self.remote_target)
         self.conn.send(data)
-        resp = await self.conn.response()
+        try:
+            resp = await self.conn.response(self.call_id)
+        finally:
+            self.conn.unregister(self.call_id)
         return resp.status
 
     async def options(self) -> Response:
         data, _ = self._request("OPTIONS")
         self.conn.send(data)
-        return await self.conn.response()
+        return await self.conn.response(self.call_id)

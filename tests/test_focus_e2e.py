@@ -225,7 +225,7 @@ async def test_plaintext_and_old_tls_refused(stack: Config) -> None:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        ctx.minimum_version = ssl.TLSVersion.TLSv1  # noqa: deprecated on purpose
+        ctx.minimum_version = ssl.TLSVersion.TLSv1  # deprecated: refused on purpose
         ctx.maximum_version = ssl.TLSVersion.TLSv1_1
         ctx.set_ciphers("ALL:@SECLEVEL=0")
     except (ValueError, ssl.SSLError):
@@ -250,3 +250,35 @@ async def test_dropped_connection_leaves_after_grace(stack: Config) -> None:
     assert await items_status(stack, result) == 401
     log = (stack.log_dir / "focus.log").read_text()
     assert '"reason": "connection lost"' in log
+
+
+
+async def test_unreachable_wcs_gets_503_with_retry_after(deployment: Config) -> None:
+    """A focus whose WCS is down answers 503 + Retry-After quickly, never hangs."""
+    from conferencing import keys
+    from focus.server import FocusServer
+    from focus.wcs_client import WcsClient
+
+    from .conftest import free_port
+
+    await add_users(deployment)
+    deployment.wcs.internal_port = free_port()  # nothing listens there
+    deployment.focus.sip_port = 0
+    deployment.focus.wcs_timeout_seconds = 2.0
+    directory = await Directory.open(deployment.store_url)
+    wcs = WcsClient(deployment)
+    server = FocusServer(deployment, directory, wcs, keys.load_nonce_secret(deployment))
+    await server.start()
+    try:
+        conn, dialog = await join(deployment, "alice@contoso.example")
+        started = time.monotonic()
+        with pytest.raises(SipError) as err:
+            await dialog.join()
+        assert err.value.status == 503
+        assert err.value.retry_after is not None and err.value.retry_after > 0
+        assert time.monotonic() - started < 5
+        await conn.close()
+    finally:
+        await server.stop()
+        await wcs.close()
+        await directory.close()
