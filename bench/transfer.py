@@ -36,9 +36,10 @@ def free_port() -> int:
 
 
 def wcs_pid(supervisor_pid: int) -> int:
-    out = subprocess.run(["pgrep", "-P", str(supervisor_pid), "-f", "-m", "conferencing"],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[0])
+    for child in Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split():
+        if b"conferencing" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise RuntimeError("no WCS child process found")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -58,11 +59,11 @@ async def run(size_mib: int, rounds: int) -> dict[str, object]:
     assert proc.stdout is not None
     while not proc.stdout.readline().startswith("webconf ready"):
         pass
-    pid = wcs_pid(proc.pid)
     up, down = [], []
     rss_up = rss_down = 0.0
     block = os.urandom(1024 * 1024)
     try:
+        pid = wcs_pid(proc.pid)
         ssl_public = tls.client_context(cfg)
         ssl_internal = tls.client_context(cfg, client_cert="focus-client")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_internal)) as s:

@@ -73,7 +73,8 @@ class FocusServer:
                 algorithms=f.digest_algorithms, md5_only_user_agents=f.md5_only_user_agents,
                 leave_grace_seconds=f.leave_grace_seconds,
                 retry_after_seconds=RETRY_AFTER_SECONDS,
-                answer_sdp=lambda offer: sdp.answer_offer(offer, address=self.cfg.public_host),
+                answer_sdp=lambda offer, **kw: sdp.answer_offer(
+                    offer, address=self.cfg.public_host, **kw),
                 make_multipart=sdp.multipart_mixed, accepts=sdp.accepts),
             digest.NonceService(self.nonce_secret, lifetime=f.nonce_lifetime_seconds),
             digest.FailureThrottle())

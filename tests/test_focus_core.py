@@ -35,7 +35,8 @@ def creds(realm: str, user: str) -> dict[str, str]:
 def make_core(**settings) -> FocusCore:
     return FocusCore(
         FocusSettings(contact_host="127.0.0.1", contact_port=5061,
-                      answer_sdp=lambda offer: sdp.answer_offer(offer, address="127.0.0.1"),
+                      answer_sdp=lambda offer, **kw: sdp.answer_offer(
+                          offer, address="127.0.0.1", **kw),
                       make_multipart=sdp.multipart_mixed, accepts=sdp.accepts, **settings),
         digest.NonceService(b"k" * 32), digest.FailureThrottle())
 
@@ -265,3 +266,21 @@ def test_retransmitted_final_response_is_resent() -> None:
     [first] = [o for o in core.request(CONN, raw) if isinstance(o, Send)]
     [second] = [o for o in core.request(CONN, raw) if isinstance(o, Send)]
     assert first.data == second.data
+
+
+def test_reinvite_keeps_sdp_session_and_bumps_version() -> None:
+    core = make_core()
+    offer = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+             b"m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    out = join(core, body=offer, content_type="application/sdp")
+    [admit] = [o for o in out if isinstance(o, Admit)]
+    [ok] = responses(core.admitted(admit.ticket, Admission("p1", "organizer", "C", "x", "u")))
+    assert ok.headers.get("Content-Type") == "application/sdp"  # no multipart in Accept
+    o_line = [ln for ln in ok.body.decode().splitlines() if ln.startswith("o=")][0].split()
+    to_tag = [p.split("=")[1] for p in ok.headers.get("To").split(";") if p.startswith("tag=")][0]
+    reinvite = parse_message(invite(to_tag=to_tag, cseq=5, branch="re1", body=offer,
+                                    content_type="application/sdp"))
+    [again] = responses(core.request(CONN, reinvite))
+    assert again.status == 200
+    o2 = [ln for ln in again.body.decode().splitlines() if ln.startswith("o=")][0].split()
+    assert o2[1] == o_line[1] and int(o2[2]) == int(o_line[2]) + 1

@@ -125,6 +125,7 @@ class _Pending:
     user: str
     to_tag: str
     cancelled: bool = False
+    sdp_session_id: int = field(default_factory=lambda: secrets.randbelow(2**62))
 
 
 @dataclass
@@ -142,6 +143,9 @@ class Dialog:
     contact: str
     confirmed: bool = False
     orphaned_at: float | None = None
+    sdp_session_id: int = 0
+    sdp_version: int = 1
+    """RFC 3264 §8: later answers keep the session id and bump the version."""
 
 
 @dataclass
@@ -164,7 +168,7 @@ class FocusSettings:
     leave_grace_seconds: float = 30.0
     retry_after_seconds: int = 5
     answer_sdp: Any = None
-    """callable(offer: bytes) -> bytes, or None to refuse SDP offers with 488."""
+    """callable(offer: bytes, *, session_id, version) -> bytes; None refuses offers (488)."""
     make_multipart: Any = None
     """callable(parts) -> (content_type, body)."""
     accepts: Any = None
@@ -368,7 +372,8 @@ class FocusCore:
             call_id=key[0], local_tag=pending.to_tag, remote_tag=from_tag,
             conn_id=pending.conn.id, conference_id=pending.conference_id,
             participant_id=admission.participant_id, user=pending.user, role=admission.role,
-            answer=(content_type, body), contact=contact)
+            answer=(content_type, body), contact=contact,
+            sdp_session_id=pending.sdp_session_id)
         state.dialogs.add(key)
         data = serialize(response)
         self._remember(state, pending.branch, "INVITE", data)
@@ -425,12 +430,15 @@ class FocusCore:
             self._conns[conn.id].dialogs.add(key)
         dialog.orphaned_at = None
         content_type, body = dialog.answer
-        if req.body and content_type.startswith("application/sdp") and (
-                self.settings.answer_sdp is not None):
+        offer_type = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if req.body and offer_type == "application/sdp" and self.settings.answer_sdp:
+            dialog.sdp_version += 1
             try:
-                body = self.settings.answer_sdp(req.body)
+                body = self.settings.answer_sdp(req.body, session_id=dialog.sdp_session_id,
+                                                version=dialog.sdp_version)
             except ValueError:
                 return [self._reply(conn, req, 488)]
+            content_type = "application/sdp"
         return [self._reply(conn, req, 200, headers=[
             ("Contact", dialog.contact), ("Allow", ALLOW), ("Content-Type", content_type)],
             body=body)]
@@ -466,7 +474,8 @@ class FocusCore:
         offer_type = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if not req.body or offer_type != "application/sdp":
             return JOIN_CONTENT_TYPE, join
-        answer: bytes = self.settings.answer_sdp(req.body)
+        answer: bytes = self.settings.answer_sdp(
+            req.body, session_id=pending.sdp_session_id, version=1)
         accept = ", ".join(req.headers.get_all("Accept")) if "Accept" in req.headers else None
         if self.settings.accepts is not None and self.settings.accepts(accept, "multipart/mixed"):
             content_type, body = self.settings.make_multipart(

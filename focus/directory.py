@@ -1,0 +1,373 @@
+"""The tenant directory: who may authenticate to the focus, as Digest HA1 values only.
+
+Operations: `Directory.add_user` / `remove_user` / `list_users` for the operator (the
+`webconf user` command below), `lookup_ha1` and `has_tenant` for the focus.
+
+Plan: two focus-owned tables on their own `MetaData`, in the same database as the WCS
+(`cfg.store_url`) but never joined with the WCS's tables, so the focus needs nothing of
+the conferencing store:
+
+    directory_tenants(domain PK, created_at)
+    sip_users(realm -> directory_tenants.domain, username, ha1_md5, ha1_sha256, created_at)
+
+The realm is the tenant domain (lower-case A-label form) and the username the user part of
+`user@domain`, exactly what RFC 3261 Digest hashes (DESIGN §2). The password is hashed the
+moment it is read and exists nowhere else: not in a row, a log line or an exception.
+Portable SQL only (SQLite embedded, PostgreSQL for scale-out).
+
+`lookup_ha1` runs for every authenticated INVITE, so it is served from a small in-process
+cache: both HA1s of a user are kept for `cache_ttl` seconds (a miss for `miss_ttl`, so a
+guesser hammering unknown names costs one query per name per `miss_ttl`), bounded at
+`cache_size` entries, least recently used out first. Weakness: a change made by another
+process (the `webconf user` command, another focus node) is seen only when the entry
+expires, so a removed user or an old password keeps working for up to `cache_ttl` seconds.
+Changes made through this object invalidate its own cache at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import re
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    MetaData,
+    String,
+    Table,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from conferencing.config import ConfigError, load_config
+
+from .sip.digest import ha1
+
+metadata = MetaData()
+
+directory_tenants = Table(
+    "directory_tenants",
+    metadata,
+    Column("domain", String(255), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+sip_users = Table(
+    "sip_users",
+    metadata,
+    Column("realm", String(255), ForeignKey("directory_tenants.domain"), primary_key=True),
+    Column("username", String(255), primary_key=True),
+    Column("ha1_md5", String(32), nullable=False),
+    Column("ha1_sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# RFC 3261 §25.1 `user` without escapes: unreserved / user-unreserved characters.
+_USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/]{1,128}")
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+class DirectoryError(ValueError):
+    """An address the directory cannot accept; the message never holds a password."""
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower-case A-label form of a DNS name; `DirectoryError` if it is not one."""
+    candidate = domain.strip().rstrip(".").lower()
+    if not candidate.isascii():
+        try:
+            candidate = candidate.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise DirectoryError(f"not a valid domain name: {domain!r}") from None
+    labels = candidate.split(".")
+    if len(candidate) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise DirectoryError(f"not a valid domain name: {domain!r}")
+    return candidate
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """`user@domain` (an optional `sip:`/`sips:` prefix is dropped) -> (realm, username)."""
+    text = address.strip()
+    lowered = text.lower()
+    for scheme in ("sip:", "sips:"):
+        if lowered.startswith(scheme):
+            text = text[len(scheme):]
+            break
+    user, at, domain = text.rpartition("@")
+    if not at or not user:
+        raise DirectoryError(f"expected user@domain, got {address!r}")
+    if not _USER_RE.fullmatch(user):
+        raise DirectoryError(
+            f"{user!r} is not a valid SIP user name (letters, digits and -_.!~*'()&=+$,;?/, "
+            "at most 128)")
+    return normalize_domain(domain), user
+
+
+@dataclass(slots=True)
+class _Cached:
+    expires: float
+    md5: str | None
+    sha256: str | None
+
+
+class Directory:
+    """Async access to the tenant directory tables, with a TTL cache for lookups."""
+
+    def __init__(self, engine: AsyncEngine, *, cache_ttl: float = 5.0, miss_ttl: float = 1.0,
+                 cache_size: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.cache_ttl = cache_ttl
+        self.miss_ttl = miss_ttl
+        self.cache_size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self.queries = 0
+        """How many lookups reached the database (for tests and metrics)."""
+
+    @classmethod
+    async def open(cls, url: str, *, create: bool = True, cache_ttl: float = 5.0,
+                   miss_ttl: float = 1.0, cache_size: int = 10_000,
+                   clock: Callable[[], float] = time.monotonic) -> Directory:
+        """Connect to `url` (SQLAlchemy async URL); create the tables unless told not to."""
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=5, max_overflow=10, pool_pre_ping=True)
+        engine = create_async_engine(url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        directory = cls(engine, cache_ttl=cache_ttl, miss_ttl=miss_ttl, cache_size=cache_size,
+                        clock=clock)
+        if create:
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all)
+            except BaseException:
+                await engine.dispose()
+                raise
+        return directory
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- operator -----------------------------------------------------------------------
+    async def add_user(self, address: str, password: str) -> bool:
+        """Store `address`'s HA1s (replacing any: a password change); True if the tenant
+        is new. `DirectoryError` for a bad address or an empty password."""
+        realm, username = parse_address(address)
+        if not password:
+            raise DirectoryError("the password is empty")
+        ha1_md5 = ha1(username, realm, password, "MD5")
+        ha1_sha256 = ha1(username, realm, password, "SHA-256")
+        for attempt in range(3):  # a concurrent writer may create the same rows first
+            try:
+                new_tenant = await self._put_user(realm, username, ha1_md5, ha1_sha256)
+                break
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        self._cache.pop((realm, username), None)
+        return new_tenant
+
+    async def _put_user(self, realm: str, username: str, ha1_md5: str, ha1_sha256: str
+                        ) -> bool:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            new_tenant = await conn.scalar(select(directory_tenants.c.domain).where(
+                directory_tenants.c.domain == realm)) is None
+            if new_tenant:
+                await conn.execute(insert(directory_tenants).values(domain=realm, created_at=now))
+            changed = await conn.execute(
+                update(sip_users)
+                .where(sip_users.c.realm == realm, sip_users.c.username == username)
+                .values(ha1_md5=ha1_md5, ha1_sha256=ha1_sha256))
+            if changed.rowcount == 0:
+                await conn.execute(insert(sip_users).values(
+                    realm=realm, username=username, ha1_md5=ha1_md5, ha1_sha256=ha1_sha256,
+                    created_at=now))
+        return new_tenant
+
+    async def remove_user(self, address: str) -> bool:
+        """Delete the user; False if there was none. The tenant row stays."""
+        realm, username = parse_address(address)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(sip_users).where(
+                sip_users.c.realm == realm, sip_users.c.username == username))
+        self._cache.pop((realm, username), None)
+        return bool(result.rowcount)
+
+    async def list_users(self, domain: str | None = None) -> list[str]:
+        """Addresses (`user@domain`), sorted by domain then user; one tenant if given."""
+        q = select(sip_users.c.realm, sip_users.c.username).order_by(
+            sip_users.c.realm, sip_users.c.username)
+        if domain is not None:
+            q = q.where(sip_users.c.realm == normalize_domain(domain))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [f"{r.username}@{r.realm}" for r in rows]
+
+    # -- focus ----------------------------------------------------------------------------
+    async def has_tenant(self, domain: str) -> bool:
+        try:
+            realm = normalize_domain(domain)
+        except DirectoryError:
+            return False
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(select(directory_tenants.c.domain).where(
+                directory_tenants.c.domain == realm))
+        return found is not None
+
+    async def lookup_ha1(self, realm: str, username: str, algorithm: str) -> str | None:
+        """The stored HA1 hex of `username` in `realm` for "MD5" or "SHA-256", or None."""
+        alg = algorithm.upper()
+        if alg not in ("MD5", "SHA-256"):
+            raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+        key = (realm.lower(), username)
+        now = self._clock()
+        entry = self._cache.get(key)
+        if entry is None or entry.expires <= now:
+            entry = await self._fetch(key, now)
+        else:
+            self._cache.move_to_end(key)
+        return entry.md5 if alg == "MD5" else entry.sha256
+
+    async def _fetch(self, key: tuple[str, str], now: float) -> _Cached:
+        self.queries += 1
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                select(sip_users.c.ha1_md5, sip_users.c.ha1_sha256)
+                .where(sip_users.c.realm == key[0], sip_users.c.username == key[1]))).first()
+        if row is None:
+            entry = _Cached(now + self.miss_ttl, None, None)
+        else:
+            entry = _Cached(now + self.cache_ttl, row.ha1_md5, row.ha1_sha256)
+        self._cache[key] = entry
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """The same pragmas as the WCS store: the two share one SQLite file."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+# -- `webconf user` ---------------------------------------------------------------------------
+
+class _UsageError(Exception):
+    """Exit status 1 with this one-line message."""
+
+
+def add_user_arguments(parser: argparse.ArgumentParser) -> None:
+    """`webconf user add|remove|list DIR ...` (dests: user_command, dir, address, tenant)."""
+    sub = parser.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="add a user or change its password (read from stdin)",
+                         description="Add a user, or change its password. The password is "
+                         "read from stdin: typed twice on a terminal, else the first line.")
+    add.add_argument("dir", type=Path, help="deployment directory")
+    add.add_argument("address", help="user@tenant-domain")
+    remove = sub.add_parser("remove", help="remove a user")
+    remove.add_argument("dir", type=Path, help="deployment directory")
+    remove.add_argument("address", help="user@tenant-domain")
+    listing = sub.add_parser("list", help="list users, one address a line")
+    listing.add_argument("dir", type=Path, help="deployment directory")
+    listing.add_argument("--tenant", metavar="DOMAIN", help="only this tenant's users")
+
+
+def read_password() -> str:
+    """The new password from stdin: asked twice on a terminal, else its first line."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Password (again): "):
+            raise _UsageError("the passwords do not match")
+        password = first
+    else:
+        line = sys.stdin.buffer.readline()
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        try:
+            password = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _UsageError("the password is not valid UTF-8") from None
+    if not password:
+        raise _UsageError("the password is empty")
+    return password
+
+
+async def _run(args: argparse.Namespace, store_url: str) -> list[str]:
+    """Perform the action; the lines to print. Raises `_UsageError`/`DirectoryError`."""
+    command = args.user_command
+    realm, username = parse_address(args.address) if command != "list" else ("", "")
+    address = f"{username}@{realm}"
+    password = read_password() if command == "add" else ""  # after the address is checked
+    directory = await Directory.open(store_url)
+    try:
+        if command == "add":
+            new_tenant = await directory.add_user(address, password)
+            return [f"added {address}" + (f" (new tenant {realm})" if new_tenant else "")]
+        if command == "remove":
+            if not await directory.remove_user(address):
+                raise _UsageError(f"no such user {address}")
+            return [f"removed {address}"]
+        return await directory.list_users(args.tenant)
+    finally:
+        await directory.close()
+
+
+def run_user(args: argparse.Namespace) -> int:
+    """`webconf user`: 0 ok, 1 user error, 2 configuration or database error."""
+    prog = f"webconf user {args.user_command}"
+    try:
+        cfg = load_config(args.dir)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        lines = asyncio.run(_run(args, cfg.store_url))
+    except (_UsageError, DirectoryError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:
+        # Never the exception text: a driver may echo statement parameters (HA1s).
+        print(f"{prog}: cannot use the directory database {_safe_url(cfg.store_url)} "
+              f"({type(exc).__name__})", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    if args.user_command == "add":
+        realm = parse_address(args.address)[0]
+        if realm not in cfg.tenants.domains:
+            print(f"warning: the deployment's TLS certificates do not name {realm}; SIP clients "
+                  f"of that tenant will refuse the focus. Re-run `webconf init {cfg.base_dir} "
+                  f"--force` with every --tenant, including --tenant {realm}.", file=sys.stderr)
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The store URL without any password in it."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        creds, _, host = rest.partition("@")
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url

@@ -1,0 +1,220 @@
+"""The focus's client of the WCS internal API (DESIGN §7): mTLS, pooled, bounded in time.
+
+Operations: `admit` (mint a cookie; creates the conference when the organizer is first),
+`revoke` (BYE: the cookie stops working), `end`, `close`.
+
+Plan: one `aiohttp.ClientSession` for the process, created on first use inside the running
+loop, over a keep-alive pool of up to 100 TLS connections authenticated with the
+focus's client certificate (`certs/focus-client.*`) and trusting only the deployment CA.
+Every call is bounded by `focus.wcs_timeout_seconds` in total, connect and TLS handshake
+included, and fails one of two ways the SIP layer can map directly:
+
+- `WcsRefused`: the WCS answered with a 4xx and a JSON error (403 another tenant -> SIP
+  403, 404 unknown conference -> SIP 404, 400 -> a bug on our side).
+- `WcsUnavailable`: no usable answer (connection refused, TLS failure, timeout, 5xx, 429,
+  a malformed success): the focus answers 503 with Retry-After.
+
+Secrecy: the cookie is a bearer credential. It lives only in `Admission.cookie`, which
+`repr()` leaves out; no log line or exception message is ever built from a response body
+that can hold one. `revoke` is idempotent at the WCS, so it alone is retried once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from conferencing.config import Config
+from conferencing.tls import client_context
+
+log = logging.getLogger("webconf.focus.wcs")
+
+REVOKE_RETRY_DELAY = 0.2
+"""Seconds before the one retry of a revoke that found the WCS unavailable."""
+_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+_BASE = "/internal/v1/conferences"
+
+
+class WcsRefused(Exception):
+    """The WCS refused the request (a 4xx); `code`/`message` are its JSON error's."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"WCS refused with {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class WcsUnavailable(Exception):
+    """No usable answer from the WCS in time: answer the SIP request 503 + Retry-After."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        """The HTTP status if the WCS answered at all (5xx, 429), else None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A participant the WCS admitted: what goes into the join JSON (DESIGN §2)."""
+
+    conference: str
+    """The conference id."""
+    participant: str
+    """The participant id: what `revoke` takes when the dialog ends."""
+    role: str
+    """"organizer", "presenter" or "attendee", as the WCS decided."""
+    cookie: str = field(repr=False)
+    """The signed bearer cookie (a JWT). Secret: never logged, never in a repr."""
+    expires_at: str
+    """The cookie's expiry, RFC 3339."""
+    webconf_url: str
+    """The WCS's public base URL, for the client."""
+
+    def to_json(self) -> dict[str, str]:
+        """The `application/vnd.webconf.join+json` body (holds the cookie)."""
+        return {"conference": self.conference, "participant": self.participant,
+                "role": self.role, "webconf_url": self.webconf_url, "cookie": self.cookie,
+                "expires_at": self.expires_at}
+
+
+def _check_id(kind: str, value: str) -> None:
+    if not _ID_RE.fullmatch(value) or value in (".", ".."):
+        raise WcsRefused(400, "bad_request", f"invalid {kind} id")
+
+
+class WcsClient:
+    """One pooled mTLS session to the WCS internal API; `close()` it on shutdown."""
+
+    def __init__(self, cfg: Config, *, timeout: float | None = None) -> None:
+        self.base_url = cfg.internal_url
+        self.timeout = cfg.focus.wcs_timeout_seconds if timeout is None else timeout
+        # Built now, so a missing or unreadable client certificate fails at startup.
+        self._ssl = client_context(cfg, client_cert="focus-client")
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=100, keepalive_timeout=30.0)
+            self._session = aiohttp.ClientSession(
+                base_url=self.base_url, connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": "webconf-focus"}, raise_for_status=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> WcsClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- API ------------------------------------------------------------------------------
+    async def admit(self, conference_id: str, *, tenant: str, organizer: str, user: str,
+                    role: str = "attendee") -> Admission:
+        """Admit `user` (`name@tenant`) to the conference organized by `organizer`."""
+        _check_id("conference", conference_id)
+        body = {"tenant": tenant, "organizer": organizer, "user": user, "role": role}
+        status, data = await self._call("POST", f"{_BASE}/{conference_id}/participants", body)
+        if status != 201:
+            raise self._unexpected("admit", status)
+        try:
+            values = {name: data[name] for name in (
+                "participant", "role", "cookie", "expires_at", "webconf_url")}
+        except (KeyError, TypeError):
+            values = {}
+        if len(values) != 5 or not all(isinstance(v, str) and v for v in values.values()):
+            raise WcsUnavailable("WCS admit: malformed response", status)  # no body: cookie
+        return Admission(conference=conference_id, **values)
+
+    async def revoke(self, conference_id: str, participant_id: str) -> bool:
+        """Revoke the participant's cookie: True if done (or already), False if unknown."""
+        _check_id("conference", conference_id)
+        _check_id("participant", participant_id)
+        path = f"{_BASE}/{conference_id}/participants/{participant_id}"
+        try:
+            status, _ = await self._call("DELETE", path, missing_ok=True)
+        except WcsUnavailable:
+            await asyncio.sleep(REVOKE_RETRY_DELAY)
+            status, _ = await self._call("DELETE", path, missing_ok=True)
+        return self._deleted("revoke", status)
+
+    async def end(self, conference_id: str) -> bool:
+        """End the conference (every cookie revoked): True if done, False if unknown."""
+        _check_id("conference", conference_id)
+        status, _ = await self._call("DELETE", f"{_BASE}/{conference_id}", missing_ok=True)
+        return self._deleted("end", status)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _deleted(self, what: str, status: int) -> bool:
+        if status == 204:
+            return True
+        if status == 404:
+            return False
+        raise self._unexpected(what, status)
+
+    @staticmethod
+    def _unexpected(what: str, status: int) -> WcsUnavailable:
+        log.warning("WCS %s: unexpected status %d", what, status)
+        return WcsUnavailable(f"WCS {what}: unexpected status {status}", status)
+
+    async def _call(self, method: str, path: str, body: dict[str, str] | None = None, *,
+                    missing_ok: bool = False) -> tuple[int, Any]:
+        """(status, parsed JSON or None) for a 2xx (and a 404 if `missing_ok`); raises
+        WcsRefused / WcsUnavailable otherwise."""
+        session = self._client()
+        try:
+            # aiohttp's total timeout covers connect, TLS and the body; the outer one is a
+            # guard against any step it does not bound (a stuck TLS shutdown, say).
+            async with asyncio.timeout(self.timeout + 0.5):
+                async with session.request(method, path, json=body) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+        except TimeoutError:
+            reason = f"WCS {method} {path}: no answer within {self.timeout:g} s"
+            log.warning("%s", reason)
+            raise WcsUnavailable(reason) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = f"WCS {method} {path}: {type(exc).__name__}: {exc}"
+            log.warning("%s", reason)
+            raise WcsUnavailable(reason) from None
+        if status >= 500 or status in (408, 429):
+            reason = f"WCS {method} {path}: {status}"
+            log.warning("%s", reason)
+            raise WcsUnavailable(reason, status)
+        if status == 404 and missing_ok:
+            return status, None
+        if status >= 400:
+            code, message = _error_fields(raw, status)
+            raise WcsRefused(status, code, message)
+        if not raw:
+            return status, None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            raise WcsUnavailable(f"WCS {method} {path}: response is not JSON", status) from None
+
+
+def _error_fields(raw: bytes, status: int) -> tuple[str, str]:
+    """`code`, `message` of a WCS JSON error; generic ones if the body is not one."""
+    try:
+        error = json.loads(raw)["error"]
+        code, message = error["code"], error["message"]
+        if isinstance(code, str) and isinstance(message, str):
+            return code, message[:200]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return f"http_{status}", "no JSON error in the response"
