@@ -1,0 +1,139 @@
+"""`MeetingClient`: one participant of one conference, over the public protocols only.
+
+join (SIP/TLS INVITE with Digest, dialog kept open) -> WcsSession with the cookie from the
+200 OK -> data channel (WSS, reconnecting) -> share (streamed upload) / receive (each pushed
+item downloaded and decrypted while it streams, only verified plaintext released) ->
+leave (BYE). Load tests share one SIP connection and one HTTPS pool between many clients.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .download import DownloadResult, download_item
+from .sip import ConferenceDialog, JoinResult, SipConnection, SipError
+from .wcs import Channel, Progress, WcsSession, b64url_decode, client_ssl_context
+
+DEFAULT_SIP_PORT = 5061
+
+
+@dataclass(frozen=True)
+class FocusAddress:
+    host: str
+    port: int = DEFAULT_SIP_PORT
+
+    @classmethod
+    def parse(cls, text: str) -> FocusAddress:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            return cls(text)
+        return cls(host.strip("[]"), int(port))
+
+
+def conference_domain(conference_uri: str) -> str:
+    """The tenant domain of `sip:org@domain;...` (the name the focus's cert must carry)."""
+    rest = conference_uri.split(":", 1)[1]
+    host = rest.split("@", 1)[-1].split(";", 1)[0].split("?", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class MeetingClient:
+    def __init__(self, conference_uri: str, address: str, password: str, *,
+                 focus: FocusAddress | None = None, ca_pem: str | Path | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 sip_connection: SipConnection | None = None,
+                 http: aiohttp.ClientSession | None = None, timeout: float = 15.0) -> None:
+        self.conference_uri = conference_uri
+        self.address = address
+        self._password = password
+        self.domain = conference_domain(conference_uri)
+        self.focus = focus or FocusAddress(self.domain)
+        self.ssl = ssl_context or client_ssl_context(ca_pem)
+        self.timeout = timeout
+        self._shared_sip = sip_connection
+        self._http = http
+        self.sip: SipConnection | None = sip_connection
+        self.dialog: ConferenceDialog | None = None
+        self.joined: JoinResult | None = None
+        self.wcs: WcsSession | None = None
+        self.channel: Channel | None = None
+
+    async def join(self) -> JoinResult:
+        if self.sip is None:
+            self.sip = await SipConnection.open(self.focus.host, self.focus.port,
+                                                ssl_context=self.ssl,
+                                                server_hostname=self.domain,
+                                                timeout=self.timeout)
+        self.dialog = ConferenceDialog(self.sip, self.conference_uri, self.address,
+                                       self._password)
+        self.joined = await self.dialog.join()
+        self.wcs = WcsSession(self.joined.webconf_url, self.joined.conference,
+                              self.joined.cookie, ssl=self.ssl, session=self._http)
+        return self.joined
+
+    @property
+    def role(self) -> str:
+        return self.joined.role if self.joined else ""
+
+    def _session(self) -> WcsSession:
+        if self.wcs is None:
+            raise RuntimeError("join() first")
+        return self.wcs
+
+    async def open_channel(self) -> Channel:
+        self.channel = await Channel.connect(self._session())
+        return self.channel
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Channel events, the welcome's items first (as `item.shared`)."""
+        channel = self.channel or await self.open_channel()
+        for entry in channel.welcome.get("items", []):
+            yield {"type": "item.shared", **entry, "from_welcome": True}
+        async for event in channel.events():
+            yield event
+
+    async def share(self, path: str | Path, *, name: str | None = None,
+                    progress: Progress | None = None) -> dict[str, Any]:
+        p = Path(path)
+        return await self._session().upload(p, name=name or p.name, progress=progress)
+
+    async def fetch(self, event: dict[str, Any], dest: Path | None, *,
+                    progress: Any = None) -> DownloadResult:
+        """Download and decrypt a pushed item (`item.shared` event or welcome entry)."""
+        item = event["item"]
+        key, context = b64url_decode(event["key"]), b64url_decode(event["context"])
+        return await download_item(self._session(), item, key, context, dest,
+                                   expected_sha256=item.get("sha256"), progress=progress)
+
+    async def fetch_item(self, item: dict[str, Any], dest: Path | None) -> DownloadResult:
+        """Download an item from the list, fetching its key from the key endpoint."""
+        key, context = await self._session().item_key(item["id"])
+        return await download_item(self._session(), item, key, context, dest,
+                                   expected_sha256=item.get("sha256"))
+
+    async def list_items(self) -> list[dict[str, Any]]:
+        return await self._session().list_items()
+
+    async def leave(self) -> int:
+        """BYE (the cookie is revoked at the WCS); returns the SIP status."""
+        status = 0
+        if self.dialog is not None and self.joined is not None:
+            try:
+                status = await self.dialog.leave()
+            except SipError as exc:
+                status = exc.status
+        return status
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        if self.wcs is not None:
+            await self.wcs.close()
+        if self.sip is not None and self._shared_sip is None:
+            await self.sip.close()
