@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -249,16 +251,22 @@ class ConferenceService:
         writer = await self.share.create()
         plaintext_size = 0
         encrypt_seconds = 0.0
+        hasher = hashlib.sha256() if sha256 is not None else None
         try:
             async for chunk in body:
                 plaintext_size += len(chunk)
                 if plaintext_size > max_bytes:
                     raise ServiceError("too_large", f"upload exceeds {max_bytes} bytes")
                 started = time.perf_counter()
+                if hasher is not None:
+                    hasher.update(chunk)
                 out = encryptor.update(chunk)
                 encrypt_seconds += time.perf_counter() - started
                 await writer.write(out)
             await writer.write(encryptor.finalize())
+            if hasher is not None and not hmac.compare_digest(hasher.hexdigest(), sha256 or ""):
+                raise ServiceError("bad_request",
+                                   "X-Content-SHA256 does not match the uploaded content")
             await writer.commit()
         except BaseException:
             await writer.abort()

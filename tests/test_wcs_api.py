@@ -317,3 +317,14 @@ async def test_concurrent_uploads_and_downloads(wcs: Wcs) -> None:
         _, blob, _ = await download(wcs, alice, body["item"]["id"])
         dec = Decryptor(key, context)
         assert dec.update(blob) + dec.finalize() == payload
+
+
+async def test_declared_sha256_is_verified_while_streaming(wcs: Wcs) -> None:
+    alice = await wcs.admit("H1", "alice@contoso.example")
+    data = os.urandom(100_000)
+    status, body = await wcs.upload(alice, data, extra={"X-Content-SHA256": "0" * 64})
+    assert status == 400 and "does not match" in body["error"]["message"]
+    assert [p for p in wcs.cfg.share_dir.rglob("*") if p.is_file()] == []
+    status, body = await wcs.upload(
+        alice, data, extra={"X-Content-SHA256": hashlib.sha256(data).hexdigest()})
+    assert status == 201
