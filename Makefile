@@ -1,4 +1,5 @@
 # webconf: one-command set-up on a fresh machine.
+#   make demo   - create .venv, install, run a whole verified meeting (webconf demo)
 #   make test   - create .venv, install, run the whole test suite (what CI runs)
 #   make lint   - ruff + mypy
 #   make dev    - a dev deployment in .dev/ (PKI, keys, config), then `make serve`
@@ -7,7 +8,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv test test-fast lint dev serve clean
+.PHONY: venv demo test test-fast lint dev serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/webconf demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
