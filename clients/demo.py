@@ -206,8 +206,8 @@ async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
         except TimeoutError:
             ok = False
             out.print("[red]timed out waiting for attendees to receive every item[/]")
-        out.print(f"[bold]5.[/] every attendee downloaded, decrypted and saved the items; "
-                  f"checking every byte")
+        out.print("[bold]5.[/] every attendee downloaded, decrypted and saved the items; "
+                  "checking every byte")
         originals = {p.name: _sha256(p) for p in files}
         verified = 0
         for att in attendees:
