@@ -114,7 +114,8 @@ async def _receive(attendee: Attendee, expected: int, done: asyncio.Event) -> No
             return
 
 
-async def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool:
+def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str, str], int]:
+    """Init the deployment and the tenant directory with the real operator commands."""
     dep = work / "deployment"
     sip_port, https_port, internal_port = _free_port(), _free_port(), _free_port()
     step = _cli("init", str(dep), "--tenant", TENANT, "--sip-port", str(sip_port),
@@ -131,19 +132,23 @@ async def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool
         if step.returncode:
             raise DemoFailure(f"webconf user add {address} failed: {step.stderr.strip()}")
     out.print(f"[bold]2.[/] organizer alice and {attendees_count} attendees added to {TENANT}")
+    return dep, people, sip_port
+
+
+def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool:
+    dep, people, sip_port = _prepare(work, attendees_count, out)
     serve = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", str(dep)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     try:
-        await asyncio.wait_for(asyncio.to_thread(_wait_ready, serve), READY_TIMEOUT)
-        out.print(f"[bold]3.[/] webconf serve is up: focus sips:127.0.0.1:{sip_port}, "
-                  f"WCS https://127.0.0.1:{https_port}")
-        return await _meeting(work, dep, people, sip_port, big_mib, out)
+        _wait_ready(serve)
+        out.print(f"[bold]3.[/] webconf serve is up: focus sips:127.0.0.1:{sip_port}")
+        return asyncio.run(_meeting(work, dep, people, sip_port, big_mib, out))
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
             try:
-                await asyncio.to_thread(serve.wait, 30)
+                serve.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(serve.pid, signal.SIGKILL)
                 serve.wait()
@@ -151,9 +156,12 @@ async def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool
 
 def _wait_ready(serve: subprocess.Popen[str]) -> None:
     assert serve.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
     for line in serve.stdout:
         if line.startswith("webconf ready"):
             return
+        if time.monotonic() > deadline:
+            break
     err = serve.stderr.read() if serve.stderr else ""
     raise DemoFailure(f"webconf serve exited before it was ready: {err.strip()[-500:]}")
 
@@ -238,7 +246,7 @@ async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
         items_table = Table(title="Shared items")
         for col in ("item", "size", "upload", "slowest attendee download", "check"):
             items_table.add_column(col)
-        for path, item, seconds in shared:
+        for path, _item, seconds in shared:
             size = path.stat().st_size
             slowest = max((a.seconds.get(path.name, 0.0) for a in attendees), default=0.0)
             items_table.add_row(path.name, _mib(size),
@@ -277,7 +285,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
     work = Path(tempfile.mkdtemp(prefix="webconf-demo-"))
     try:
-        ok = asyncio.run(_run(work, args.attendees, max(20, args.big_mib), out))
+        ok = _run(work, args.attendees, max(20, args.big_mib), out)
     except DemoFailure as exc:
         out.print(f"[bold red]demo failed:[/] {exc}")
         return 1
