@@ -8,20 +8,27 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint dev serve clean
+.PHONY: venv sysdeps bench-deps demo test test-fast lint dev serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,agents]' || $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Debian packages the tests drive (baresip, linphonec, SIPp); skipped without root/apt.
+sysdeps:
+	bash scripts/system-deps.sh
+
+bench-deps:
+	bash scripts/system-deps.sh --bench
 
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/webconf demo
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

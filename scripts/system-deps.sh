@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the tests (and, with --bench, the benchmarks) drive:
+# real SIP user agents, SIPp, and the baselines. Service start-up is suppressed during the
+# install (policy-rc.d), so nothing listens on ports 80/5060 afterwards. Without root or
+# apt it only warns: the tests that need a missing tool skip and say why.
+set -u
+packages="baresip-core linphone-cli sip-tester"
+if [ "${1:-}" = "--bench" ]; then
+  packages="$packages kamailio kamailio-tls-modules nginx-light wrk nghttp2-client"
+fi
+missing=""
+for p in $packages; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-deps: cannot install$missing (need root and apt-get); tests using them will skip" >&2
+  exit 0
+fi
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+fi
+export DEBIAN_FRONTEND=noninteractive
+{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } >/tmp/webconf-system-deps.log 2>&1 \
+  || echo "system-deps: apt-get failed for$missing (see /tmp/webconf-system-deps.log); tests using them will skip" >&2
+[ "$created_policy" = 1 ] && rm -f "$policy"
+exit 0
