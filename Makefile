@@ -1,6 +1,7 @@
 # webconf: one-command set-up on a fresh machine.
 #   make demo   - create .venv, install, run a whole verified meeting (webconf demo)
 #   make test   - create .venv, install, run the whole test suite (what CI runs)
+#   make bench  - benchmarks beside their baselines (Kamailio, nginx); table + bench/results/
 #   make lint   - ruff + mypy
 #   make dev    - a dev deployment in .dev/ (PKI, keys, config), then `make serve`
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv sysdeps bench-deps demo test test-fast lint dev serve clean
+.PHONY: venv sysdeps bench demo test test-fast lint dev serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,12 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,agents]' || $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests drive (baresip, linphonec, SIPp); skipped without root/apt.
+# Debian packages the tests drive (baresip, linphonec, SIPp) and the baselines the bench
+# smoke tests run (kamailio, nginx, wrk, h2load); skipped without root/apt.
 sysdeps:
-	bash scripts/system-deps.sh
-
-bench-deps:
 	bash scripts/system-deps.sh --bench
+
+bench: $(STAMP) sysdeps
+	$(PY) -m bench --update-readme
 
 venv: $(STAMP)
 
