@@ -142,7 +142,9 @@ class FocusServer:
                                     "reason": "connection cap"}))
             writer.close()
             return
-        conn = Conn(self._next_id, host, port, transport)
+        ssl_object = writer.get_extra_info("ssl_object")
+        conn = Conn(self._next_id, host, port, transport,
+                    tls_version=ssl_object.version() if ssl_object is not None else None)
         self._next_id += 1
         entry = _Connection(conn, writer)
         self._connections[conn.id] = entry

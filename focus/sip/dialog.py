@@ -66,6 +66,8 @@ class Conn:
     peer_port: int
     transport: str = "TLS"
     """"TLS" or "TCP": used for the Contact we hand out."""
+    tls_version: str | None = None
+    """The negotiated protocol ("TLSv1.3", "TLSv1.2"), logged with each join; None on TCP."""
 
 
 @dataclass(frozen=True)
@@ -380,7 +382,8 @@ class FocusCore:
         return [Send(pending.conn.id, data), Log({
             "event": "join", "conference": pending.conference_id, "user": pending.user,
             "participant": admission.participant_id, "role": admission.role,
-            "peer": pending.conn.peer_host, "transport": pending.conn.transport})]
+            "peer": pending.conn.peer_host, "transport": pending.conn.transport,
+            **({"tls": pending.conn.tls_version} if pending.conn.tls_version else {})})]
 
     def admission_failed(self, ticket: int, status: int, reason: str | None = None,
                          retry_after: int | None = None) -> list[Output]:
