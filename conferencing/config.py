@@ -60,6 +60,10 @@ class FocusSection:
     max_connections: int = 20_000
     max_connections_per_source: int = 2_000
     max_message_bytes: int = 65536
+    auth_failures_per_user: int = 5
+    """Digest failures per user per minute before a 30 s lockout (429 + Retry-After)."""
+    auth_failures_per_source: int = 50
+    """The same for a source address, higher: one NAT may hide many users."""
     wcs_timeout_seconds: float = 5.0
 
 

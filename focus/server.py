@@ -77,7 +77,8 @@ class FocusServer:
                     offer, address=self.cfg.public_host, **kw),
                 make_multipart=sdp.multipart_mixed, accepts=sdp.accepts),
             digest.NonceService(self.nonce_secret, lifetime=f.nonce_lifetime_seconds),
-            digest.FailureThrottle())
+            digest.FailureThrottle(max_failures=f.auth_failures_per_user,
+                                   max_source_failures=f.auth_failures_per_source))
         self._connections: dict[int, _Connection] = {}
         self._per_source: Counter[str] = Counter()
         self._next_id = 1

@@ -313,3 +313,16 @@ def test_throttle_memory_is_bounded():
         throttle.record_failure(f"u{i}", f"s{i}")
     assert len(throttle._entries) == 10
     assert throttle.check("u999", "x") == 30.0 and throttle.check("u0", "s0") is None
+
+
+def test_source_threshold_is_separate_from_user_threshold() -> None:
+    now = [0.0]
+    throttle = FailureThrottle(max_failures=5, max_source_failures=50, clock=lambda: now[0])
+    for i in range(5):
+        throttle.record_failure("alice@contoso.example", "10.0.0.1")
+    assert throttle.check("alice@contoso.example", "10.0.0.1") is not None  # alice locked
+    assert throttle.check("bob@contoso.example", "10.0.0.1") is None  # the office is not
+    for i in range(45):
+        throttle.record_failure(f"user{i}@contoso.example", "10.0.0.1")
+    assert throttle.check("bob@contoso.example", "10.0.0.1") is not None  # a guessing source
+    assert throttle.check("bob@contoso.example", "10.0.0.2") is None

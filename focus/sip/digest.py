@@ -268,8 +268,12 @@ class FailureThrottle:
         lockout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
+        max_source_failures: int | None = None,
     ) -> None:
         self.max_failures = max_failures
+        self.max_source_failures = max_failures if max_source_failures is None else (
+            max_source_failures)
+        """A source (one NAT may hide a whole office) may fail more often than a user."""
         self.window = window
         self.lockout = lockout
         self.max_keys = max_keys
@@ -303,7 +307,8 @@ class FailureThrottle:
             elif now - entry.window_start >= self.window:
                 entry.window_start, entry.count = now, 0
             entry.count += 1
-            if entry.count >= self.max_failures:
+            limit = self.max_source_failures if key[0] == "source" else self.max_failures
+            if entry.count >= limit:
                 entry.locked_until = now + self.lockout
                 entry.window_start, entry.count = now, 0
             self._entries.move_to_end(key)
