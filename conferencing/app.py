@@ -29,6 +29,7 @@ from .config import Config, load_config
 from .cookies import CookieAuthority
 from .events import EventHub
 from .logs import configure_logging
+from .loop import install_fast_loop
 from .metrics import Metrics
 from .service import ConferenceService
 from .share import FileShare
@@ -157,5 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging("wcs")
     cfg = load_config(Path(args[0]))
+    install_fast_loop()
     asyncio.run(serve_forever(cfg))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from importlib import resources
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -161,6 +162,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def load_openapi() -> bytes:
+    """The OpenAPI 3.1 document of this API, as shipped in the package (api/openapi.json)."""
+    return resources.files("conferencing.api").joinpath("openapi.json").read_bytes()
+
+
 async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     resp = web.Response(body=metrics.render())
@@ -180,3 +186,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{base}/channel", channel)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
+
+    document = load_openapi()  # once, at startup
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from . import digest
+from .syntax import is_token
 from .message import (
     Request,
     Response,
@@ -111,6 +112,38 @@ class Admission:
     cookie: str = field(repr=False)
     expires_at: str
     webconf_url: str
+
+
+def bracket_addr_spec(value: str) -> str:
+    """A From/To value in addr-spec form whose ";" parameters cannot be header parameters,
+    rewritten as `<uri;params>;tag=...`; any other value unchanged.
+
+    RFC 3261 §20.10 puts a URI containing ";" inside angle brackets, but pjsua2 (pjsip 2.15)
+    dialing `sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2` sends that To
+    bare, and then cannot parse the same To echoed in our responses (`opaque=app:conf:...`
+    is no token), so it never sees the 401 or the 200 and the join times out. A value like
+    that can only mean URI parameters; valid values (bare or bracketed) are left alone.
+    """
+    text = value.strip()
+    if not text or "<" in text or '"' in text:
+        return value
+    start = text.find("@") + 1  # a user part may hold ";" (RFC 3261 user-unreserved)
+    cut = text.find(";", start)
+    if cut < 0:
+        return value
+    uri, params = text[:cut], [p.strip() for p in text[cut + 1:].split(";")]
+
+    def header_param(param: str) -> bool:
+        name, eq, val = param.partition("=")
+        return is_token(name.strip()) and (not eq or is_token(val.strip()) or (
+            val.strip().startswith("[") and val.strip().endswith("]")))
+
+    if all(header_param(p) for p in params):
+        return value
+    is_tag = [p.partition("=")[0].strip().lower() == "tag" for p in params]
+    inside = [p for p, tag in zip(params, is_tag, strict=True) if not tag]
+    outside = [p for p, tag in zip(params, is_tag, strict=True) if tag]
+    return "<" + ";".join([uri, *inside]) + ">" + "".join(";" + p for p in outside)
 
 
 # -- state --------------------------------------------------------------------------------
@@ -251,6 +284,12 @@ class FocusCore:
         state = self._conns.get(conn.id)
         if state is None:
             state = self._conns[conn.id] = _ConnState(conn)
+        for name in ("From", "To"):  # echoed in every response: make them parseable
+            value = req.headers.get(name)
+            if value is not None and req.headers.count(name) == 1:
+                fixed = bracket_addr_spec(value)
+                if fixed != value:
+                    req.headers.set(name, fixed)
         if req.method == "ACK":
             return self._ack(req)
         try:
