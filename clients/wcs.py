@@ -147,9 +147,11 @@ class WcsSession:
         return "wss://" + self.base_url.removeprefix("https://") + "/channel"
 
     async def close(self) -> None:
+        # A shared pool belongs to its owner: keep the reference so later use does not
+        # silently create a private session that nobody closes.
         if self._owns_session and self._session is not None:
             await self._session.close()
-        self._session = None
+            self._session = None
 
     async def __aenter__(self) -> WcsSession:
         return self
