@@ -284,3 +284,18 @@ def test_reinvite_keeps_sdp_session_and_bumps_version() -> None:
     assert again.status == 200
     o2 = [ln for ln in again.body.decode().splitlines() if ln.startswith("o=")][0].split()
     assert o2[1] == o_line[1] and int(o2[2]) == int(o_line[2]) + 1
+
+
+def test_ack_on_a_new_connection_moves_the_dialog() -> None:
+    core = make_core(leave_grace_seconds=30)
+    [admit] = [o for o in join(core) if isinstance(o, Admit)]
+    [ok] = responses(core.admitted(admit.ticket, Admission("p1", "organizer", "C", "x", "u")))
+    to_tag = [p.split("=")[1] for p in ok.headers.get("To").split(";") if p.startswith("tag=")][0]
+    second = Conn(7, "127.0.0.1", 40007)
+    core.connection_made(second)
+    assert core.request(second, parse_message(invite(method="ACK", to_tag=to_tag, cseq=2))) == []
+    core.connection_lost(CONN.id, now=100.0)  # the INVITE's connection goes away
+    assert core.next_deadline() is None and core.expire(1000.0) == []
+    out = core.request(second, parse_message(invite(method="BYE", to_tag=to_tag, cseq=3,
+                                                    branch="z9hG4bKbye")))
+    assert [o for o in out if isinstance(o, Revoke)] == [Revoke("K7Q2", "p1", "bye")]

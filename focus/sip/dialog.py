@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from . import digest
-from .syntax import is_token
 from .message import (
     Request,
     Response,
@@ -46,6 +45,7 @@ from .message import (
     serialize,
     validate_request,
 )
+from .syntax import is_token
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 SUPPORTED_METHODS = frozenset(ALLOW.replace(" ", "").split(","))
@@ -291,7 +291,7 @@ class FocusCore:
                 if fixed != value:
                     req.headers.set(name, fixed)
         if req.method == "ACK":
-            return self._ack(req)
+            return self._ack(conn, req)
         try:
             validate_request(req)
         except SipParseError as exc:
@@ -443,11 +443,29 @@ class FocusCore:
                         headers=headers, to_tag=pending.to_tag)]
 
     # -- in-dialog and other methods ----------------------------------------------------------
-    def _ack(self, req: Request) -> list[Output]:
+    def _ack(self, conn: Conn, req: Request) -> list[Output]:
         dialog = self._dialog_for(req)
         if dialog is not None:
             dialog.confirmed = True
+            self._rebind(dialog, conn)
         return []  # ACKs are never answered
+
+    def _rebind(self, dialog: Dialog, conn: Conn) -> None:
+        """Follow the agent to the connection its latest in-dialog request came on.
+
+        Agents may send ACK, BYE and re-INVITEs to our Contact over a new connection
+        (linphone does) and then drop the first one: the dialog must not be orphaned.
+        """
+        key = (dialog.call_id, dialog.local_tag, dialog.remote_tag)
+        if dialog.conn_id != conn.id:
+            old = self._conns.get(dialog.conn_id)
+            if old is not None:
+                old.dialogs.discard(key)
+            dialog.conn_id = conn.id
+            state = self._conns.get(conn.id)
+            if state is not None:
+                state.dialogs.add(key)
+        dialog.orphaned_at = None
 
     def _bye(self, conn: Conn, req: Request) -> list[Output]:
         key = self._dialog_key(req)
@@ -463,14 +481,7 @@ class FocusCore:
         dialog = self._dialog_for(req)
         if dialog is None:
             return [self._reply(conn, req, 481)]
-        key = (dialog.call_id, dialog.local_tag, dialog.remote_tag)
-        if dialog.conn_id != conn.id:  # the agent came back on a new connection
-            old = self._conns.get(dialog.conn_id)
-            if old is not None:
-                old.dialogs.discard(key)
-            dialog.conn_id = conn.id
-            self._conns[conn.id].dialogs.add(key)
-        dialog.orphaned_at = None
+        self._rebind(dialog, conn)
         content_type, body = dialog.answer
         offer_type = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if req.body and offer_type == "application/sdp" and self.settings.answer_sdp:
