@@ -34,7 +34,27 @@ def configure_logging(component: str) -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLines())
+    handler.addFilter(_quiet_protocol_errors)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _quiet_protocol_errors(record: logging.LogRecord) -> bool:
+    """Bad HTTP from a client is the client's problem: one warning line, no traceback.
+
+    aiohttp logs every unparseable request at ERROR with a full traceback, which would let
+    any client flood the logs; real server bugs keep their tracebacks.
+    """
+    if record.name.startswith("aiohttp.server") and record.exc_info:
+        exc = record.exc_info[1]
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if isinstance(exc, HttpProcessingError):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "bad HTTP request: %s", (type(exc).__name__,)
+    return True
+
