@@ -163,7 +163,8 @@ class FocusServer:
                     partial_since = None
                     timeout = None if self.core.has_dialogs(conn.id) else f.idle_timeout_seconds
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+                    async with asyncio.timeout(timeout):  # no Task per read, unlike wait_for
+                        data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     reason = "header timeout" if framer.buffered else "idle timeout"
                     log.info(json.dumps({"event": "connection.timeout", "peer": host,
@@ -177,7 +178,14 @@ class FocusServer:
                     partial_since = None  # the slowloris clock runs per message
                 if not keep_open:
                     break
-                await writer.drain()
+                try:  # a peer that sends but never reads must not park us here forever
+                    async with asyncio.timeout(f.header_timeout_seconds):
+                        await writer.drain()
+                except TimeoutError:
+                    log.info(json.dumps({"event": "connection.timeout", "peer": host,
+                                         "reason": "write timeout"}))
+                    writer.transport.abort()  # its unread responses can never be flushed
+                    break
         except (ConnectionError, OSError):
             pass
         finally:
@@ -198,10 +206,13 @@ class FocusServer:
             event = framer.next_event()
             if isinstance(event, NeedData):
                 return True, progressed
-            progressed = True
             if isinstance(event, KeepAlive):
                 entry.writer.write(b"\r\n")
+                progressed = True
                 continue
+            if progressed:  # one read can hold ~100 pipelined requests: let the other
+                await asyncio.sleep(0)  # connections run between them (fairness in floods)
+            progressed = True
             if isinstance(event, FramingError):
                 if not event.is_response and event.headers is not None and (
                         event.headers.get("Via") is not None):
@@ -214,7 +225,10 @@ class FocusServer:
                 continue  # a response: the focus sends no requests, so it matches nothing
             credentials = None
             wanted = self.core.credentials_needed(event)
-            if wanted is not None:
+            # A locked-out user or source gets 429 before any Digest check: spare the
+            # directory a query per guess (the core keys users as user@realm).
+            if wanted is not None and self.core.throttle.check(
+                    f"{wanted[1]}@{wanted[0]}", entry.conn.peer_host) is None:
                 credentials = await self._credentials(*wanted)
             self._run(self.core.request(entry.conn, event, credentials, time.monotonic()))
             if entry.closing:
@@ -222,6 +236,10 @@ class FocusServer:
 
     async def _credentials(self, realm: str, username: str) -> dict[str, str]:
         found: dict[str, str] = {}
+        try:
+            (realm + username).encode("utf-8")
+        except UnicodeEncodeError:  # bytes that were not UTF-8: no user has such a name,
+            return found  # and the database driver would raise on them
         for algorithm in ("SHA-256", "MD5"):
             value = await self.directory.lookup_ha1(realm, username, algorithm)
             if value is not None:
