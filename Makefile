@@ -14,7 +14,8 @@ STAMP   = $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,agents]' || $(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,agents,fast]' || $(PY) -m pip install -q -e '.[dev,fast]' \
+		|| $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 # Debian packages the tests drive (baresip, linphonec, SIPp) and the baselines the bench

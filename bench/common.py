@@ -62,10 +62,19 @@ def percentile(values: Sequence[float], p: float) -> float:
     return float(ordered[k])
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never the same one twice in this process (the kernel may
+    hand a just-closed ephemeral port out again at once on a busy machine)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -8,7 +8,9 @@ Commit protocol (DESIGN §6): write the temp file, fsync it, rename it into plac
 blob's directory; only then does the caller commit the metadata row. A crash before the
 rename leaves a temp file, a crash after it leaves a blob without a row: the startup sweep
 removes both. Blocking file calls run in a worker thread so the event loop never waits on
-the disk.
+the disk; the one exception is `stream()`, which copies a chunk that is already in the page
+cache in the event loop (`RWF_NOWAIT`: the read fails instead of waiting for the disk) and
+only otherwise hands the read to a thread.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import BinaryIO
 BLOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 TMP_DIR = ".tmp"
 WRITE_BUFFER = 1024 * 1024
+READ_POOL_BYTES = 16 * 1024 * 1024
+"""Read buffers `stream()` keeps for reuse (beyond that they are freed after the request)."""
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
 
 class ShareError(Exception):
@@ -43,23 +48,33 @@ class BlobWriter:
         self.blob_id = blob_id
         self._file = file
         self._tmp_path = tmp_path
-        self._buffer = bytearray()
+        # One fixed buffer, filled by copying and written from in place: growing a
+        # bytearray from empty for every MiB (and copying it out to bytes) measured a fifth
+        # of the WCS's CPU per uploaded byte.
+        self._buffer = bytearray(WRITE_BUFFER)
+        self._fill = 0
         self.size = 0
         self._done = False
 
-    async def write(self, data: bytes) -> None:
-        if not data:
-            return
-        self._buffer += data
-        self.size += len(data)
-        if len(self._buffer) >= WRITE_BUFFER:
-            await self._flush()
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        src = memoryview(data).cast("B")
+        self.size += len(src)
+        while len(src):
+            if self._fill == 0 and len(src) >= WRITE_BUFFER:
+                await asyncio.to_thread(_write_all, self._file, src)  # big: no copy
+                return
+            take = min(len(src), WRITE_BUFFER - self._fill)
+            self._buffer[self._fill : self._fill + take] = src[:take]
+            self._fill += take
+            src = src[take:]
+            if self._fill == WRITE_BUFFER:
+                await self._flush()
 
     async def _flush(self) -> None:
-        if self._buffer:
-            chunk = bytes(self._buffer)
-            self._buffer.clear()
-            await asyncio.to_thread(self._file.write, chunk)
+        if self._fill:
+            await asyncio.to_thread(_write_all, self._file,
+                                    memoryview(self._buffer)[: self._fill])
+            self._fill = 0
 
     async def commit(self) -> None:
         """Flush, fsync, rename into place and fsync the directory."""
@@ -76,12 +91,14 @@ class BlobWriter:
 
         await asyncio.to_thread(_commit)
         self._done = True
+        self._buffer = bytearray()
 
     async def abort(self) -> None:
         """Drop the temp file; safe to call more than once."""
         if self._done:
             return
         self._done = True
+        self._buffer = bytearray()
 
         def _abort() -> None:
             try:
@@ -98,6 +115,8 @@ class FileShare:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / TMP_DIR
+        self._read_pool: list[bytearray] = []
+        self._nowait = bool(_RWF_NOWAIT) and hasattr(os, "preadv")
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -149,6 +168,77 @@ class FileShare:
         finally:
             await asyncio.to_thread(file.close)
 
+    async def stream(self, blob_id: str, offset: int = 0, length: int | None = None,
+                     chunk_size: int = 1024 * 1024) -> AsyncIterator[memoryview]:
+        """Like `read`, but yields views of reused buffers: the download fast path.
+
+        A fresh 1 MiB `bytes` per chunk costs page faults (zeroing new pages) that measured
+        a fifth of the WCS's CPU per downloaded byte, and a thread hop per chunk costs more
+        than copying 1 MiB from the page cache. So a chunk is read into a pooled buffer,
+        in the event loop when the page cache holds it (`preadv` with `RWF_NOWAIT`, which
+        returns what is cached instead of waiting for the disk), else in a worker thread.
+        A buffer is refilled only once nothing exports it any more (`_unexported`), so a
+        view still held by the consumer or queued in a transport is never overwritten.
+        """
+        path = self.blob_path(blob_id)
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ShareError("blob missing") from None
+        held: list[bytearray] = []
+        try:
+            pos = offset
+            remaining = length
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                buf = self._take_buffer(chunk_size, held)
+                view = memoryview(buf)[:want]
+                n = await self._pread(fd, view, pos)
+                if n == 0:
+                    break
+                pos += n
+                if remaining is not None:
+                    remaining -= n
+                chunk = view if n == want else view[:n]
+                del view  # hold no view of our own across the yield (see _unexported)
+                yield chunk
+                del chunk
+        finally:
+            self._give_back(held, chunk_size)
+            await asyncio.to_thread(os.close, fd)
+
+    async def _pread(self, fd: int, view: memoryview, pos: int) -> int:
+        if self._nowait:
+            try:
+                return os.preadv(fd, [view], pos, _RWF_NOWAIT)
+            except BlockingIOError:
+                pass  # not (all) in the page cache: wait for the disk in a thread
+            except OSError:
+                self._nowait = False  # e.g. a network share without RWF_NOWAIT support
+        return await asyncio.to_thread(os.preadv, fd, [view], pos)
+
+    def _take_buffer(self, size: int, held: list[bytearray]) -> bytearray:
+        """A free buffer of `size` bytes: this stream's own, a pooled one, or a new one."""
+        for buf in held:
+            if _unexported(buf):
+                return buf
+        for i, buf in enumerate(self._read_pool):
+            if len(buf) == size and _unexported(buf):
+                del self._read_pool[i]
+                held.append(buf)
+                return buf
+        buf = bytearray(size + 1)  # one spare byte so `_unexported` never reallocates
+        del buf[-1]
+        held.append(buf)
+        return buf
+
+    def _give_back(self, held: list[bytearray], size: int) -> None:
+        keep = max(2, READ_POOL_BYTES // max(size, 1))
+        for buf in held:
+            if len(self._read_pool) < keep:
+                self._read_pool.append(buf)
+        held.clear()
+
     async def remove(self, blob_id: str) -> None:
         path = self.blob_path(blob_id)
 
@@ -186,6 +276,25 @@ class FileShare:
                         blob.unlink(missing_ok=True)
                         removed["orphan"] += 1
         return removed
+
+
+def _write_all(file: BinaryIO, data: memoryview) -> None:
+    """Write all of `data` to an unbuffered file (a raw write may be partial)."""
+    while len(data):
+        n = file.write(data)
+        if n is None:  # non-blocking file would block: cannot happen for our regular files
+            raise ShareError("short write to the share")
+        data = data[n:]
+
+
+def _unexported(buf: bytearray) -> bool:
+    """True when no memoryview of `buf` is alive: resizing a bytearray fails while one is."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return False
+    del buf[-1]
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

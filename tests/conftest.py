@@ -27,10 +27,19 @@ VECTORS = Path(os.environ.get("WEBCONF_VECTORS", Path(__file__).resolve().parent
                               / "vectors"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free loopback port, never the same one twice in this process (the kernel may
+    hand a just-closed ephemeral port out again at once on a busy machine)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture

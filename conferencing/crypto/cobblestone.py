@@ -38,10 +38,17 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+_NativeEncryptor: Any
+try:  # cryptography >= 50 ships a native (Rust) Cobblestone-256 of the same format
+    from cryptography.cobblestone import Cobblestone256Encryptor as _NativeEncryptor
+except ImportError:  # pragma: no cover - older cryptography
+    _NativeEncryptor = None
 
 __all__ = [
     "CHUNK_SIZE",
@@ -145,6 +152,13 @@ def item_context(tenant: str, conference_id: str, item_id: str) -> bytes:
 # the fallback.
 _HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
 
+NATIVE = _NativeEncryptor is not None and os.environ.get("WEBCONF_COBBLESTONE_NATIVE") != "0"
+"""Encryptors without a caller-chosen salt use `cryptography.cobblestone` when it exists
+(~1.5x faster per 64 KiB piece than the pure engine below, which stays the fallback and the
+one that serves a fixed salt, i.e. the test vectors). WEBCONF_COBBLESTONE_NATIVE=0, or
+setting this to False, forces the pure engine. Decryption stays pure: its errors say which
+check failed (commitment, chunk index, truncation), which the native one does not."""
+
 _IntoFn = Callable[[bytes, memoryview, None, memoryview], int]
 
 
@@ -186,23 +200,33 @@ class Encryptor:
     """Streaming encryptor: concatenating every output of update()/finalize() gives the blob.
 
     One instance encrypts exactly one message.  The 56-byte header leads the first output.
+    Without a ``salt`` it runs on the native engine when there is one (see :data:`NATIVE`);
+    both engines produce the same format and behave the same through this API.
     """
 
     def __init__(self, key: bytes, context: bytes, *, salt: bytes | None = None) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError(f"Cobblestone-256 key must be {KEY_SIZE} bytes, got {len(key)}")
+        self._native: Any = None
+        self._header_sent = False
+        self._done = False
+        if salt is None and NATIVE and _NativeEncryptor is not None:
+            native = _NativeEncryptor(bytes(key), bytes(context))
+            header: bytes = native.update(b"")  # it draws the salt; its first output is the header
+            if len(header) == HEADER_SIZE:
+                self._native = native
+                self._header = header
+                return
         if salt is None:
             salt = os.urandom(SALT_SIZE)
         elif len(salt) != SALT_SIZE:
             raise ValueError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
         self._cipher = _Cipher(key, salt, context)
         self._header = bytes(salt) + self._cipher.commitment
-        self._header_sent = False
         self._buf = bytearray(CHUNK_SIZE)  # pending plaintext, always < one chunk
         self._fill = 0
         self._index = 0
         self._scratch = bytearray()
-        self._done = False
 
     @property
     def header(self) -> bytes:
@@ -232,6 +256,12 @@ class Encryptor:
         """
         if self._done:
             raise ValueError("Encryptor already finalized")
+        if self._native is not None:
+            ct: bytes = self._native.update(data)
+            if self._header_sent:
+                return ct
+            self._header_sent = True
+            return self._header + ct
         src = memoryview(data).cast("B")
         total = self._fill + len(src)
         n_full = total // CHUNK_SIZE
@@ -278,6 +308,10 @@ class Encryptor:
         self._done = True
         head = b"" if self._header_sent else self._header
         self._header_sent = True
+        if self._native is not None:
+            last: bytes = self._native.finalize()
+            self._native = None
+            return head + last
         out = bytearray(len(head) + self._fill + TAG_SIZE)
         out[: len(head)] = head
         self._encrypt_chunk(memoryview(self._buf)[: self._fill], memoryview(out)[len(head) :])
