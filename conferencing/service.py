@@ -97,7 +97,8 @@ class BlobRef:
 
 
 def valid_id(value: str) -> bool:
-    return bool(ID_RE.match(value))
+    # "." and ".." match ID_RE but are URL dot-segments: clients normalize them away.
+    return bool(ID_RE.match(value)) and value not in (".", "..")
 
 
 def rfc3339(ts: float) -> str:
@@ -116,6 +117,8 @@ class ConferenceService:
         self.events = events
         self.metrics = metrics
         self._tenant_keys: dict[tuple[str, int], bytes] = {}
+        self._known_tenants: set[str] = set()
+        """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
 
     # -- tenant keys ----------------------------------------------------------------
     async def _tenant_key(self, tenant: str, version: int | None = None) -> tuple[bytes, int]:
@@ -156,7 +159,9 @@ class ConferenceService:
                 raise ServiceError("bad_request", f"invalid {name}")
         if role not in ("attendee", "presenter", "organizer"):
             raise ServiceError("bad_request", "invalid role")
-        await self._tenant_key(tenant)
+        if tenant not in self._known_tenants:
+            await self._tenant_key(tenant)  # creates the tenant and its key on first sight
+            self._known_tenants.add(tenant)
         now = time.time()
         conf = await self.store.conference(conference_id)
         if conf is None:

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 from conferencing import keys
+from conferencing.capacity import prepare_server_process
 from conferencing.config import load_config
 from conferencing.logs import configure_logging
+from conferencing.loop import install_fast_loop
 
 from .directory import Directory
 from .server import FocusServer
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m focus DIR", file=sys.stderr)
         return 2
     configure_logging("focus")
+    prepare_server_process()  # descriptors and TLS buffers for ~10k connections
+    install_fast_loop()  # uvloop when installed (WEBCONF_UVLOOP=0: the stdlib loop)
     asyncio.run(serve(Path(args[0])))
     return 0
 

@@ -24,6 +24,7 @@ Known limits: INVITE retransmissions are recognised by top Via branch per connec
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -55,6 +56,23 @@ CONF_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 MAX_PENDING_PER_CONNECTION = 32
 MAX_COMPLETED_PER_CONNECTION = 32
 SERVER_HEADER = "webconf-focus"
+
+
+_TAG_CACHE_MAX_VALUE = 256
+"""From/To values up to this length have their tag memoised (bounded memory)."""
+
+
+def _parse_tag(header_value: str) -> str | None:
+    try:
+        tag = parse_name_addr(header_value).params.get("tag")
+    except SipParseError:
+        return None
+    return tag or None
+
+
+# One request's To and From are read several times (credentials, dialog key, Max-Forwards
+# check), and a dialog's messages repeat them: parse each distinct value once.
+_cached_tag = functools.lru_cache(maxsize=512)(_parse_tag)
 
 
 # -- inputs and outputs -----------------------------------------------------------------
@@ -603,11 +621,9 @@ class FocusCore:
     def _tag(header_value: str | None) -> str | None:
         if not header_value:
             return None
-        try:
-            tag = parse_name_addr(header_value).params.get("tag")
-        except SipParseError:
-            return None
-        return tag or None
+        if len(header_value) > _TAG_CACHE_MAX_VALUE:
+            return _parse_tag(header_value)
+        return _cached_tag(header_value)
 
     def _to_tag(self, req: Request) -> str | None:
         return self._tag(req.headers.get("To"))

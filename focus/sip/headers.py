@@ -83,16 +83,29 @@ def split_list(value: str) -> list[str]:
 class Headers:
     """Ordered (name, value) header fields with case-insensitive lookup."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_index")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str]] = []
+        self._index: dict[str, list[str]] | None = None
+        """Lower-case name -> values, built on the first lookup, dropped by any change: a
+        request is read far more often than it is changed (a join reads ~100 times)."""
         for name, value in fields:
             self.add(name, value)
+
+    def _lookup(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for n, v in self._fields:
+                index.setdefault(n.lower(), []).append(v)
+            self._index = index
+        return index
 
     def add(self, name: str, value: str) -> None:
         """Append a field (the name is canonicalised)."""
         self._fields.append((canonical_name(name), value))
+        self._index = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value: the first field, or for list headers its first item (so
@@ -104,8 +117,7 @@ class Headers:
 
     def get_fields(self, name: str) -> list[str]:
         """Every field's value, unsplit, in order."""
-        key = canonical_name(name).lower()
-        return [v for n, v in self._fields if n.lower() == key]
+        return list(self._lookup().get(canonical_name(name).lower(), ()))
 
     def get_all(self, name: str) -> list[str]:
         """Every value in order; list-valued headers are split at top-level commas."""
@@ -122,9 +134,11 @@ class Headers:
         """Drop every field of this header."""
         key = canonical_name(name).lower()
         self._fields = [(n, v) for n, v in self._fields if n.lower() != key]
+        self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of this header with one, where the first one was."""
+        self._index = None
         key = canonical_name(name).lower()
         for i, (field_name, _) in enumerate(self._fields):
             if field_name.lower() == key:
@@ -143,8 +157,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = canonical_name(name).lower()
-        return any(n.lower() == key for n, _ in self._fields)
+        return canonical_name(name).lower() in self._lookup()
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._fields))

@@ -20,6 +20,7 @@ Normalisation, so that equality means "same on the wire" for our purposes:
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class SipParseError(Exception):
 
 def is_token(text: str) -> bool:
     """True if `text` is a non-empty RFC 3261 token."""
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return bool(text) and TOKEN_CHARS.issuperset(text)  # the loop runs in C
 
 
 def quote(text: str) -> str:
@@ -273,7 +274,7 @@ def parse_uri(text: str) -> SipURI:
     if scheme not in ("sip", "sips"):
         raise SipParseError("Unsupported URI Scheme", status=416)
     rest = text[colon + 1 :]
-    if any(c in _URI_FORBIDDEN for c in rest):
+    if not _URI_FORBIDDEN.isdisjoint(rest):  # the loop runs in C
         raise SipParseError("Bad URI: forbidden character")
     user = password = None
     at = rest.find("@")
@@ -463,6 +464,17 @@ def parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
     The scheme and parameter names are lower-cased; quoted values are unescaped. A parameter
     given twice is an error.
     """
+    if len(text) > _AUTH_CACHE_MAX_TEXT:
+        return _parse_auth_params(text)
+    scheme, params = _cached_auth_params(text)
+    return scheme, dict(params)  # a copy: the cached dict is never handed out
+
+
+_AUTH_CACHE_MAX_TEXT = 2048
+"""Longer credentials are parsed every time (bounds the memo's memory)."""
+
+
+def _parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
     sc = _Scanner(text, "credentials")
     sc.ws()
     scheme = sc.token().lower()
@@ -491,3 +503,8 @@ def parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
         sc.ws()
         if not sc.eof() and sc.peek() != ",":
             raise sc.fail("expected ','")
+
+
+# The focus reads one Authorization three times (whose HA1s to fetch, then the core, then
+# Digest verification): parse each distinct value once. Parse errors are not memoised.
+_cached_auth_params = functools.lru_cache(maxsize=256)(_parse_auth_params)
