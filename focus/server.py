@@ -107,6 +107,7 @@ class FocusServer:
                 limit=READ_SIZE)
             self.servers.append(tcp_server)
             self.tcp_port = tcp_server.sockets[0].getsockname()[1]
+            self.core.settings.tcp_contact_port = self.tcp_port
         self._timer_task = asyncio.create_task(self._timers())
 
     async def stop(self) -> None:
@@ -216,9 +217,9 @@ class FocusServer:
             if isinstance(event, FramingError):
                 if not event.is_response and event.headers is not None and (
                         event.headers.get("Via") is not None):
-                    entry.writer.write(serialize(make_response(
-                        event.headers or Headers(), event.status, event.reason)))
-                if event.fatal:
+                    self._run([Send(entry.conn.id, serialize(make_response(
+                        event.headers or Headers(), event.status, event.reason)))])
+                if event.fatal or entry.closing:
                     return False, progressed
                 continue
             if not isinstance(event, Request):
@@ -251,10 +252,19 @@ class FocusServer:
         for out in outputs:
             if isinstance(out, Send):
                 entry = self._connections.get(out.conn_id)
-                if entry is not None and not entry.writer.is_closing():
-                    entry.writer.write(out.data)
-                    if out.close_after:
-                        entry.closing = True
+                if entry is None or entry.writer.is_closing():
+                    continue
+                if len(out.data) > self.cfg.focus.max_message_bytes:
+                    # e.g. an error reply echoing thousands of Vias: the peer could not
+                    # take it (RFC 3261 §18.1.1 sizes); close instead of sending it.
+                    log.info(json.dumps({"event": "connection.closed", "peer":
+                                         entry.conn.peer_host, "reason": "oversized reply"}))
+                    entry.closing = True
+                    entry.writer.transport.abort()
+                    continue
+                entry.writer.write(out.data)
+                if out.close_after:
+                    entry.closing = True
             elif isinstance(out, Admit):
                 self._spawn(self._admit(out))
             elif isinstance(out, Revoke):

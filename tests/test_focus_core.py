@@ -299,3 +299,11 @@ def test_ack_on_a_new_connection_moves_the_dialog() -> None:
     out = core.request(second, parse_message(invite(method="BYE", to_tag=to_tag, cseq=3,
                                                     branch="z9hG4bKbye")))
     assert [o for o in out if isinstance(o, Revoke)] == [Revoke("K7Q2", "p1", "bye")]
+
+
+def test_tcp_dialogs_get_the_tcp_listener_in_contact() -> None:
+    core = make_core(tcp_contact_port=5070)
+    tcp = Conn(9, "127.0.0.1", 40009, "TCP")
+    [admit] = [o for o in join(core, conn=tcp) if isinstance(o, Admit)]
+    [ok] = responses(core.admitted(admit.ticket, Admission("p1", "organizer", "C", "x", "u")))
+    assert ok.headers.get("Contact").startswith("<sip:alice@127.0.0.1:5070;transport=tcp;")

@@ -216,6 +216,8 @@ class _ConnState:
 class FocusSettings:
     contact_host: str
     contact_port: int
+    tcp_contact_port: int = 0
+    """Port of the plain-TCP listener, for the Contact of dialogs that came over TCP."""
     algorithms: Sequence[str] = ("SHA-256", "MD5")
     md5_only_user_agents: Sequence[str] = ("baresip",)
     leave_grace_seconds: float = 30.0
@@ -564,7 +566,10 @@ class FocusCore:
         params = [f"transport={transport}"] + [
             name if value is None else f"{name}={value}"
             for name, value in uri.params.items() if name in ("gruu", "opaque")]
-        contact = SipURI(host=host, scheme=scheme, user=uri.user, port=self.settings.contact_port)
+        port = self.settings.contact_port
+        if transport == "tcp" and self.settings.tcp_contact_port:
+            port = self.settings.tcp_contact_port
+        contact = SipURI(host=host, scheme=scheme, user=uri.user, port=port)
         return f"<{contact};{';'.join(params)}>;isfocus"
 
     def _algorithms_for(self, user_agent: str) -> list[str]:
