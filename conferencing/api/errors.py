@@ -8,6 +8,7 @@ too large), or a bug (500, logged with a traceback, never with request secrets).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ STATUS_BY_CODE = {
     "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "conflict": 409,
     "too_large": 413,
     "unsupported_media_type": 415,
@@ -45,6 +47,20 @@ def json_error(status: int, message: str, *, code: str | None = None,
     resp = web.json_response(body, status=status, headers=headers)
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="webconf", error="invalid_token"'
+    return resp
+
+
+async def _send_and_close(request: web.Request, resp: web.Response) -> web.Response:
+    """Send `resp`, then close the connection at once.
+
+    For a request whose body cannot be read on: aiohttp would otherwise keep reading
+    ("lingering") for up to 10 s to drain it, and log a traceback if the body is broken.
+    """
+    resp.force_close()
+    with contextlib.suppress(ConnectionError):  # the client may be gone already
+        await resp.prepare(request)
+        await resp.write_eof()
+    request.protocol.force_close()  # flushes what was written, then closes
     return resp
 
 
@@ -92,7 +108,10 @@ def make_middlewares(metrics: Metrics | None, in_flight: InFlight | None = None
             return resp
         except ServiceError as exc:
             status = STATUS_BY_CODE.get(exc.code, 500)
-            return json_error(status, exc.message, code=exc.code)
+            resp = json_error(status, exc.message, code=exc.code)
+            if status == 408:  # the rest of the body is not coming: drop the connection
+                return await _send_and_close(request, resp)
+            return resp
         except web.HTTPException as exc:
             status = exc.status
             if status < 400:
@@ -105,6 +124,11 @@ def make_middlewares(metrics: Metrics | None, in_flight: InFlight | None = None
         except (ConnectionResetError, TimeoutError) as exc:
             status = 499
             raise web.HTTPBadRequest() from exc
+        except web.RequestPayloadError:
+            # A body aiohttp could not decode (e.g. `Content-Encoding: gzip` over bytes that
+            # are not gzip): the client's error, and its framing can no longer be trusted.
+            status = 400
+            return await _send_and_close(request, json_error(400, "malformed request body"))
         except Exception:
             log.exception("unhandled error on %s %s", request.method, route_name(request))
             return json_error(500, "internal server error")

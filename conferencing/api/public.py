@@ -6,6 +6,7 @@ in ~1 MiB chunks through a `StreamResponse` (FileResponse measured 8x slower ove
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -21,7 +22,10 @@ SERVICE = web.AppKey("service", ConferenceService)
 METRICS = web.AppKey("metrics", Metrics)
 AUTH_COOKIE = "webconf_auth"
 READ_SIZE = 64 * 1024
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+BODY_IDLE_SECONDS = 60.0
+"""An upload whose body stalls this long (no bytes at all) is refused with 408."""
+_RANGE_SPEC_RE = re.compile(r"^([0-9]*)-([0-9]*)$")  # ASCII digits only: `\d` is Unicode
+_INT64_DIGITS = 19
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -57,7 +61,14 @@ async def upload_item(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
 
     async def body() -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_chunked(READ_SIZE):
+        while True:
+            try:
+                async with asyncio.timeout(BODY_IDLE_SECONDS):
+                    chunk = await request.content.read(READ_SIZE)
+            except TimeoutError:
+                raise ServiceError("request_timeout", "upload body stalled") from None
+            if not chunk:
+                return
             metrics.bytes_in.inc(len(chunk))
             yield chunk
 
@@ -94,25 +105,32 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     Multiple ranges are answered with the whole representation (RFC 9110 §14.2 allows it).
     """
     header = header.strip()
-    if not header.lower().startswith("bytes="):
+    if header[:6].lower() != "bytes=":
         return None  # unknown unit: ignore the header
     if "," in header:
         return None
-    m = _RANGE_RE.match(header.replace(" ", ""))
+    # The unit is case-insensitive (RFC 9110 §14.1); OWS is tolerated anywhere.
+    m = _RANGE_SPEC_RE.match(header[len("bytes="):].replace(" ", "").replace("\t", ""))
     if m is None or (m.group(1) == "" and m.group(2) == ""):
         raise ServiceError("range_not_satisfiable", "malformed Range header")
+    # Leading zeros are allowed; a position past int64 is past any blob. Never int() a
+    # digit string that long (Python refuses over 4300 digits, and it costs time).
     first, last = m.group(1), m.group(2)
-    if len(first) > 19 or len(last) > 19:
+    first = first.lstrip("0") or ("0" if first else "")
+    last = last.lstrip("0") or ("0" if last else "")
+    if len(first) > _INT64_DIGITS:
         raise ServiceError("range_not_satisfiable", "Range out of bounds")
+    huge = 1 << 63
+    last_pos = None if last == "" else (int(last) if len(last) <= _INT64_DIGITS else huge)
     if first == "":
-        suffix = int(last)
+        suffix = last_pos or 0
         if suffix == 0 or size == 0:
             raise ServiceError("range_not_satisfiable", "empty suffix range")
-        return max(0, size - suffix), size
+        return max(0, size - suffix), size  # a suffix longer than the blob: all of it
     start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or (last != "" and int(last) < start):
+    if start >= size or (last_pos is not None and last_pos < start):
         raise ServiceError("range_not_satisfiable", "Range not satisfiable")
+    end = size - 1 if last_pos is None else min(last_pos, size - 1)
     return start, end + 1
 
 
@@ -149,11 +167,15 @@ async def item_content(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD" or end == start:
         await resp.write_eof()
         return resp
-    metrics = request.app[METRICS]
     chunk_size = service.cfg.wcs.download_chunk_bytes
-    async for chunk in service.share.read(blob.blob_id, start, end - start, chunk_size):
-        await resp.write(chunk)
-        metrics.bytes_out.inc(len(chunk))
+    sent = 0
+    try:
+        async for chunk in service.share.stream(blob.blob_id, start, end - start, chunk_size):
+            await resp.write(chunk)
+            sent += len(chunk)
+            del chunk  # let the share reuse the buffer (it never refills an exported one)
+    finally:
+        request.app[METRICS].bytes_out.inc(sent)
     await resp.write_eof()
     return resp
 
