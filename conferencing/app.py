@@ -25,6 +25,7 @@ from . import keys, tls
 from .api import internal, public
 from .api.channel import CHANNELS
 from .api.errors import InFlight, make_middlewares
+from .capacity import prepare_server_process
 from .config import Config, load_config
 from .cookies import CookieAuthority
 from .events import EventHub
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m conferencing DIR", file=sys.stderr)
         return 2
     configure_logging("wcs")
+    prepare_server_process()  # descriptors and TLS buffers for ~10k connections
     cfg = load_config(Path(args[0]))
     install_fast_loop()
     asyncio.run(serve_forever(cfg))

@@ -97,9 +97,13 @@ async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: async
                        expires_at: int) -> tuple[int, bytes]:
     """Send events until the subscription ends; return the close code and reason."""
     while True:
-        timeout = max(0.0, expires_at - time.time())
+        timeout = expires_at - time.time()
+        if timeout <= 0:
+            return CLOSE_REVOKED, b"cookie expired"
         try:
-            message = await asyncio.wait_for(sub.next(), timeout=timeout)
+            # asyncio.timeout, not wait_for: no extra Task per idle channel and per event.
+            async with asyncio.timeout(timeout):
+                message = await sub.next()
         except TimeoutError:
             return CLOSE_REVOKED, b"cookie expired"
         if message is None:
