@@ -46,6 +46,10 @@ from .wcs_client import WcsClient, WcsRefused, WcsUnavailable
 log = logging.getLogger("webconf.focus")
 READ_SIZE = 65536
 RETRY_AFTER_SECONDS = 5
+REVOKE_WORKERS = 16
+"""Concurrent revocations in flight to the WCS (the rest wait in a queue)."""
+REVOKE_ATTEMPTS = 40
+"""About ten minutes of retries with backoff before a revocation is logged as failed."""
 
 
 @dataclass(eq=False)
@@ -85,6 +89,10 @@ class FocusServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer_wakeup = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
+        self._revokes: asyncio.Queue[Revoke] = asyncio.Queue()
+        """Revocations not yet confirmed by the WCS (at most one per dialog ever admitted
+        and not yet revoked, so bounded by the connection caps)."""
+        self._revoke_workers: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -109,6 +117,8 @@ class FocusServer:
             self.tcp_port = tcp_server.sockets[0].getsockname()[1]
             self.core.settings.tcp_contact_port = self.tcp_port
         self._timer_task = asyncio.create_task(self._timers())
+        self._revoke_workers = [asyncio.create_task(self._revoke_worker())
+                                for _ in range(REVOKE_WORKERS)]
 
     async def stop(self) -> None:
         """Stop accepting, end every participation at the WCS, close connections."""
@@ -120,10 +130,16 @@ class FocusServer:
         for conn_id in list(self._connections):
             outputs += self.core.connection_lost(conn_id, time.monotonic())
         outputs += self.core.expire(float("inf"))
-        revokes = [o for o in outputs if isinstance(o, Revoke)]
-        if revokes:
-            await asyncio.wait([asyncio.create_task(self._revoke(r)) for r in revokes],
-                               timeout=self.cfg.focus.wcs_timeout_seconds * 2)
+        for revoke in (o for o in outputs if isinstance(o, Revoke)):
+            self._revokes.put_nowait(revoke)
+        try:  # every participation ends at the WCS before we exit, within reason
+            async with asyncio.timeout(self.cfg.focus.wcs_timeout_seconds * 4):
+                await self._revokes.join()
+        except TimeoutError:
+            log.error(json.dumps({"event": "revoke.unfinished",
+                                  "pending": self._revokes.qsize()}))
+        for worker in self._revoke_workers:
+            worker.cancel()
         if self._timer_task is not None:
             self._timer_task.cancel()
         for task in list(self._tasks):
@@ -268,7 +284,7 @@ class FocusServer:
             elif isinstance(out, Admit):
                 self._spawn(self._admit(out))
             elif isinstance(out, Revoke):
-                self._spawn(self._revoke(out))
+                self._revokes.put_nowait(out)
             elif isinstance(out, Log):
                 log.info(json.dumps(out.event))
 
@@ -296,13 +312,35 @@ class FocusServer:
                 expires_at=result.expires_at, webconf_url=result.webconf_url))
         self._run(outputs)
 
-    async def _revoke(self, effect: Revoke) -> None:
-        try:
-            await self.wcs.revoke(effect.conference_id, effect.participant_id)
-        except (WcsUnavailable, WcsRefused) as exc:
-            log.error(json.dumps({"event": "revoke.failed", "conference": effect.conference_id,
-                                  "participant": effect.participant_id,
-                                  "error": type(exc).__name__}))
+    async def _revoke_worker(self) -> None:
+        """Revoke at the WCS until it confirms: a leave must never leave a live cookie.
+
+        A WCS that is slow or briefly down (a mass leave, a restart) gets retried with
+        backoff; only a definite answer (204, or 404 for an unknown participant) ends it.
+        """
+        while True:
+            effect = await self._revokes.get()
+            delay = 0.2
+            try:
+                for attempt in range(REVOKE_ATTEMPTS):
+                    try:
+                        await self.wcs.revoke(effect.conference_id, effect.participant_id)
+                        break
+                    except WcsRefused as exc:
+                        log.error(json.dumps({"event": "revoke.refused", "status": exc.status,
+                                              "conference": effect.conference_id,
+                                              "participant": effect.participant_id}))
+                        break
+                    except WcsUnavailable:
+                        if attempt == REVOKE_ATTEMPTS - 1:
+                            log.error(json.dumps({
+                                "event": "revoke.failed", "conference": effect.conference_id,
+                                "participant": effect.participant_id, "attempts": attempt + 1}))
+                            break
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+            finally:
+                self._revokes.task_done()
 
     async def _timers(self) -> None:
         while True:
