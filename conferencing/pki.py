@@ -37,7 +37,7 @@ BACKDATE = datetime.timedelta(hours=1)
 """Tolerates clocks that run a little behind the machine that ran `init`."""
 FOCUS_CLIENT_CN = "webconf-focus"
 
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 PemPair = tuple[bytes, bytes]
 """(certificate PEM, private key PEM)."""
@@ -89,7 +89,7 @@ def normalize_dns_name(name: str) -> str:
         except UnicodeError:
             raise ValueError(f"not a valid DNS name: {name!r}") from None
     labels = candidate.split(".")
-    if len(candidate) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if len(candidate) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"not a valid DNS name: {name!r}")
     return candidate
 

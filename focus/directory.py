@@ -55,6 +55,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conferencing.config import ConfigError, load_config
+from conferencing.pki import normalize_dns_name
 
 from .sip.digest import ha1
 
@@ -79,25 +80,18 @@ sip_users = Table(
 
 # RFC 3261 §25.1 `user` without escapes: unreserved / user-unreserved characters.
 _USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/]{1,128}")
-_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-
 
 class DirectoryError(ValueError):
     """An address the directory cannot accept; the message never holds a password."""
 
 
 def normalize_domain(domain: str) -> str:
-    """Lower-case A-label form of a DNS name; `DirectoryError` if it is not one."""
-    candidate = domain.strip().rstrip(".").lower()
-    if not candidate.isascii():
-        try:
-            candidate = candidate.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise DirectoryError(f"not a valid domain name: {domain!r}") from None
-    labels = candidate.split(".")
-    if len(candidate) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise DirectoryError(f"not a valid domain name: {domain!r}")
-    return candidate
+    """Lower-case A-label form of a DNS name (the same rule the certificates use);
+    `DirectoryError` if it is not one."""
+    try:
+        return normalize_dns_name(domain)
+    except ValueError:
+        raise DirectoryError(f"not a valid domain name: {domain!r}") from None
 
 
 def parse_address(address: str) -> tuple[str, str]:
