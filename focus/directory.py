@@ -36,7 +36,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -46,15 +45,15 @@ from sqlalchemy import (
     String,
     Table,
     delete,
-    event,
     insert,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conferencing.config import ConfigError, load_config
+from conferencing.db import open_engine
 from conferencing.pki import normalize_dns_name
 
 from .sip.digest import ha1
@@ -138,14 +137,7 @@ class Directory:
                    miss_ttl: float = 1.0, cache_size: int = 10_000,
                    clock: Callable[[], float] = time.monotonic) -> Directory:
         """Connect to `url` (SQLAlchemy async URL); create the tables unless told not to."""
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs.update(pool_size=5, max_overflow=10, pool_pre_ping=True)
-        engine = create_async_engine(url, **kwargs)
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = open_engine(url, pool_size=5, max_overflow=10)
         directory = cls(engine, cache_ttl=cache_ttl, miss_ttl=miss_ttl, cache_size=cache_size,
                         clock=clock)
         if create:
@@ -256,15 +248,6 @@ class Directory:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return entry
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    """The same pragmas as the WCS store: the two share one SQLite file."""
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 # -- `webconf user` ---------------------------------------------------------------------------
