@@ -196,7 +196,20 @@ class _Cipher:
         return (self.base ^ index).to_bytes(NONCE_SIZE, "big")
 
 
-class Encryptor:
+class _ScratchBuffer:
+    """A reusable output buffer: page-faulting a fresh one per call costs more than AES."""
+
+    _scratch: bytearray
+
+    def _scratch_view(self, need: int) -> memoryview:
+        if need > _SCRATCH_LIMIT:
+            return memoryview(bytearray(need))
+        if len(self._scratch) < need:
+            self._scratch = bytearray(max(need, CIPHERTEXT_CHUNK_SIZE))
+        return memoryview(self._scratch)
+
+
+class Encryptor(_ScratchBuffer):
     """Streaming encryptor: concatenating every output of update()/finalize() gives the blob.
 
     One instance encrypts exactly one message.  The 56-byte header leads the first output.
@@ -238,14 +251,6 @@ class Encryptor:
             raise ValueError("message too long for Cobblestone (max 2**38 chunks)")
         self._cipher.encrypt_into(self._cipher.nonce(self._index), data, None, out)
         self._index += 1
-
-    def _scratch_view(self, need: int) -> memoryview:
-        """Reusable output buffer: page-faulting a fresh one per call costs more than AES."""
-        if need > _SCRATCH_LIMIT:
-            return memoryview(bytearray(need))
-        if len(self._scratch) < need:
-            self._scratch = bytearray(max(need, CIPHERTEXT_CHUNK_SIZE))
-        return memoryview(self._scratch)
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
         """Buffer ``data`` and return the header (first call) plus every complete chunk.
@@ -320,7 +325,7 @@ class Encryptor:
         return bytes(out)
 
 
-class Decryptor:
+class Decryptor(_ScratchBuffer):
     """Streaming decryptor: returns plaintext only for chunks whose tag verified.
 
     The commitment is checked as soon as the 56 header bytes are in, before any chunk.  A full
@@ -376,14 +381,6 @@ class Decryptor:
                 raise self._fail("commitment mismatch")
             self._cipher = cipher
         return take
-
-    def _scratch_view(self, need: int) -> memoryview:
-        """Reusable output buffer: page-faulting a fresh one per call costs more than AES."""
-        if need > _SCRATCH_LIMIT:
-            return memoryview(bytearray(need))
-        if len(self._scratch) < need:
-            self._scratch = bytearray(max(need, CIPHERTEXT_CHUNK_SIZE))
-        return memoryview(self._scratch)
 
     def update(self, data: bytes | bytearray | memoryview) -> bytes:
         """Feed ciphertext of any length; return the plaintext of every verified full chunk."""
