@@ -205,3 +205,20 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(), "host": platform.node(),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def standalone(prog: str, doc: str | None, run: Any) -> None:
+    """`python -m bench.<module> [--smoke]`: one module's rows as a table, with details."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    from .__main__ import print_table
+
+    rows = run(args.smoke)
+    print_table(rows)
+    for r in rows:
+        print(r.metric, r.detail)
+

@@ -21,7 +21,6 @@ ratio ours/nginx. MB = 10**6 bytes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -43,7 +42,7 @@ import aiohttp
 from conferencing import tls
 from conferencing.config import Config
 
-from .common import Row, Stack, children, free_port, median, stack
+from .common import Row, Stack, children, free_port, median, stack, standalone
 
 CONFERENCE = "BENCH"
 TENANT = "contoso.example"
@@ -370,16 +369,7 @@ def run(smoke: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.download", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args()
-    from .__main__ import print_table
-
-    rows = run(args.smoke)
-    print_table(rows)
-    for r in rows:
-        print(r.metric, r.detail)
+    standalone("python -m bench.download", __doc__, run)
 
 
 if __name__ == "__main__":

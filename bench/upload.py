@@ -19,7 +19,6 @@ MB = 10**6 bytes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import time
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from conferencing import tls
 from conferencing.crypto import cobblestone
 
-from .common import Row, median
+from .common import Row, median, standalone
 from .download import admit, fresh_stack, upload
 
 PIECE = 64 * 1024
@@ -161,16 +160,7 @@ def run(smoke: bool) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.upload", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args()
-    from .__main__ import print_table
-
-    rows = run(args.smoke)
-    print_table(rows)
-    for r in rows:
-        print(r.metric, r.detail)
+    standalone("python -m bench.upload", __doc__, run)
 
 
 if __name__ == "__main__":

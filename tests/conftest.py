@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.common import free_port
 from conferencing import tls
 from conferencing.app import WcsServer
 from conferencing.config import Config, load_config
@@ -25,21 +25,6 @@ from conferencing.deploy import init_deployment
 TENANTS = ["contoso.example", "fabrikam.example"]
 VECTORS = Path(os.environ.get("WEBCONF_VECTORS", Path(__file__).resolve().parents[2] / "shared"
                               / "vectors"))
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free loopback port, never the same one twice in this process (the kernel may
-    hand a just-closed ephemeral port out again at once on a busy machine)."""
-    while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 @pytest.fixture
