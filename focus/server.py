@@ -243,9 +243,8 @@ class FocusServer:
             credentials = None
             wanted = self.core.credentials_needed(event)
             # A locked-out user or source gets 429 before any Digest check: spare the
-            # directory a query per guess (the core keys users as user@realm).
-            if wanted is not None and self.core.throttle.check(
-                    f"{wanted[1]}@{wanted[0]}", entry.conn.peer_host) is None:
+            # directory a query per guess.
+            if wanted is not None and not self.core.locked_out(wanted, entry.conn.peer_host):
                 credentials = await self._credentials(*wanted)
             self._run(self.core.request(entry.conn, event, credentials, time.monotonic()))
             if entry.closing:

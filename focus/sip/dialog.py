@@ -299,6 +299,15 @@ class FocusCore:
             return None
         return realm.lower(), username
 
+    @staticmethod
+    def throttle_key(claimed: tuple[str, str] | None) -> str | None:
+        """The failure-throttle key of (realm, username): `user@realm`."""
+        return f"{claimed[1]}@{claimed[0]}" if claimed else None
+
+    def locked_out(self, claimed: tuple[str, str] | None, source: str) -> bool:
+        """Whether this user or source is throttled now (checked before any HA1 lookup)."""
+        return self.throttle.check(self.throttle_key(claimed), source) is not None
+
     def request(self, conn: Conn, req: Request, credentials: Credentials | None = None,
                 now: float = 0.0) -> list[Output]:
         state = self._conns.get(conn.id)
@@ -359,7 +368,7 @@ class FocusCore:
         if authorization is None:
             return [self._challenge(conn, state, req, branch, realm, algorithms)]
         claimed = self.credentials_needed(req)
-        throttle_user = f"{claimed[1]}@{claimed[0]}" if claimed else None
+        throttle_user = self.throttle_key(claimed)
         wait = self.throttle.check(throttle_user, conn.peer_host)
         if wait is not None:
             retry = str(max(1, int(wait + 0.999)))
