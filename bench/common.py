@@ -152,8 +152,8 @@ def stack(*, users: Sequence[tuple[str, str]] = (), env: dict[str, str] | None =
     """Init a deployment in a temp dir, add users, run `webconf serve`; always clean up."""
     import asyncio
 
-    from conferencing.deploy import init_deployment
     from focus.directory import Directory
+    from webconf.deploy.init import init_deployment
 
     workdir = Path(tempfile.mkdtemp(prefix="webconf-bench-"))
     cfg = init_deployment(workdir / "dep", https_port=free_port(), internal_port=free_port(),
@@ -174,7 +174,7 @@ def stack(*, users: Sequence[tuple[str, str]] = (), env: dict[str, str] | None =
     if tcp_sip:
         cfg.focus.tcp_port = free_port()
         full_env["WEBCONF_FOCUS_TCP_PORT"] = str(cfg.focus.tcp_port)
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", str(cfg.base_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "webconf", "serve", str(cfg.base_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, start_new_session=True)
     try:

@@ -39,8 +39,8 @@ from typing import Any
 
 import aiohttp
 
-from conferencing import tls
-from conferencing.config import Config
+from webconf.deploy import tls
+from webconf.deploy.config import Config
 
 from .common import Row, Stack, children, free_port, median, stack, standalone
 
@@ -69,7 +69,7 @@ def fresh_stack(**kwargs: Any) -> Iterator[Stack]:
     On a busy machine the kernel often returns the same ephemeral port to consecutive
     bind(0) probes, and `init_deployment` rightly refuses equal ports (DeployError).
     """
-    from conferencing.deploy import DeployError
+    from webconf.deploy.init import DeployError
 
     with contextlib.ExitStack() as cleanup:
         for attempt in range(8):

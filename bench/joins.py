@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from clients.sip import ConferenceDialog, SipConnection
-from conferencing import tls
-from conferencing.config import Config
-from conferencing.deploy import init_deployment
 from focus.directory import Directory
+from webconf.deploy import tls
+from webconf.deploy.config import Config
+from webconf.deploy.init import init_deployment
 
 CONF = "sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:BENCH"
 
@@ -49,7 +49,7 @@ async def prepare(users: int) -> tuple[Config, subprocess.Popen[str]]:
     await directory.add_user("alice@contoso.example", "pw")
     await directory.close()
     env = {**os.environ, "WEBCONF_FOCUS_MAX_CONNECTIONS_PER_SOURCE": "100000"}
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", str(cfg.base_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "webconf", "serve", str(cfg.base_dir)],
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     while not proc.stdout.readline().startswith("webconf ready"):

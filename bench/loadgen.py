@@ -52,7 +52,7 @@ def raise_nofile() -> int:
 
     Children started afterwards inherit it, so calling this before starting the servers
     gives them the descriptors they need too (and they raise their own at start-up)."""
-    from conferencing.capacity import raise_nofile_limit
+    from webconf.deploy.capacity import raise_nofile_limit
 
     return raise_nofile_limit()
 
@@ -113,7 +113,7 @@ class WorkerSpec:
     """Run the worker's event loop on uvloop when it is installed (cheaper TLS reads)."""
     lean_ssl: bool = False
     """Client side only: share one TLS read buffer per event loop instead of 256 KiB per
-    connection (see `conferencing.capacity`), to fit thousands of connections."""
+    connection (see `webconf.deploy.capacity`), to fit thousands of connections."""
 
 
 def summary(values: Sequence[float], scale: float = 1000.0) -> dict[str, float]:
@@ -370,7 +370,7 @@ async def _worker_async(spec: WorkerSpec, conn: Connection) -> None:
 def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     raise_nofile()
     if spec.lean_ssl:
-        from conferencing.capacity import install_lean_tls_buffers
+        from webconf.deploy.capacity import install_lean_tls_buffers
 
         install_lean_tls_buffers()
     if spec.uvloop:

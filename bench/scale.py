@@ -53,7 +53,7 @@ async def _add_users(store_url: str, addresses: list[str]) -> None:
     from sqlalchemy import insert
 
     from focus.directory import Directory, sip_users
-    from focus.sip.digest import ha1
+    from webconf.sip.digest import ha1
 
     directory = await Directory.open(store_url)
     try:

@@ -25,7 +25,7 @@ Rows (medians over rounds; ratio = ours / Kamailio):
 
 The generator (`_Generator` below) is asyncio over raw protocols (uvloop when installed),
 with requests built from bytes templates, responses read with a minimal head parser and
-writes batched per read; it answers a 401 with a Digest computed by `focus.sip.digest`.
+writes batched per read; it answers a 401 with a Digest computed by `webconf.sip.digest`.
 It runs in separate processes (multiprocessing), synchronised on wall-clock windows; each
 round has a warm-up, then a measured window in which only completions are counted, then a
 drain (no new joins; in-flight ones finish, so no dialog is left behind). CPU seconds of
@@ -55,8 +55,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focus.sip import digest
-from focus.sip.message import parse_auth_params
+from webconf.sip import digest
+from webconf.sip.message import parse_auth_params
 
 from .common import Row, children, machine, median, percentile, require, stack
 
@@ -894,7 +894,7 @@ def run(smoke: bool = False, settings: Settings | None = None) -> list[Row]:
                    "machine": machine(), "load_avg_1m_at_start": load_start,
                    **({"notes": notes} if notes else {})}
     gen_desc = ("bench.sip_joins asyncio generator ({procs} process(es), uvloop if installed), "
-                "bytes templates, Digest via focus.sip.digest")
+                "bytes templates, Digest via webconf.sip.digest")
     rows = [
         _ratio_row("joins/s, one TLS connection", ">= 0.25x", 0.25, ours["reused"],
                    kam["reused"] or None, {

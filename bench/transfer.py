@@ -23,8 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
-from conferencing import tls
-from conferencing.deploy import init_deployment
+from webconf.deploy import tls
+from webconf.deploy.init import init_deployment
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ async def run(size_mib: int, rounds: int) -> dict[str, object]:
     cfg = init_deployment(tmp / "dep", https_port=free_port(), internal_port=free_port(),
                           sip_port=free_port())
     env = {**os.environ, "WEBCONF_WCS_MAX_UPLOAD_BYTES": str(size_mib * 2**20 + 1)}
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", str(cfg.base_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "webconf", "serve", str(cfg.base_dir)],
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     while not proc.stdout.readline().startswith("webconf ready"):

@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from conferencing import tls
-from conferencing.crypto import cobblestone
+from webconf.crypto import cobblestone
+from webconf.deploy import tls
 
 from .common import Row, median, standalone
 from .download import admit, fresh_stack, upload

@@ -57,7 +57,7 @@ def _free_port() -> int:
 
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clients.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "webconf", *args], input=stdin,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -137,7 +137,7 @@ def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str
 
 def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool:
     dep, people, sip_port = _prepare(work, attendees_count, out)
-    serve = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", str(dep)],
+    serve = subprocess.Popen([sys.executable, "-m", "webconf", "serve", str(dep)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conferencing.crypto.cobblestone import CobblestoneError, Decryptor
+from webconf.crypto.cobblestone import CobblestoneError, Decryptor
 
 from .wcs import READ_SIZE, WcsError, WcsSession
 

@@ -317,7 +317,7 @@ class _Serve:
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clients.cli", "serve", str(self.base_dir),
+                sys.executable, "-m", "webconf", "serve", str(self.base_dir),
                 stdout=asyncio.subprocess.PIPE, stderr=log_fd,
                 stdin=asyncio.subprocess.DEVNULL, env=self.env, start_new_session=True)
         finally:
@@ -429,8 +429,8 @@ def _free_ports(count: int) -> list[int]:
 async def own_deployment(plan: Plan, tenant: str, say: Callable[[str], None]
                          ) -> AsyncIterator[Target]:
     """A fresh deployment in a temp dir with M organizers and N users; always cleaned up."""
-    from conferencing.deploy import DeployError, init_deployment
     from focus.directory import Directory
+    from webconf.deploy.init import DeployError, init_deployment
 
     tmp = Path(tempfile.mkdtemp(prefix="webconf-loadtest-"))
     serve: _Serve | None = None
@@ -495,8 +495,8 @@ async def existing_deployment(plan: Plan, base_dir: Path, tenant: str | None,
         say(f"warning: no running server processes found for {base} (no RSS will be "
             f"reported); start them with `webconf serve {base}`")
 
-    from conferencing.config import ConfigError, load_config
     from focus.directory import Directory
+    from webconf.deploy.config import ConfigError, load_config
 
     try:
         store_url = load_config(base).store_url

@@ -2,7 +2,7 @@
 
 Only what a meeting client needs: one connection to the focus, INVITE with a Digest
 retry, ACK, BYE, OPTIONS, and CRLF keep-alives. It reuses the pure message, framing and
-digest code of `focus.sip` (a sans-IO SIP library), so parsing is written once.
+digest code of `webconf.sip` (a sans-IO SIP library), so parsing is written once.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-from focus.sip import digest
-from focus.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
-from focus.sip.message import (
+from webconf.sip import digest
+from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.message import (
     Request,
     Response,
     SipURI,
@@ -197,7 +197,7 @@ class ConferenceDialog:
             ("User-Agent", self.user_agent),
             *(extra or []),
         ]
-        from focus.sip.message import Headers
+        from webconf.sip.message import Headers
 
         req = Request(method, parse_uri(uri or self.conference_uri), Headers(headers), body)
         return serialize(req), branch
@@ -243,7 +243,7 @@ class ConferenceDialog:
         ctype = (resp.headers.get("Content-Type") or "").strip()
         body = resp.body
         if ctype.lower().startswith("multipart/"):
-            from focus.sdp import parse_multipart
+            from webconf.sip.sdp import parse_multipart
 
             parts = dict(parse_multipart(ctype, body))
             body = parts.get(JOIN_CONTENT_TYPE, b"")

@@ -21,16 +21,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import keys, tls
+from webconf.deploy import keys, tls
+from webconf.deploy.capacity import prepare_server_process
+from webconf.deploy.config import Config, load_config
+from webconf.deploy.logs import configure_logging
+from webconf.deploy.loop import install_fast_loop
+
 from .api import internal, public
 from .api.channel import CHANNELS
 from .api.errors import InFlight, make_middlewares
-from .capacity import prepare_server_process
-from .config import Config, load_config
 from .cookies import CookieAuthority
 from .events import EventHub
-from .logs import configure_logging
-from .loop import install_fast_loop
 from .metrics import Metrics
 from .service import ConferenceService
 from .share import FileShare

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .config import Config
+from webconf.crypto.cobblestone import Encryptor, item_context
+from webconf.deploy.config import Config
+
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
-from .crypto.cobblestone import Encryptor, item_context
 from .events import EventHub
 from .metrics import Metrics
 from .share import FileShare, ShareError

@@ -13,11 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
-from conferencing import keys
-from conferencing.capacity import prepare_server_process
-from conferencing.config import load_config
-from conferencing.logs import configure_logging
-from conferencing.loop import install_fast_loop
+from webconf.deploy import keys
+from webconf.deploy.capacity import prepare_server_process
+from webconf.deploy.config import load_config
+from webconf.deploy.logs import configure_logging
+from webconf.deploy.loop import install_fast_loop
 
 from .directory import Directory
 from .server import FocusServer

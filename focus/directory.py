@@ -52,11 +52,10 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conferencing.config import ConfigError, load_config
-from conferencing.db import open_engine
-from conferencing.pki import normalize_dns_name
-
-from .sip.digest import ha1
+from webconf.deploy.config import ConfigError, load_config
+from webconf.deploy.db import open_engine
+from webconf.deploy.pki import normalize_dns_name
+from webconf.sip.digest import ha1
 
 metadata = MetaData()
 

@@ -23,12 +23,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from conferencing.config import Config
+from webconf.deploy.config import Config
+from webconf.sip import digest, sdp
+from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.message import Headers, Request, make_response, serialize
 
-from . import sdp
-from .directory import Directory
-from .sip import digest
-from .sip.dialog import (
+from .core import (
     Admission,
     Admit,
     Conn,
@@ -39,8 +39,7 @@ from .sip.dialog import (
     Revoke,
     Send,
 )
-from .sip.framing import FramingError, KeepAlive, NeedData, SipFramer
-from .sip.message import Headers, Request, make_response, serialize
+from .directory import Directory
 from .wcs_client import WcsClient, WcsRefused, WcsUnavailable
 
 log = logging.getLogger("webconf.focus")
@@ -96,7 +95,7 @@ class FocusServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        from conferencing import tls
+        from webconf.deploy import tls
 
         f = self.cfg.focus
         ssl_ctx = tls.server_context(self.cfg, "focus")

@@ -31,8 +31,8 @@ from typing import Any
 
 import aiohttp
 
-from conferencing.config import Config
-from conferencing.tls import client_context
+from webconf.deploy.config import Config
+from webconf.deploy.tls import client_context
 
 log = logging.getLogger("webconf.focus.wcs")
 

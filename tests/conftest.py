@@ -17,14 +17,13 @@ import aiohttp
 import pytest
 
 from bench.common import free_port
-from conferencing import tls
 from conferencing.app import WcsServer
-from conferencing.config import Config, load_config
-from conferencing.deploy import init_deployment
+from webconf.deploy import tls
+from webconf.deploy.config import Config, load_config
+from webconf.deploy.init import init_deployment
 
 TENANTS = ["contoso.example", "fabrikam.example"]
-VECTORS = Path(os.environ.get("WEBCONF_VECTORS", Path(__file__).resolve().parents[2] / "shared"
-                              / "vectors"))
+VECTORS = Path(os.environ.get("WEBCONF_VECTORS") or Path(__file__).resolve().parent / "vectors")
 
 
 @pytest.fixture
@@ -129,7 +128,7 @@ class ServeProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clients.cli", "serve", str(self.base_dir)],
+            [sys.executable, "-m", "webconf", "serve", str(self.base_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
             start_new_session=True)
         assert self.proc.stdout is not None

@@ -4,7 +4,7 @@
 shared twice; `bench.scale.run(smoke=True)`: 200 participants (own SIP TLS connection and
 WSS channel each) in two client processes bound to 127.0.0.2/3. Both must report positive
 numbers and no errors; timings are not asserted (the machine may be busy). Also the
-process set-up the scale target relies on (`conferencing.capacity`).
+process set-up the scale target relies on (`webconf.deploy.capacity`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from bench import fanout, scale
 from bench.common import Row
-from conferencing.config import Config
+from webconf.deploy.config import Config
 
 
 def _check(row: Row) -> None:
@@ -111,7 +111,7 @@ async def test_lean_tls_buffers_keep_streams_apart(deployment: Config) -> None:
 def test_nofile_limit_is_raised_to_the_hard_limit() -> None:
     import resource
 
-    from conferencing.capacity import raise_nofile_limit
+    from webconf.deploy.capacity import raise_nofile_limit
 
     soft = raise_nofile_limit()
     assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0]

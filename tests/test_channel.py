@@ -18,8 +18,8 @@ import pytest
 from aiohttp import WSMsgType
 
 from conferencing.app import WcsServer
-from conferencing.config import Config
-from conferencing.crypto.cobblestone import Decryptor
+from webconf.crypto.cobblestone import Decryptor
+from webconf.deploy.config import Config
 
 from .conftest import Participant, Wcs, wait_for
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from clients.commands import EXIT_CODES
-from conferencing.config import Config
-from conferencing.deploy import init_deployment
-from conferencing.pki import generate_ca
+from webconf.deploy.config import Config
+from webconf.deploy.init import init_deployment
+from webconf.deploy.pki import generate_ca
 
 from .conftest import TENANTS, ServeProcess, free_port
 from .test_focus_e2e import USERS, add_users
@@ -62,7 +62,7 @@ def _env(user: str | None, password: str | None) -> dict[str, str]:
 
 def cli_args(cfg: Config | None, command: str, conf: str, user: str, *extra: str,
              focus: str | None = None, ca: Path | None = None) -> list[str]:
-    args = [sys.executable, "-m", "clients.cli", command, uri(conf), "--user", user]
+    args = [sys.executable, "-m", "webconf", command, uri(conf), "--user", user]
     if focus is None and cfg is not None:
         focus = f"127.0.0.1:{cfg.focus.sip_port}"
     if ca is None and cfg is not None:
@@ -100,7 +100,7 @@ def shared_items(stdout: str) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("command", ["join", "share", "fetch"])
 def test_help_mentions_exit_codes(command: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "clients.cli", command, "--help"],
+    proc = subprocess.run([sys.executable, "-m", "webconf", command, "--help"],
                           capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "exit codes" in proc.stdout

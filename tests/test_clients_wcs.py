@@ -34,7 +34,7 @@ from clients.wcs import (
     final_close_reason,
 )
 from conferencing.app import WcsServer
-from conferencing.config import Config
+from webconf.deploy.config import Config
 
 from .conftest import Participant, Wcs, wait_for
 

@@ -23,8 +23,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conferencing import keys, tls
-from conferencing.config import Config
 from conferencing.cookies import (
     ALGORITHM,
     AUDIENCE,
@@ -34,6 +32,8 @@ from conferencing.cookies import (
     CookieError,
 )
 from conferencing.service import ServiceError
+from webconf.deploy import keys, tls
+from webconf.deploy.config import Config
 
 from .conftest import Participant, Wcs
 

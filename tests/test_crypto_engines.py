@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from conferencing.crypto import cobblestone as cs
-from conferencing.crypto.cobblestone import (
+from webconf.crypto import cobblestone as cs
+from webconf.crypto.cobblestone import (
     CHUNK_SIZE,
     CIPHERTEXT_CHUNK_SIZE,
     HEADER_SIZE,

@@ -7,7 +7,7 @@ import sys
 
 
 def test_demo_prints_a_verified_meeting() -> None:
-    proc = subprocess.run([sys.executable, "-m", "clients.cli", "demo", "--big-mib", "20"],
+    proc = subprocess.run([sys.executable, "-m", "webconf", "demo", "--big-mib", "20"],
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from conferencing import deploy, keys, pki, tls
-from conferencing.config import Config, load_config
-from conferencing.deploy import DeployError, init_deployment
+from webconf.deploy import init as deploy
+from webconf.deploy import keys, pki, tls
+from webconf.deploy.config import Config, load_config
+from webconf.deploy.init import DeployError, init_deployment
 
 TENANTS = ["contoso.example", "fabrikam.example"]
 CERT_STEMS = ["ca", "focus", "wcs", "focus-client"]

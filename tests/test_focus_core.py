@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from focus import sdp
-from focus.sip import digest
-from focus.sip.dialog import (
+from webconf.sip import sdp
+from focus.core import (
     Admission,
     Admit,
     Conn,
@@ -18,7 +17,8 @@ from focus.sip.dialog import (
     Revoke,
     Send,
 )
-from focus.sip.message import Response, parse_auth_params, parse_message
+from webconf.sip import digest
+from webconf.sip.message import Response, parse_auth_params, parse_message
 
 CONF_URI = "sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2"
 PASSWORDS = {("contoso.example", "alice"): "alice-pw", ("contoso.example", "bob"): "bob-pw",

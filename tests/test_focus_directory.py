@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conferencing.config import Config
 from conferencing.store import Store
 from focus.directory import Directory, DirectoryError, parse_address
-from focus.sip.digest import ha1
+from webconf.deploy.config import Config
+from webconf.sip.digest import ha1
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery staple ✓"
@@ -209,7 +209,7 @@ async def test_cache_is_bounded(tmp_path: Path) -> None:
 # -- `webconf user` ---------------------------------------------------------------------------
 
 def webconf(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clients.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "webconf", *args], input=stdin,
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 

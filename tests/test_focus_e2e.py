@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 
 from clients.sip import ConferenceDialog, SipConnection, SipError
-from conferencing import tls
-from conferencing.config import Config
 from focus.directory import Directory
-from focus.sip.framing import NeedData, SipFramer
-from focus.sip.message import Response
+from webconf.deploy import tls
+from webconf.deploy.config import Config
+from webconf.sip.framing import NeedData, SipFramer
+from webconf.sip.message import Response
 
 from .conftest import ServeProcess
 

@@ -16,12 +16,8 @@ import ssl
 import pytest
 
 from clients.sip import ConferenceDialog, SipConnection
-from conferencing import keys, tls
-from conferencing.config import Config
-from focus import sdp
-from focus.directory import Directory
-from focus.sip import digest
-from focus.sip.dialog import (
+from webconf.sip import sdp
+from focus.core import (
     Admission,
     Admit,
     Conn,
@@ -32,7 +28,11 @@ from focus.sip.dialog import (
     Send,
     bracket_addr_spec,
 )
-from focus.sip.message import Response, parse_auth_params, parse_message, parse_name_addr
+from focus.directory import Directory
+from webconf.deploy import keys, tls
+from webconf.deploy.config import Config
+from webconf.sip import digest
+from webconf.sip.message import Response, parse_auth_params, parse_message, parse_name_addr
 
 CONF = "sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from conferencing import keys
-from conferencing.config import Config
+from focus.core import Revoke
 from focus.server import FocusServer
-from focus.sip.dialog import Revoke
 from focus.wcs_client import WcsUnavailable
+from webconf.deploy import keys
+from webconf.deploy.config import Config
 
 
 class FlakyWcs:

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from focus.sdp import (
+from webconf.sip.sdp import (
     DUMMY_FINGERPRINT,
     MultipartError,
     SdpError,

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from aiohttp import web
 
-from conferencing import tls
-from conferencing.config import Config, load_config
 from focus.wcs_client import Admission, WcsClient, WcsRefused, WcsUnavailable
+from webconf.deploy import tls
+from webconf.deploy.config import Config, load_config
 
 from .conftest import Wcs, free_port
 
@@ -164,7 +164,7 @@ async def test_port_that_never_answers(deployment: Config) -> None:
 
 async def test_server_certificate_from_another_ca(deployment: Config, tmp_path) -> None:
     """A server the deployment CA did not certify is a TLS failure, hence unavailable."""
-    from conferencing.deploy import init_deployment
+    from webconf.deploy.init import init_deployment
 
     other = init_deployment(tmp_path / "other", tenants=[CONTOSO])
     app = web.Application()

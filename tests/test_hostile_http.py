@@ -41,11 +41,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conferencing import tls
 from conferencing.api import public
 from conferencing.api.public import parse_range
-from conferencing.crypto.cobblestone import Decryptor
 from conferencing.service import ServiceError
+from webconf.crypto.cobblestone import Decryptor
+from webconf.deploy import tls
 
 from .conftest import Participant, Wcs
 from .test_openapi import assert_conforms, load_doc

@@ -37,13 +37,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clients.sip import ConferenceDialog, SipConnection
-from conferencing import tls
-from conferencing.config import Config
-from conferencing.deploy import init_deployment
 from focus.directory import Directory
-from focus.sip import digest
-from focus.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
-from focus.sip.message import Headers, Request, Response, make_response, serialize
+from webconf.deploy import tls
+from webconf.deploy.config import Config
+from webconf.deploy.init import init_deployment
+from webconf.sip import digest
+from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.message import Headers, Request, Response, make_response, serialize
 
 from .conftest import TENANTS, ServeProcess, free_port
 
@@ -202,7 +202,7 @@ def authorization(user: str, password: str, nonce: str, uri: str, nc: int = 1,
 
 
 def nonce_of(challenge: Response) -> str:
-    from focus.sip.message import parse_auth_params
+    from webconf.sip.message import parse_auth_params
 
     return parse_auth_params(challenge.headers.get_fields("WWW-Authenticate")[0])[1]["nonce"]
 
@@ -938,9 +938,9 @@ async def test_locked_out_source_costs_no_directory_queries(stack: Stack) -> Non
     asked for anything: spraying user names must not buy a database query per guess.
     (An in-process focus on the module's deployment, to count the directory's queries.)"""
     from conferencing import keys
-    from conferencing.config import load_config
     from focus.server import FocusServer
     from focus.wcs_client import WcsClient
+    from webconf.deploy.config import load_config
 
     cfg = load_config(stack.cfg.base_dir)
     cfg.focus.sip_port = 0

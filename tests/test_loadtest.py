@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from clients.cli import main as cli_main
 from clients.download import DownloadError, ItemIntegrityError
 from clients.loadtest import (
     ItemSource,
@@ -22,6 +21,7 @@ from clients.loadtest import (
 )
 from clients.sip import SipError
 from clients.wcs import WcsError
+from webconf.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"participants", "conferences", "items", "item_size", "join_latency_ms", "joins_per_s",
@@ -109,7 +109,7 @@ def test_bad_target_options(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("connection", ["per-join", "reused"])
 def test_loadtest_own_deployment(connection: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "clients.cli", "loadtest", "--participants", "20",
+        [sys.executable, "-m", "webconf", "loadtest", "--participants", "20",
          "--conferences", "2", "--items", "2", "--item-size", "256KiB", "--json",
          "--connection", connection, "--timeout", "30"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)

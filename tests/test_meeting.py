@@ -12,7 +12,7 @@ import pytest
 from clients.meeting import FocusAddress, MeetingClient, conference_domain
 from clients.sip import SipError
 from clients.wcs import WcsAuthError
-from conferencing.config import Config
+from webconf.deploy.config import Config
 
 from .test_focus_e2e import CONF, USERS, add_users
 

@@ -38,9 +38,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conferencing import tls
-from conferencing.config import Config
 from focus.directory import Directory
+from webconf.deploy import tls
+from webconf.deploy.config import Config
 
 from .conftest import ServeProcess
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conferencing.config import Config
-from conferencing.crypto.cobblestone import Decryptor
+from webconf.crypto.cobblestone import Decryptor
+from webconf.deploy.config import Config
 
 from .conftest import ServeProcess, Wcs
 

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from focus.sip.digest import (
+from webconf.sip.digest import (
     AuthResult,
     FailureThrottle,
     NonceCountTracker,
@@ -14,7 +14,7 @@ from focus.sip.digest import (
     ha1,
     verify,
 )
-from focus.sip.message import parse_auth_params
+from webconf.sip.message import parse_auth_params
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 REALM = "contoso.example"

@@ -6,8 +6,8 @@ and §3.1.2 (invalid, as they apply to a stream transport).
 
 import pytest
 
-from focus.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
-from focus.sip.message import (
+from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.message import (
     Headers,
     NameAddr,
     Request,

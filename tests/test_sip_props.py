@@ -5,9 +5,9 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from focus.sip.digest import AuthResult, NonceCountTracker, NonceService, verify
-from focus.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
-from focus.sip.message import (
+from webconf.sip.digest import AuthResult, NonceCountTracker, NonceService, verify
+from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.message import (
     Headers,
     NameAddr,
     Request,

@@ -11,8 +11,8 @@ import ssl
 import aiohttp
 import pytest
 
-from conferencing import pki, tls
-from conferencing.crypto.cobblestone import CobblestoneError, Decryptor, RangeDecryptor
+from webconf.crypto.cobblestone import CobblestoneError, Decryptor, RangeDecryptor
+from webconf.deploy import pki, tls
 
 from .conftest import Wcs
 

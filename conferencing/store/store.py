@@ -17,7 +17,8 @@ from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..db import open_engine
+from webconf.deploy.db import open_engine
+
 from .schema import (
     conferences,
     items,

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conferencing.config import Config
+from webconf.deploy.config import Config
 
 SECRET_BYTES = 32
 NONCE_KEY_NAME = "sip-nonce.key"

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from conferencing import keys, pki
-from conferencing.config import CONFIG_NAME, Config, ConfigError, load_config
+from webconf.deploy import keys, pki
+from webconf.deploy.config import CONFIG_NAME, Config, ConfigError, load_config
 
 DEFAULT_TENANT = "contoso.example"
 

@@ -15,9 +15,9 @@ from typing import Any
 
 # command -> (module, add-arguments function, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "init": ("conferencing.deploy", "add_init_arguments", "run_init",
+    "init": ("webconf.deploy.init", "add_init_arguments", "run_init",
              "write a new deployment (PKI, keys, webconf.toml, var/)"),
-    "serve": ("conferencing.serve", "add_serve_arguments", "run_serve",
+    "serve": ("webconf.deploy.serve", "add_serve_arguments", "run_serve",
               "run the deployment's servers; prints 'ready' when they accept connections"),
 }
 OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {

@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from . import digest
-from .message import (
+from webconf.sip import digest
+from webconf.sip.message import (
     Request,
     Response,
     SipParseError,
@@ -46,7 +46,7 @@ from .message import (
     serialize,
     validate_request,
 )
-from .syntax import is_token
+from webconf.sip.syntax import is_token
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 SUPPORTED_METHODS = frozenset(ALLOW.replace(" ", "").split(","))

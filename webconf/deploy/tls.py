@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from conferencing.config import Config
+from webconf.deploy.config import Config
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """TLS 1.2 suites; TLS 1.3 suites are all AEAD and stay at OpenSSL's defaults."""

@@ -1,0 +1,105 @@
+"""The wire protocol's names and shapes, written once for every wing (docs/protocol.md).
+
+The focus, the WCS and the clients meet only on the wire; what they must agree on (media
+types, the conference URI, the id grammar, the join body) lives here, so that a change to
+the protocol is a change to one module and to docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+JOIN_CONTENT_TYPE = "application/vnd.webconf.join+json"
+"""Media type of the join body in the focus's 200 OK (docs/protocol.md §2)."""
+
+CONFERENCE_OPAQUE = "app:conf:focus:id:"
+"""Prefix of the conference URI's `opaque` parameter; the conference id follows it."""
+
+ID_PATTERN = r"[A-Za-z0-9._~-]{1,64}"
+"""Conference, participant and item ids: URL-safe without escaping, at most 64 characters."""
+
+ID_RE = re.compile(rf"^{ID_PATTERN}$")
+
+ROLES = ("organizer", "presenter", "attendee")
+"""Participant roles, most privileged first."""
+
+_OPAQUE_RE = re.compile(rf"(?:^|;)opaque={re.escape(CONFERENCE_OPAQUE)}([^;?>]+)")
+
+
+def valid_id(value: object) -> bool:
+    """True when `value` is a string of the id grammar."""
+    return isinstance(value, str) and ID_RE.match(value) is not None
+
+
+def conference_uri(organizer: str, conference_id: str, *, scheme: str = "sip") -> str:
+    """The conference URI of `organizer` (`user@tenant`) and `conference_id` (§2)."""
+    return f"{scheme}:{organizer};gruu;opaque={CONFERENCE_OPAQUE}{conference_id}"
+
+
+def conference_id_of(uri: str) -> str | None:
+    """The conference id carried by a conference URI's `opaque` parameter, or None."""
+    m = _OPAQUE_RE.search(uri)
+    return m.group(1) if m else None
+
+
+class JoinBodyError(ValueError):
+    """A join body that is not the JSON object of docs/protocol.md §2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A participant the WCS admitted: the join body the focus returns (§2), which is also
+    the internal API's admit answer (§7) with the conference id beside it."""
+
+    conference: str
+    """The conference id."""
+    participant: str
+    """The participant id: what a revocation names."""
+    role: str
+    """"organizer", "presenter" or "attendee", as the WCS decided."""
+    cookie: str = field(repr=False)
+    """The signed bearer cookie (a JWT). Secret: never logged, never in a repr."""
+    expires_at: str
+    """The cookie's expiry, RFC 3339."""
+    webconf_url: str
+    """The WCS's public base URL."""
+
+    def to_json(self) -> dict[str, str]:
+        return {"conference": self.conference, "participant": self.participant,
+                "role": self.role, "webconf_url": self.webconf_url, "cookie": self.cookie,
+                "expires_at": self.expires_at}
+
+    def to_bytes(self) -> bytes:
+        """The `application/vnd.webconf.join+json` body."""
+        return json.dumps(self.to_json()).encode()
+
+    @classmethod
+    def from_json(cls, data: Any, *, conference: str | None = None) -> Admission:
+        """Read a join body (or, with `conference` given, an internal admit answer).
+
+        Every field must be a non-empty string; raises `JoinBodyError` otherwise, with a
+        message that never includes the cookie.
+        """
+        if not isinstance(data, dict):
+            raise JoinBodyError("join body is not a JSON object")
+        if conference is not None:
+            data = {**data, "conference": conference}
+        values: dict[str, str] = {}
+        for name in ("conference", "participant", "role", "cookie", "expires_at",
+                     "webconf_url"):
+            value = data.get(name)
+            if not isinstance(value, str) or not value:
+                raise JoinBodyError(f"join body lacks a string {name!r}")
+            values[name] = value
+        return cls(**values)
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> Admission:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            raise JoinBodyError("join body is not JSON") from None
+        return cls.from_json(data)
