@@ -17,23 +17,33 @@
   nothing where that contract does not hold (Windows' proactor loop keeps the buffer across
   an overlapped read), is idempotent, and does not matter under uvloop (whose TLS layer
   does not come from `asyncio.sslproto`). `WEBCONF_LEAN_TLS_BUFFERS=0` turns it off.
+  These are private CPython internals (checked on 3.11-3.13): before installing,
+  `lean_tls_contract_problems()` probes them, and on a CPython where they changed the patch
+  stays out and logs one warning. `tests/test_capacity_guard.py` fails loudly on such a CPython.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
+import logging
 import os
+import platform
 import resource
+import ssl
 import sys
 import threading
-from asyncio import sslproto
+from asyncio import base_events, selector_events, sslproto
 from typing import Any
 
-_BUFFER_SIZE = sslproto.SSLProtocol.max_size
+_BUFFER_SIZE: int = getattr(sslproto.SSLProtocol, "max_size", 256 * 1024)
 _local = threading.local()
 _EMPTY = bytearray()
 _EMPTY_VIEW = memoryview(_EMPTY)
 _original: type[sslproto.SSLProtocol] | None = None
+_warned = False
+log = logging.getLogger(__name__)
 
 
 def raise_nofile_limit() -> int:
@@ -76,11 +86,90 @@ class LeanSSLProtocol(sslproto.SSLProtocol):
             self._ssl_buffer_view = _EMPTY_VIEW
 
 
+def _code_names(owner: object, attr: str) -> frozenset[str]:
+    """The global and attribute names a function's code refers to; empty if it is gone."""
+    code = getattr(getattr(owner, attr, None), "__code__", None)
+    return frozenset(code.co_names) if code is not None else frozenset()
+
+
+def _params(owner: object, attr: str) -> list[str] | None:
+    func = getattr(owner, attr, None)
+    return list(inspect.signature(func).parameters) if callable(func) else None
+
+
+def _probe_buffer_contract(base: type[sslproto.SSLProtocol]) -> list[str]:
+    """Build an unconnected base protocol and check where it receives and what it copies."""
+    probe: Any = None
+    try:
+        factory: Any = base  # no loop and no waiter: __init__ only stores them
+        probe = factory(None, asyncio.Protocol(), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+                        None, server_side=True)
+        own = probe._ssl_buffer
+        if not (isinstance(own, bytearray) and probe._ssl_buffer_view.obj is own):
+            return ["__init__ no longer sets _ssl_buffer/_ssl_buffer_view"]
+        probe._ssl_buffer_view = memoryview(bytearray(b"lean-probe"))
+        probe.buffer_updated(len(b"lean-probe"))  # state UNWRAPPED: only the copy happens
+        if probe._incoming.read() != b"lean-probe":
+            return ["buffer_updated() no longer copies _ssl_buffer_view[:nbytes] into _incoming"]
+    except Exception as exc:  # any change in the internals shows up here
+        return [f"probing SSLProtocol failed: {type(exc).__name__}: {exc}"]
+    finally:  # 3.12+ makes the app transport in __init__; it warns if dropped unclosed
+        app_transport = getattr(probe, "_app_transport", None)
+        if app_transport is not None:
+            app_transport._closed = True
+    return []
+
+
+def lean_tls_contract_problems() -> list[str]:
+    """What of the private asyncio contract `LeanSSLProtocol` relies on no longer holds.
+
+    Empty on the CPythons the patch was written for. Checks: the class the loops instantiate
+    is looked up at call time as `sslproto.SSLProtocol`; the selector transport calls
+    `get_buffer`, `recv_into` and `buffer_updated` back to back; the base protocol keeps its
+    receive buffer in `_ssl_buffer`/`_ssl_buffer_view` and `buffer_updated()` copies from
+    the view into its MemoryBIO `_incoming` before anything else.
+    """
+    base = LeanSSLProtocol.__bases__[0]
+    problems: list[str] = []
+    if not isinstance(getattr(base, "max_size", None), int):
+        problems.append("SSLProtocol.max_size is not an int")
+    if not issubclass(base, asyncio.BufferedProtocol):
+        problems.append("SSLProtocol is no longer a BufferedProtocol")
+    if _params(base, "get_buffer") != ["self", "n"]:
+        problems.append("SSLProtocol.get_buffer(self, n) changed")
+    if _params(base, "buffer_updated") != ["self", "nbytes"]:
+        problems.append("SSLProtocol.buffer_updated(self, nbytes) changed")
+    if "_ssl_buffer_view" not in _code_names(base, "buffer_updated"):
+        problems.append("SSLProtocol.buffer_updated() no longer reads _ssl_buffer_view")
+    for module, owner, method in (
+            (selector_events, selector_events.BaseSelectorEventLoop, "_make_ssl_transport"),
+            (base_events, base_events.BaseEventLoop, "start_tls")):
+        if getattr(module, "sslproto", None) is not sslproto or not (
+                {"sslproto", "SSLProtocol"} <= _code_names(owner, method)):
+            problems.append(f"{module.__name__}: {method}() no longer instantiates "
+                            "sslproto.SSLProtocol")
+    transport = getattr(selector_events, "_SelectorSocketTransport", None)
+    if not {"get_buffer", "recv_into", "buffer_updated"} <= _code_names(
+            transport, "_read_ready__get_buffer"):
+        problems.append("_SelectorSocketTransport._read_ready__get_buffer() changed")
+    if not problems:
+        problems += _probe_buffer_contract(base)
+    return problems
+
+
 def install_lean_tls_buffers() -> bool:
     """Use `LeanSSLProtocol` for TLS connections made from now on; True if it is in use."""
-    global _original
+    global _original, _warned
     if os.environ.get("WEBCONF_LEAN_TLS_BUFFERS", "1").strip().lower() in (
             "0", "false", "no", "off") or sys.platform == "win32":
+        return False
+    if sslproto.SSLProtocol is not LeanSSLProtocol and (
+            problems := lean_tls_contract_problems()):
+        if not _warned:
+            _warned = True
+            log.warning("lean TLS receive buffers off: CPython %s changed asyncio.sslproto "
+                        "internals (%s); each TLS connection keeps its own %d KiB buffer",
+                        platform.python_version(), "; ".join(problems), _BUFFER_SIZE // 1024)
         return False
     if sslproto.SSLProtocol is not LeanSSLProtocol:
         _original = sslproto.SSLProtocol
