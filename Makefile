@@ -2,7 +2,7 @@
 #   make demo   - create .venv, install, run a whole verified meeting (webconf demo)
 #   make test   - create .venv, install, run the whole test suite (what CI runs)
 #   make bench  - benchmarks beside their baselines (Kamailio, nginx); table + bench/results/
-#   make lint   - ruff + mypy
+#   make lint   - ruff + mypy --strict (CI runs it before the tests)
 #   make dev    - a dev deployment in .dev/ (PKI, keys, config), then `make serve`
 PYTHON ?= python3
 VENV   ?= .venv
@@ -37,9 +37,10 @@ test: $(STAMP) sysdeps
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow"
 
+# ruff over every Python file we ship or run; mypy --strict (pyproject) over the packages and bench/.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check conferencing focus clients tests
-	$(VENV)/bin/mypy conferencing focus clients
+	$(VENV)/bin/ruff check webconf conferencing focus clients bench tests
+	$(VENV)/bin/mypy webconf conferencing focus clients bench
 
 dev: $(STAMP)
 	test -f .dev/webconf.toml || $(VENV)/bin/webconf init .dev
