@@ -17,7 +17,8 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .common import Row, machine
+from .common import machine
+from .report import Row, print_table, table_markdown
 
 MODULES = {
     "sip": "bench.sip_joins",
@@ -28,38 +29,6 @@ MODULES = {
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _fmt(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
-    return f"{text} {unit}".strip()
-
-
-def table_markdown(rows: list[Row]) -> str:
-    lines = ["| metric | ours | baseline | ratio | target | pass |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        ok = {True: "yes", False: "**no**", None: "-"}[r.passed]
-        lines.append(f"| {r.metric} | {_fmt(r.ours, r.unit)} | {_fmt(r.baseline, r.unit)} | "
-                     f"{ratio} | {r.target} | {ok} |")
-    return "\n".join(lines)
-
-
-def print_table(rows: list[Row]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="webconf benchmarks (medians; ratio = ours / baseline)")
-    for col in ("metric", "ours", "baseline", "ratio", "target", "pass"):
-        table.add_column(col)
-    for r in rows:
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[r.passed]
-        table.add_row(r.metric, _fmt(r.ours, r.unit), _fmt(r.baseline, r.unit), ratio,
-                      r.target, ok)
-    Console(width=140).print(table)
 
 
 def update_readme(rows: list[Row], stamp: str) -> None:

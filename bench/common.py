@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: result rows, a real deployment, process RSS, medians.
+"""Shared pieces of the benchmarks: a real deployment, process RSS, medians and percentiles.
 
 Every benchmark module exposes `run(smoke: bool) -> list[Row]`: it runs our side and its
 baseline in the same run, on the same machine, several rounds, and reports medians and
@@ -11,70 +11,28 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webconf import stats
+from webconf.deploy.config import Config
+from webconf.deploy.local import LocalDeployment, ServeProcess
+from webconf.deploy.local import free_port as free_port  # the one copy, re-exported
 
-@dataclass
-class Row:
-    metric: str
-    ours: float
-    baseline: float | None
-    target: str
-    """Human-readable target, e.g. ">= 0.25x", "< 250 ms", "< 2048 MiB"."""
-    passed: bool | None
-    unit: str = ""
-    lower_is_better: bool = False
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        if self.baseline in (None, 0):
-            return None
-        assert self.baseline is not None
-        return self.ours / self.baseline
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["ratio"] = None if self.ratio is None else round(self.ratio, 3)
-        return out
+from .report import print_table
 
 
 def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values)) if values else 0.0
+    """The median (webconf.stats' 50th percentile); 0.0 for no values, as rows hold numbers."""
+    return percentile(values, 50)
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return float(ordered[k])
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free loopback port, never the same one twice in this process (the kernel may
-    hand a just-closed ephemeral port out again at once on a busy machine)."""
-    while True:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    """`webconf.stats.percentile` (the loadtest's definition too); 0.0 for no values."""
+    value = stats.percentile(values, p)
+    return 0.0 if value is None else value
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -97,6 +55,16 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -123,14 +91,14 @@ def require(*tools: str) -> list[str]:
 class Stack:
     """A real deployment served by `webconf serve` (focus + WCS processes)."""
 
-    cfg: Any
-    proc: subprocess.Popen[str]
+    cfg: Config
+    serve: ServeProcess
     workdir: Path
 
     @property
     def pids(self) -> dict[str, int]:
         out = {}
-        for child in children(self.proc.pid):
+        for child in children(self.serve.pid):
             line = cmdline(child)
             if "-m conferencing" in line:
                 out["wcs"] = child
@@ -149,54 +117,14 @@ class Stack:
 def stack(*, users: Sequence[tuple[str, str]] = (), env: dict[str, str] | None = None,
           tenants: Sequence[str] = ("contoso.example",), tcp_sip: bool = False,
           ready_timeout: float = 90.0) -> Iterator[Stack]:
-    """Init a deployment in a temp dir, add users, run `webconf serve`; always clean up."""
-    import asyncio
-
-    from focus.directory import Directory
-    from webconf.deploy.init import init_deployment
-
-    workdir = Path(tempfile.mkdtemp(prefix="webconf-bench-"))
-    cfg = init_deployment(workdir / "dep", https_port=free_port(), internal_port=free_port(),
-                          sip_port=free_port(), tenants=list(tenants))
-
-    async def add_users() -> None:
-        directory = await Directory.open(cfg.store_url)
-        try:
-            for address, password in users:
-                await directory.add_user(address, password)
-        finally:
-            await directory.close()
-
-    if users:
-        asyncio.run(add_users())
-    full_env = {**os.environ, "WEBCONF_FOCUS_MAX_CONNECTIONS_PER_SOURCE": "1000000",
+    """Init a deployment in a temp dir, add users, run `webconf serve`; always clean up.
+    The servers die with this process (`webconf.deploy.local.LocalDeployment`)."""
+    full_env = {"WEBCONF_FOCUS_MAX_CONNECTIONS_PER_SOURCE": "1000000",
                 "WEBCONF_FOCUS_MAX_CONNECTIONS": "1000000", **(env or {})}
-    if tcp_sip:
-        cfg.focus.tcp_port = free_port()
-        full_env["WEBCONF_FOCUS_TCP_PORT"] = str(cfg.focus.tcp_port)
-    proc = subprocess.Popen([sys.executable, "-m", "webconf", "serve", str(cfg.base_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            line = proc.stdout.readline()
-            if not line or time.monotonic() > deadline:
-                err = proc.stderr.read() if proc.stderr else ""
-                raise RuntimeError(f"webconf serve did not start: {err[-2000:]}")
-            if line.startswith("webconf ready"):
-                break
-        yield Stack(cfg, proc, workdir)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with LocalDeployment(tenants=tenants, users=users, env=full_env, prefix="webconf-bench-",
+                         tcp_sip=tcp_sip, ready_timeout=ready_timeout) as local:
+        assert local.serve is not None and local.workdir is not None
+        yield Stack(local.config, local.serve, local.workdir)
 
 
 def machine() -> dict[str, Any]:
@@ -215,8 +143,6 @@ def standalone(prog: str, doc: str | None, run: Any) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    from .__main__ import print_table
-
     rows = run(args.smoke)
     print_table(rows)
     for r in rows:

@@ -42,7 +42,8 @@ import aiohttp
 from webconf.deploy import tls
 from webconf.deploy.config import Config
 
-from .common import Row, Stack, children, free_port, median, stack, standalone
+from .common import Stack, children, cpu_seconds, free_port, median, stack, standalone
+from .report import Row
 
 CONFERENCE = "BENCH"
 TENANT = "contoso.example"
@@ -166,15 +167,6 @@ class Nginx:
     def cpu_seconds(self) -> float:
         """CPU time of the master and its worker so far."""
         return sum(cpu_seconds(p) for p in [self.master_pid, *children(self.master_pid)])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -50,8 +50,9 @@ from typing import Any
 
 from clients.meeting import FocusAddress, MeetingClient
 from clients.wcs import client_ssl_context
+from webconf.stats import summary_ms
 
-from .common import Row, Stack, machine, median, percentile, stack
+from .common import Stack, cpu_seconds, machine, median, stack
 from .loadgen import (
     Fleet,
     Member,
@@ -61,6 +62,7 @@ from .loadgen import (
     raise_nofile,
     split,
 )
+from .report import Row
 
 TENANT = "contoso.example"
 CONFERENCE = "FANOUT"
@@ -72,16 +74,6 @@ MIB = 1024 * 1024
 async def _stream(data: bytes, chunk: int = MIB) -> AsyncIterator[bytes]:
     for i in range(0, len(data), chunk):
         yield data[i:i + chunk]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) so far; 0 if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
@@ -97,12 +89,9 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
-    return {"p50": round(percentile(values, 50) * 1000, 1),
-            "p95": round(percentile(values, 95) * 1000, 1),
-            "p99": round(percentile(values, 99) * 1000, 1),
-            "max": round(max(values) * 1000, 1)}
+    """p50/p95/p99/max in ms (`webconf.stats.summary_ms`); zeros when nothing arrived, so
+    the medians over rounds stay numbers."""
+    return {k: 0.0 if v is None else v for k, v in summary_ms(values, with_max=True).items()}
 
 
 async def _round(presenter: MeetingClient, fleet: Fleet, size: int, n: int,

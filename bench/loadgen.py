@@ -45,6 +45,9 @@ from clients.download import DownloadError, ItemIntegrityError
 from clients.meeting import FocusAddress, MeetingClient
 from clients.sip import SipConnection, SipError
 from clients.wcs import WcsError, client_ssl_context
+from webconf.stats import summary_ms
+
+from .common import rss_mib
 
 
 def raise_nofile() -> int:
@@ -116,16 +119,9 @@ class WorkerSpec:
     connection (see `webconf.deploy.capacity`), to fit thousands of connections."""
 
 
-def summary(values: Sequence[float], scale: float = 1000.0) -> dict[str, float]:
-    """p50/p95/p99/max of `values` (seconds) in ms, nearest rank."""
-    from .common import percentile
-
-    if not values:
-        return {}
-    return {"p50": round(percentile(values, 50) * scale, 1),
-            "p95": round(percentile(values, 95) * scale, 1),
-            "p99": round(percentile(values, 99) * scale, 1),
-            "max": round(max(values) * scale, 1)}
+def summary(values: Sequence[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max of `values` (seconds) in ms (`webconf.stats.summary_ms`); {} for none."""
+    return summary_ms(values, with_max=True) if values else {}
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -358,8 +354,6 @@ def _domain(member: Member) -> str:
 
 
 def _own_rss_mib() -> float:
-    from .common import rss_mib
-
     return round(rss_mib(os.getpid()), 1)
 
 

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .common import Row, Stack, machine, stack
+from .common import Stack, cpu_seconds, machine, stack
 from .loadgen import (
     Fleet,
     Member,
@@ -41,6 +41,7 @@ from .loadgen import (
     raise_nofile,
     split,
 )
+from .report import Row
 
 TENANT = "contoso.example"
 PASSWORD = "bench-" + "pw"
@@ -123,8 +124,6 @@ def log_summary(st: Stack, limit: int = 5) -> dict[str, Any]:
 
 def _settle(st: Stack, quiet_seconds: float, limit: float) -> None:
     """Wait until the servers' CPU time stops growing (join traffic drained)."""
-    from .fanout import cpu_seconds
-
     deadline = time.monotonic() + limit
     pids = list(st.pids.values())
     last = sum(cpu_seconds(p) for p in pids)

@@ -30,8 +30,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from webconf.crypto import cobblestone
 from webconf.deploy import tls
 
-from .common import Row, median, standalone
+from .common import median, standalone
 from .download import admit, fresh_stack, upload
+from .report import Row
 
 PIECE = 64 * 1024
 RAW_BUFFER = 1024 * 1024

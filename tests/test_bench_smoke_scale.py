@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench import fanout, scale
-from bench.common import Row
+from bench.report import Row
 from webconf.deploy.config import Config
 
 
@@ -67,7 +67,7 @@ def test_scale_smoke() -> None:
 async def test_lean_tls_buffers_keep_streams_apart(deployment: Config) -> None:
     """With one receive buffer per thread, interleaved TLS connections still get exactly
     their own bytes, and no connection keeps a 256 KiB buffer of its own."""
-    from conferencing import capacity, tls
+    from webconf.deploy import capacity, tls
 
     assert capacity.install_lean_tls_buffers()
     protocols: list[Any] = []

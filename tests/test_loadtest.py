@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 
 from clients.download import DownloadError, ItemIntegrityError
-from clients.loadtest import (
-    ItemSource,
-    error_kind,
-    parse_size,
-    percentile,
-    summary_ms,
-)
+from clients.loadtest import ItemSource, error_kind, parse_size
 from clients.sip import SipError
 from clients.wcs import WcsError
 from webconf.cli import main as cli_main
+from webconf.stats import percentile, summary_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"participants", "conferences", "items", "item_size", "join_latency_ms", "joins_per_s",
