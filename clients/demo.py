@@ -15,11 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from webconf.deploy.local import (
+    ServeNotReady,
+    ServeProcess,
+    UserCommandError,
+    add_users,
+    free_port,
+)
 
 from .meeting import FocusAddress, MeetingClient
 
@@ -48,12 +53,6 @@ class Attendee:
     seconds: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -117,7 +116,7 @@ async def _receive(attendee: Attendee, expected: int, done: asyncio.Event) -> No
 def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str, str], int]:
     """Init the deployment and the tenant directory with the real operator commands."""
     dep = work / "deployment"
-    sip_port, https_port, internal_port = _free_port(), _free_port(), _free_port()
+    sip_port, https_port, internal_port = free_port(), free_port(), free_port()
     step = _cli("init", str(dep), "--tenant", TENANT, "--sip-port", str(sip_port),
                 "--https-port", str(https_port), "--internal-port", str(internal_port))
     if step.returncode:
@@ -127,43 +126,27 @@ def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str
     for name in ("bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan")[
             :attendees_count]:
         people[f"{name}@{TENANT}"] = secrets.token_urlsafe(12)
-    for address, password in people.items():
-        step = _cli("user", "add", str(dep), address, stdin=password + "\n")
-        if step.returncode:
-            raise DemoFailure(f"webconf user add {address} failed: {step.stderr.strip()}")
+    try:  # one `webconf user add` for everyone, a password a line
+        add_users(dep, people.items())
+    except UserCommandError as exc:
+        raise DemoFailure(f"webconf user add failed: {exc.stderr.strip()}") from None
     out.print(f"[bold]2.[/] organizer alice and {attendees_count} attendees added to {TENANT}")
     return dep, people, sip_port
 
 
 def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool:
     dep, people, sip_port = _prepare(work, attendees_count, out)
-    serve = subprocess.Popen([sys.executable, "-m", "webconf", "serve", str(dep)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    serve = ServeProcess(dep)  # dies with us, even if we are killed
     try:
-        _wait_ready(serve)
+        try:
+            serve.start(READY_TIMEOUT)
+        except ServeNotReady as exc:
+            raise DemoFailure(f"webconf serve exited before it was ready: "
+                              f"{exc.stderr[-500:]}") from None
         out.print(f"[bold]3.[/] webconf serve is up: focus sips:127.0.0.1:{sip_port}")
         return asyncio.run(_meeting(work, dep, people, sip_port, big_mib, out))
     finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-                serve.wait()
-
-
-def _wait_ready(serve: subprocess.Popen[str]) -> None:
-    assert serve.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    for line in serve.stdout:
-        if line.startswith("webconf ready"):
-            return
-        if time.monotonic() > deadline:
-            break
-    err = serve.stderr.read() if serve.stderr else ""
-    raise DemoFailure(f"webconf serve exited before it was ready: {err.strip()[-500:]}")
+        serve.stop()
 
 
 async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,

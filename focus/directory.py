@@ -11,7 +11,7 @@ the conferencing store:
     sip_users(realm -> directory_tenants.domain, username, ha1_md5, ha1_sha256, created_at)
 
 The realm is the tenant domain (lower-case A-label form) and the username the user part of
-`user@domain`, exactly what RFC 3261 Digest hashes (DESIGN §2). The password is hashed the
+`user@domain`, exactly what RFC 3261 Digest hashes (docs/protocol.md §2). The password is hashed the
 moment it is read and exists nowhere else: not in a row, a log line or an exception.
 Portable SQL only (SQLite embedded, PostgreSQL for scale-out).
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import re
 import sys
 import time
@@ -52,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from webconf import cli_input
 from webconf.deploy.config import ConfigError, load_config
 from webconf.deploy.db import open_engine
 from webconf.deploy.pki import normalize_dns_name
@@ -252,60 +252,83 @@ class Directory:
 # -- `webconf user` ---------------------------------------------------------------------------
 
 class _UsageError(Exception):
-    """Exit status 1 with this one-line message."""
+    """Exit status 1 with this one-line message, after the `done` lines (what did work)."""
+
+    def __init__(self, message: str, done: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.done = done or []
 
 
 def add_user_arguments(parser: argparse.ArgumentParser) -> None:
-    """`webconf user add|remove|list DIR ...` (dests: user_command, dir, address, tenant)."""
+    """`webconf user add|remove|list DIR ...` (dests: user_command, dir, addresses, tenant)."""
     sub = parser.add_subparsers(dest="user_command", metavar="ACTION", required=True)
-    add = sub.add_parser("add", help="add a user or change its password (read from stdin)",
-                         description="Add a user, or change its password. The password is "
-                         "read from stdin: typed twice on a terminal, else the first line.")
+    add = sub.add_parser("add", help="add users or change their passwords (read from stdin)",
+                         description="Add users, or change their passwords. The passwords "
+                         "are read from stdin: typed twice on a terminal, else one line "
+                         "per address, in the order of the addresses.")
     add.add_argument("dir", type=Path, help="deployment directory")
-    add.add_argument("address", help="user@tenant-domain")
-    remove = sub.add_parser("remove", help="remove a user")
+    add.add_argument("addresses", nargs="+", metavar="address", help="user@tenant-domain")
+    remove = sub.add_parser("remove", help="remove users")
     remove.add_argument("dir", type=Path, help="deployment directory")
-    remove.add_argument("address", help="user@tenant-domain")
+    remove.add_argument("addresses", nargs="+", metavar="address", help="user@tenant-domain")
     listing = sub.add_parser("list", help="list users, one address a line")
     listing.add_argument("dir", type=Path, help="deployment directory")
     listing.add_argument("--tenant", metavar="DOMAIN", help="only this tenant's users")
 
 
-def read_password() -> str:
-    """The new password from stdin: asked twice on a terminal, else its first line."""
-    if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if first != getpass.getpass("Password (again): "):
-            raise _UsageError("the passwords do not match")
-        password = first
-    else:
-        line = sys.stdin.buffer.readline()
-        if line.endswith(b"\n"):
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        try:
-            password = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _UsageError("the password is not valid UTF-8") from None
+def read_password(address: str | None = None) -> str:
+    """A new password from stdin: asked twice on a terminal, else the next line. With
+    `address` (several users at once) the prompt and the errors name the user."""
+    prompt_text = "Password: " if address is None else f"Password for {address}: "
+    again_text = ("Password (again): " if address is None
+                  else f"Password for {address} (again): ")
+    whose = "" if address is None else f" for {address}"
+    try:
+        password = cli_input.read_password(sys.stdin.buffer, prompt_text,
+                                           confirm_text=again_text)
+    except cli_input.PasswordInputError as exc:
+        if exc.reason == cli_input.MISMATCH:
+            raise _UsageError(f"the passwords{whose} do not match") from None
+        if exc.reason == cli_input.NOT_UTF8:
+            raise _UsageError(f"the password{whose} is not valid UTF-8") from None
+        password = ""  # no line left, or Ctrl-D at the prompt
     if not password:
-        raise _UsageError("the password is empty")
+        raise _UsageError(f"the password{whose} is empty")
     return password
 
 
 async def _run(args: argparse.Namespace, store_url: str) -> list[str]:
-    """Perform the action; the lines to print. Raises `_UsageError`/`DirectoryError`."""
+    """Perform the action; the lines to print. Raises `_UsageError`/`DirectoryError`.
+
+    Several addresses use one process and one database connection pool: every address is
+    checked and every password read before the first user is written."""
     command = args.user_command
-    realm, username = parse_address(args.address) if command != "list" else ("", "")
-    address = f"{username}@{realm}"
-    password = read_password() if command == "add" else ""  # after the address is checked
+    addresses = [] if command == "list" else [
+        "{1}@{0}".format(*parse_address(a)) for a in args.addresses]
+    passwords: list[str] = []
+    if command == "add":  # after the addresses are checked
+        several = len(addresses) > 1
+        passwords = [read_password(a if several else None) for a in addresses]
     directory = await Directory.open(store_url)
     try:
         if command == "add":
-            new_tenant = await directory.add_user(address, password)
-            return [f"added {address}" + (f" (new tenant {realm})" if new_tenant else "")]
+            lines = []
+            for address, password in zip(addresses, passwords, strict=True):
+                new_tenant = await directory.add_user(address, password)
+                realm = address.rpartition("@")[2]
+                lines.append(f"added {address}" + (f" (new tenant {realm})" if new_tenant
+                                                   else ""))
+            return lines
         if command == "remove":
-            if not await directory.remove_user(address):
-                raise _UsageError(f"no such user {address}")
-            return [f"removed {address}"]
+            lines, missing = [], []
+            for address in addresses:
+                if await directory.remove_user(address):
+                    lines.append(f"removed {address}")
+                else:
+                    missing.append(address)
+            if missing:
+                raise _UsageError(f"no such user {', '.join(missing)}", lines)
+            return lines
         return await directory.list_users(args.tenant)
     finally:
         await directory.close()
@@ -322,6 +345,8 @@ def run_user(args: argparse.Namespace) -> int:
     try:
         lines = asyncio.run(_run(args, cfg.store_url))
     except (_UsageError, DirectoryError) as exc:
+        for line in exc.done if isinstance(exc, _UsageError) else []:
+            print(line)
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     except (SQLAlchemyError, OSError) as exc:
@@ -332,11 +357,14 @@ def run_user(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     if args.user_command == "add":
-        realm = parse_address(args.address)[0]
-        if realm not in cfg.tenants.domains:
-            print(f"warning: the deployment's TLS certificates do not name {realm}; SIP clients "
-                  f"of that tenant will refuse the focus. Re-run `webconf init {cfg.base_dir} "
-                  f"--force` with every --tenant, including --tenant {realm}.", file=sys.stderr)
+        realms = dict.fromkeys(parse_address(a)[0] for a in args.addresses)
+        for realm in realms:
+            if realm in cfg.tenants.domains:
+                continue
+            print(f"warning: the deployment's TLS certificates do not name {realm}; SIP "
+                  f"clients of that tenant will refuse the focus. Re-run `webconf init "
+                  f"{cfg.base_dir} --force` with every --tenant, including --tenant {realm}.",
+                  file=sys.stderr)
     return 0
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bench.common import free_port
 from conferencing.app import WcsServer
 from webconf.deploy import tls
 from webconf.deploy.config import Config, load_config
 from webconf.deploy.init import init_deployment
+from webconf.deploy.local import ServeProcess, free_port
 
 TENANTS = ["contoso.example", "fabrikam.example"]
 VECTORS = Path(os.environ.get("WEBCONF_VECTORS") or Path(__file__).resolve().parent / "vectors")
@@ -117,56 +114,15 @@ async def wcs(deployment: Config) -> AsyncIterator[Wcs]:
         await server.stop()
 
 
-class ServeProcess:
-    """`webconf serve DIR` as a real subprocess."""
-
-    def __init__(self, base_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.base_dir = base_dir
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "webconf", "serve", str(self.base_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
-            start_new_session=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"serve exited early: {err}")
-            self.lines.append(line)
-            if line.startswith("webconf ready"):
-                return
-        raise RuntimeError("serve did not become ready")
-
-    def kill9(self) -> None:
-        """SIGKILL the whole process group: supervisor and servers die at once."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
 @pytest.fixture
 def serve(deployment: Config) -> Iterator[ServeProcess]:
+    """`webconf serve` of the `deployment`, started by the test; it dies with this process
+    even when the run is killed (`webconf.deploy.local`)."""
     proc = ServeProcess(deployment.base_dir)
     try:
         yield proc
     finally:
-        if proc.proc is not None and proc.proc.poll() is None:
-            try:
-                proc.terminate(20)
-            except subprocess.TimeoutExpired:
-                proc.kill9()
+        proc.stop(20)  # SIGTERM, then SIGKILL of its process group after 20 s
 
 
 async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:

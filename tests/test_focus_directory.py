@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from conferencing.store import Store
 from focus.directory import Directory, DirectoryError, parse_address
 from webconf.deploy.config import Config
+from webconf.deploy.local import UserCommandError, add_users, remove_users
 from webconf.sip.digest import ha1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,3 +292,80 @@ def test_cli_warns_about_a_tenant_the_certificates_do_not_name(deployment: Confi
     assert "Zq9" not in r.stderr + r.stdout
     r = webconf("user", "add", base, "alice@contoso.example", stdin="pw\n")
     assert r.stderr == ""
+
+
+def test_cli_adds_and_removes_several_users_in_one_process(deployment: Config) -> None:
+    base = str(deployment.base_dir)
+    r = webconf("user", "add", base, "alice@contoso.example", "bob@contoso.example",
+                "eve@fabrikam.example", stdin="alice pw\r\nbob pw\neve pw\nnot read\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("added alice@contoso.example (new tenant contoso.example)\n"
+                        "added bob@contoso.example\n"
+                        "added eve@fabrikam.example (new tenant fabrikam.example)\n")
+    assert r.stderr == ""
+
+    async def check() -> None:
+        directory = await Directory.open(deployment.store_url, create=False)
+        try:
+            for realm, user, password in [("contoso.example", "alice", "alice pw"),
+                                          ("contoso.example", "bob", "bob pw"),
+                                          ("fabrikam.example", "eve", "eve pw")]:
+                for alg in ("MD5", "SHA-256"):
+                    assert await directory.lookup_ha1(realm, user, alg) == ha1(
+                        user, realm, password, alg)
+        finally:
+            await directory.close()
+
+    asyncio.run(check())
+    r = webconf("user", "remove", base, "alice@contoso.example", "eve@fabrikam.example")
+    assert (r.returncode, r.stdout) == (0, "removed alice@contoso.example\n"
+                                           "removed eve@fabrikam.example\n")
+    r = webconf("user", "remove", base, "bob@contoso.example", "nobody@contoso.example")
+    assert r.returncode == 1
+    assert r.stdout == "removed bob@contoso.example\n"
+    assert r.stderr.count("\n") == 1 and "no such user nobody@contoso.example" in r.stderr
+    assert webconf("user", "list", base).stdout == ""
+
+
+def test_cli_several_users_all_or_nothing(deployment: Config) -> None:
+    """Every address is checked and every password read before the first user is added."""
+    base = str(deployment.base_dir)
+    r = webconf("user", "add", base, "alice@contoso.example", "bob@contoso.example",
+                stdin="only one line\n")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1
+    assert "the password for bob@contoso.example is empty" in r.stderr
+    assert "only one" not in r.stderr + r.stdout
+    r = webconf("user", "add", base, "alice@contoso.example", "not-an-address",
+                stdin="a\nb\n")
+    assert r.returncode == 1 and "user@domain" in r.stderr
+    r = webconf("user", "add", base, "alice@contoso.example", "bob@contoso.example",
+                stdin="a\n\n")
+    assert r.returncode == 1 and "bob@contoso.example is empty" in r.stderr
+    raw = subprocess.run([sys.executable, "-m", "webconf", "user", "add", base,
+                          "alice@contoso.example", "carol@contoso.example"],
+                         input=b"a\n\xff\n", capture_output=True, cwd=ROOT, timeout=60)
+    assert raw.returncode == 1 and b"carol@contoso.example is not valid UTF-8" in raw.stderr
+    assert webconf("user", "list", base).stdout == ""
+
+
+def test_cli_warns_once_per_tenant_the_certificates_do_not_name(deployment: Config) -> None:
+    base = str(deployment.base_dir)
+    r = webconf("user", "add", base, "carol@northwind.example", "dave@northwind.example",
+                "alice@contoso.example", stdin="a\nb\nc\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning") == 1 and "northwind.example" in r.stderr
+
+
+def test_shared_helper_adds_many_users_through_the_command(deployment: Config) -> None:
+    """`webconf.deploy.local.add_users`: what the load tester and the benches use."""
+    users = [(f"user{i}@contoso.example", f"pw-{i}") for i in range(300)]
+    add_users(deployment.base_dir, users)
+    listed = webconf("user", "list", str(deployment.base_dir)).stdout.split()
+    assert sorted(listed) == sorted(address for address, _ in users)
+    remove_users(deployment.base_dir, [address for address, _ in users[:299]])
+    listed = webconf("user", "list", str(deployment.base_dir)).stdout.split()
+    assert listed == ["user299@contoso.example"]
+    with pytest.raises(UserCommandError) as raised:
+        remove_users(deployment.base_dir, ["user0@contoso.example"])
+    assert raised.value.returncode == 1 and "no such user" in raised.value.stderr

@@ -12,6 +12,7 @@ import pytest
 
 from webconf.crypto.cobblestone import Decryptor
 from webconf.deploy.config import Config
+from webconf.deploy.local import ServeNotReady
 
 from .conftest import ServeProcess, Wcs
 
@@ -173,3 +174,28 @@ async def test_secrets_never_reach_disk_or_logs(deployment: Config, serve: Serve
         rel = path.relative_to(deployment.share_dir).parts
         assert len(rel) == 3 and len(rel[2]) == 32
         assert rel[0] == rel[2][:2] and rel[1] == rel[2][2:4]
+
+
+def test_serve_that_cannot_start_reports_its_status_and_stderr(tmp_path: Path) -> None:
+    serve = ServeProcess(tmp_path / "nowhere")
+    with pytest.raises(ServeNotReady) as raised:
+        serve.start(30)
+    assert raised.value.returncode == 2
+    assert "webconf serve:" in raised.value.stderr and "webconf init" in raised.value.stderr
+    assert serve.stop() == 2  # already stopped: stop() is safe to repeat
+
+
+async def test_serve_process_from_asyncio_stops_its_whole_group(deployment: Config) -> None:
+    """The async form the load tester uses: ready, serving, then nothing of it left."""
+    async with ServeProcess(deployment.base_dir) as serve:
+        assert serve.ready_line is not None and serve.ready_line.startswith("webconf ready")
+        wcs = Wcs(deployment)
+        try:
+            async with wcs.http.get(f"{wcs.url}/healthz") as resp:
+                assert resp.status == 200
+        finally:
+            await wcs.close()
+        pgid = serve.pid
+    assert serve.proc is not None and serve.proc.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)

@@ -4,7 +4,10 @@ Each component is a real child process (`python -m <module> DIR`) that prints
 `<name> ready ...` on stdout once it accepts connections; its stderr (JSON log lines) goes
 to `DIR/var/log/<name>.log`. The supervisor prints `webconf ready ...` only when every
 component is ready. SIGTERM/SIGINT are forwarded so each child drains and exits; if any
-child dies, the others are stopped and `serve` exits non-zero.
+child dies, the others are stopped and `serve` exits non-zero. If the supervisor itself
+dies (even by SIGKILL), each child gets SIGTERM from the kernel (`PR_SET_PDEATHSIG`, see
+lifetime.py): the children are forked by the event loop's thread, which lives as long as
+the supervisor.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .lifetime import die_with_parent
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -46,7 +50,8 @@ async def _start(component: Component, base_dir: Path, log_dir: Path
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", component.module, str(base_dir),
-            stdout=asyncio.subprocess.PIPE, stderr=log_fd, stdin=asyncio.subprocess.DEVNULL)
+            stdout=asyncio.subprocess.PIPE, stderr=log_fd, stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent(signal.SIGTERM))  # see lifetime.py
     finally:
         os.close(log_fd)
     assert proc.stdout is not None
