@@ -1,21 +1,27 @@
 """The WCS process: two HTTPS listeners over one service.
 
-- public (8443): the DESIGN §4 API, server-authenticated TLS;
-- internal (8444): the DESIGN §7 API, TLS that requires a client certificate from the
-  deployment CA (so only the focus reaches it).
+- public (8443): the docs/protocol.md §4 API, server-authenticated TLS;
+- internal (8444): the docs/protocol.md §7 API, TLS that requires a client certificate
+  from the deployment CA (so only the focus reaches it).
 
 `python -m conferencing DIR` runs it in the foreground, prints `wcs ready ...` once both
 listeners accept connections, and on SIGTERM/SIGINT stops accepting, closes data channels,
 drains in-flight requests (up to `wcs.shutdown_grace_seconds`) and exits.
+
+While it runs, a background task drops the revocation rows of cookies that their `exp`
+already refuses (every `wcs.revocation_purge_seconds`), so `revoked_cookies` stays as large
+as one cookie lifetime of revocations instead of growing forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +83,7 @@ class WcsServer:
     https_port: int = 0
     internal_port: int = 0
     in_flight: InFlight = field(default_factory=InFlight)
+    purge_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -85,7 +92,8 @@ class WcsServer:
         share.prepare()
         cookie_keys = keys.load_cookie_keys(cfg)
         cookies = CookieAuthority(cookie_keys, cfg.keys.cookie_signing_kid,
-                                  ttl_seconds=cfg.wcs.cookie_ttl_seconds)
+                                  ttl_seconds=cfg.wcs.cookie_ttl_seconds,
+                                  leeway_seconds=cfg.wcs.cookie_leeway_seconds)
         metrics = Metrics()
         self.service = ConferenceService(
             cfg, store, share, cookies, keys.load_root_keys(cfg),
@@ -118,9 +126,18 @@ class WcsServer:
         self.internal_port = _bound_port(internal_runner)
         if cfg.wcs.internal_port == 0:
             cfg.wcs.internal_port = self.internal_port
+        if cfg.wcs.revocation_purge_seconds > 0:
+            self.purge_task = asyncio.create_task(
+                _purge_revocations(self.service, cfg.wcs.revocation_purge_seconds),
+                name="wcs-revocation-purge")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close."""
+        if self.purge_task is not None:
+            self.purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.purge_task
+            self.purge_task = None
         for runner in self.runners:
             for site in list(runner.sites):
                 await site.stop()
@@ -132,6 +149,23 @@ class WcsServer:
         self.runners.clear()
         if self.service is not None:
             await self.service.store.close()
+
+
+async def _purge_revocations(service: ConferenceService, interval_seconds: float) -> None:
+    """Every `interval_seconds` (first at startup), drop the revocation rows of cookies past
+    `CookieAuthority.revocation_horizon`; a failed round is logged and retried next time."""
+    while True:
+        try:
+            horizon = service.cookies.revocation_horizon(time.time())
+            purged = await service.store.purge_expired_revocations(horizon)
+        except Exception as exc:  # a store hiccup must not end the purge for good
+            log.warning(json.dumps({"event": "revocations.purge_failed",
+                                    "error": type(exc).__name__}))
+        else:
+            service.metrics.revocations_purged.inc(purged)
+            if purged:
+                log.info(json.dumps({"event": "revocations.purged", "rows": purged}))
+        await asyncio.sleep(interval_seconds)
 
 
 def _bound_port(runner: web.AppRunner) -> int:

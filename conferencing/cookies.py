@@ -74,6 +74,17 @@ class CookieAuthority:
                            headers={"kid": self._signing_kid})
         return token, claims
 
+    def revocation_horizon(self, now: float) -> float:
+        """The `exp` before which a cookie is refused by its `exp` alone, so its revocation
+        row can go (docs/protocol.md §3).
+
+        `verify` refuses a cookie once `now >= exp + leeway` on its own clock. The horizon
+        allows the leeway twice: once for that check, once for a verifier on another host
+        whose clock lags ours by up to the same skew the leeway exists for. A purged row
+        therefore never makes a revoked cookie valid again.
+        """
+        return now - 2 * self.leeway_seconds
+
     def verify(self, token: str, *, conference_id: str) -> CookieClaims:
         """Check signature and claims, and that the token is for `conference_id`."""
         # A JWS is ASCII; aiohttp hands over non-UTF-8 header bytes as lone surrogates,

@@ -31,6 +31,10 @@ class Metrics:
             "webconf_items_shared", "Items shared", registry=self.registry)
         self.participants_admitted = Counter(
             "webconf_participants_admitted", "Participants admitted", registry=self.registry)
+        self.revocations_purged = Counter(
+            "webconf_revocations_purged",
+            "Revoked-cookie rows dropped once their cookies had expired",
+            registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,25 +4,32 @@ Layout: `<root>/ab/cd/<32 hex>` where the name is 128 random bits; temp files ar
 `<root>/.tmp/<32 hex>.part`. Nothing on the share names a tenant, conference or file, and
 only Cobblestone ciphertext is ever written here.
 
-Commit protocol (DESIGN §6): write the temp file, fsync it, rename it into place, fsync the
-blob's directory; only then does the caller commit the metadata row. A crash before the
-rename leaves a temp file, a crash after it leaves a blob without a row: the startup sweep
-removes both. Blocking file calls run in a worker thread so the event loop never waits on
-the disk; the one exception is `stream()`, which copies a chunk that is already in the page
-cache in the event loop (`RWF_NOWAIT`: the read fails instead of waiting for the disk) and
-only otherwise hands the read to a thread.
+Commit protocol (docs/protocol.md §6): write the temp file, fsync it, rename it into place,
+fsync the blob's directory; only then does the caller commit the metadata row. A crash
+before the rename leaves a temp file, a crash after it leaves a blob without a row: the
+startup sweep removes both.
+
+No blocking file call runs in the event loop. The cold paths (a blob's writes, its fsync,
+rename and removal) go through aiofiles' worker pool. `stream()`, the download hot path,
+is hand-made: it copies a chunk that is already in the page cache in the event loop
+(`preadv` with `RWF_NOWAIT`: the read fails instead of waiting for the disk) into a pooled
+buffer, which aiofiles cannot do, and only otherwise hands the read to a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import BinaryIO
+
+import aiofiles
+import aiofiles.os
+from aiofiles.threadpool.binary import AsyncFileIO
 
 BLOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 TMP_DIR = ".tmp"
@@ -43,7 +50,8 @@ def new_blob_id() -> str:
 class BlobWriter:
     """Buffered writer of one blob's ciphertext into a temp file, committed atomically."""
 
-    def __init__(self, share: FileShare, blob_id: str, file: BinaryIO, tmp_path: Path) -> None:
+    def __init__(self, share: FileShare, blob_id: str, file: AsyncFileIO,
+                 tmp_path: Path) -> None:
         self.share = share
         self.blob_id = blob_id
         self._file = file
@@ -61,7 +69,7 @@ class BlobWriter:
         self.size += len(src)
         while len(src):
             if self._fill == 0 and len(src) >= WRITE_BUFFER:
-                await asyncio.to_thread(_write_all, self._file, src)  # big: no copy
+                await _write_all(self._file, src)  # big: no copy
                 return
             take = min(len(src), WRITE_BUFFER - self._fill)
             self._buffer[self._fill : self._fill + take] = src[:take]
@@ -72,24 +80,18 @@ class BlobWriter:
 
     async def _flush(self) -> None:
         if self._fill:
-            await asyncio.to_thread(_write_all, self._file,
-                                    memoryview(self._buffer)[: self._fill])
+            await _write_all(self._file, memoryview(self._buffer)[: self._fill])
             self._fill = 0
 
     async def commit(self) -> None:
         """Flush, fsync, rename into place and fsync the directory."""
         await self._flush()
         final = self.share.blob_path(self.blob_id)
-
-        def _commit() -> None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.replace(self._tmp_path, final)
-            _fsync_dir(final.parent)
-
-        await asyncio.to_thread(_commit)
+        await _fsync(self._file.fileno())  # unbuffered: nothing left to flush
+        await self._file.close()
+        await aiofiles.os.makedirs(final.parent, exist_ok=True, mode=0o700)
+        await aiofiles.os.replace(self._tmp_path, final)
+        await _fsync_dir(final.parent)
         self._done = True
         self._buffer = bytearray()
 
@@ -99,14 +101,11 @@ class BlobWriter:
             return
         self._done = True
         self._buffer = bytearray()
-
-        def _abort() -> None:
-            try:
-                self._file.close()
-            finally:
-                self._tmp_path.unlink(missing_ok=True)
-
-        await asyncio.to_thread(_abort)
+        try:
+            await self._file.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await aiofiles.os.unlink(self._tmp_path)
 
 
 class FileShare:
@@ -130,47 +129,20 @@ class FileShare:
     async def create(self) -> BlobWriter:
         blob_id = new_blob_id()
         tmp_path = self.tmp_dir / f"{blob_id}.part"
-
-        def _open() -> BinaryIO:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            return os.fdopen(fd, "wb", buffering=0)
-
-        file = await asyncio.to_thread(_open)
+        # "xb": O_CREAT | O_EXCL; unbuffered, as BlobWriter buffers itself.
+        file = await aiofiles.open(tmp_path, "xb", buffering=0, opener=_owner_only)
         return BlobWriter(self, blob_id, file, tmp_path)
 
     async def size(self, blob_id: str) -> int:
         try:
-            st = await asyncio.to_thread(os.stat, self.blob_path(blob_id))
+            st = await aiofiles.os.stat(self.blob_path(blob_id))
         except FileNotFoundError:
             raise ShareError("blob missing") from None
         return st.st_size
 
-    async def read(self, blob_id: str, offset: int = 0, length: int | None = None,
-                   chunk_size: int = 1024 * 1024) -> AsyncIterator[bytes]:
-        """Stream `length` bytes of the blob from `offset`, `chunk_size` at a time."""
-        path = self.blob_path(blob_id)
-        try:
-            file = await asyncio.to_thread(open, path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise ShareError("blob missing") from None
-        try:
-            if offset:
-                await asyncio.to_thread(file.seek, offset)
-            remaining = length
-            while remaining is None or remaining > 0:
-                want = chunk_size if remaining is None else min(chunk_size, remaining)
-                data = await asyncio.to_thread(file.read, want)
-                if not data:
-                    break
-                if remaining is not None:
-                    remaining -= len(data)
-                yield data
-        finally:
-            await asyncio.to_thread(file.close)
-
     async def stream(self, blob_id: str, offset: int = 0, length: int | None = None,
                      chunk_size: int = 1024 * 1024) -> AsyncIterator[memoryview]:
-        """Like `read`, but yields views of reused buffers: the download fast path.
+        """Stream `length` bytes of the blob from `offset` as views of reused buffers.
 
         A fresh 1 MiB `bytes` per chunk costs page faults (zeroing new pages) that measured
         a fifth of the WCS's CPU per downloaded byte, and a thread hop per chunk costs more
@@ -241,12 +213,9 @@ class FileShare:
 
     async def remove(self, blob_id: str) -> None:
         path = self.blob_path(blob_id)
-
-        def _remove() -> None:
-            path.unlink(missing_ok=True)
-            _fsync_dir(path.parent)
-
-        await asyncio.to_thread(_remove)
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.unlink(path)
+        await _fsync_dir(path.parent)
 
     def sweep(self, known_blob_ids: Iterable[str], *,
               min_age_seconds: float = 0.0) -> dict[str, int]:
@@ -278,13 +247,17 @@ class FileShare:
         return removed
 
 
-def _write_all(file: BinaryIO, data: memoryview) -> None:
+async def _write_all(file: AsyncFileIO, data: memoryview) -> None:
     """Write all of `data` to an unbuffered file (a raw write may be partial)."""
     while len(data):
-        n = file.write(data)
+        n: int | None = await file.write(data)
         if n is None:  # non-blocking file would block: cannot happen for our regular files
             raise ShareError("short write to the share")
         data = data[n:]
+
+
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
 
 
 def _unexported(buf: bytearray) -> bool:
@@ -297,9 +270,14 @@ def _unexported(buf: bytearray) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def _sync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_fsync = aiofiles.os.wrap(os.fsync)
+_fsync_dir = aiofiles.os.wrap(_sync_dir)
+"""aiofiles has no fsync: its own `wrap` runs these in the same worker pool."""

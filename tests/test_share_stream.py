@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from conferencing import share as share_mod
 from conferencing.share import WRITE_BUFFER, FileShare, ShareError
@@ -132,7 +133,7 @@ async def test_writer_keeps_every_byte(share: FileShare, pieces: list[int]) -> N
     assert share.blob_path(blob_id).read_bytes() == data
 
 
-def test_short_raw_writes_are_completed() -> None:
+async def test_short_raw_writes_are_completed() -> None:
     class Dribble(io.RawIOBase):
         def __init__(self) -> None:
             self.out = bytearray()
@@ -147,5 +148,5 @@ def test_short_raw_writes_are_completed() -> None:
 
     f = Dribble()
     data = os.urandom(10_000)
-    share_mod._write_all(f, memoryview(data))  # type: ignore[arg-type]
+    await share_mod._write_all(AsyncFileIO(f, None, None), memoryview(data))
     assert bytes(f.out) == data

@@ -96,4 +96,6 @@ revoked_cookies = Table(
     Column("jti", String(64), primary_key=True),
     Column("revoked_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    # The periodic purge deletes by expiry (docs/protocol.md §3); created with the table.
+    Index("ix_revoked_cookies_expires", "expires_at"),
 )

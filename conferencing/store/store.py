@@ -163,20 +163,6 @@ class Store:
                 select(tenants.c.retain_content).where(tenants.c.domain == tenant))
         return bool(value)
 
-    async def list_tenant_keys(self) -> list[TenantKeyRow]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(tenant_keys))).all()
-        return [TenantKeyRow(r.tenant, r.version, r.wrapped_key, r.root_key_version) for r in rows]
-
-    async def rewrap_tenant_key(self, tenant: str, version: int, wrapped_key: bytes,
-                                root_key_version: int) -> None:
-        """Store a tenant key re-wrapped under another root key (root key rotation)."""
-        async with self._write() as conn:
-            await conn.execute(
-                update(tenant_keys)
-                .where(tenant_keys.c.tenant == tenant, tenant_keys.c.version == version)
-                .values(wrapped_key=wrapped_key, root_key_version=root_key_version))
-
     # -- conferences -------------------------------------------------------------
     async def conference(self, conference_id: str) -> ConferenceRow | None:
         async with self.engine.connect() as conn:
@@ -271,10 +257,13 @@ class Store:
                 return CookieState(is_revoked, None, False)
         return CookieState(bool(row.revoked), row.tenant, row.ended_at is not None)
 
-    async def purge_expired_revocations(self, now: float) -> int:
+    async def purge_expired_revocations(self, expired_before: float) -> int:
+        """Drop the revocation rows of cookies whose `exp` is before `expired_before`;
+        return how many went. The caller picks a horizon at which the verifier already
+        refuses such cookies by their `exp` alone (`CookieAuthority.revocation_horizon`)."""
         async with self._write() as conn:
             result = await conn.execute(
-                delete(revoked_cookies).where(revoked_cookies.c.expires_at < now))
+                delete(revoked_cookies).where(revoked_cookies.c.expires_at < expired_before))
         return int(result.rowcount or 0)
 
     # -- items ---------------------------------------------------------------------

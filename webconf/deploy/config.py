@@ -36,6 +36,11 @@ class WcsSection:
     max_upload_bytes: int = 2 * 1024**3
     max_item_name_bytes: int = 1024
     cookie_ttl_seconds: int = 12 * 3600
+    cookie_leeway_seconds: int = 30
+    """Clock skew the cookie verifier allows on `exp`/`nbf`/`iat`."""
+    revocation_purge_seconds: float = 300.0
+    """How often the WCS drops revocation rows of cookies already refused by their expiry
+    (kept 2 x the leeway past `exp`); 0 turns the purge off."""
     max_channels_per_participant: int = 4
     max_channel_message_bytes: int = 4096
     channel_queue_length: int = 256
