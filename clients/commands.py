@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import os
 import re
 import signal
@@ -28,6 +27,21 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
+
+from webconf import cli_input
+from webconf.events import (
+    ConferenceEnded,
+    EventError,
+    ItemRemoved,
+    ItemShared,
+    ParticipantJoined,
+    ParticipantLeft,
+    Revoked,
+    UnknownEvent,
+    Welcome,
+    parse_event,
+)
+from webconf.protocol import conference_id_of, conference_uri
 
 from .download import DownloadError, DownloadResult, ItemIntegrityError
 from .meeting import DEFAULT_SIP_PORT, FocusAddress, MeetingClient, conference_domain
@@ -76,7 +90,6 @@ SIP_KEEPALIVE_SECONDS = 30.0
 MIN_SCRUB_LENGTH = 8
 """Secrets this long are masked in error lines (shorter ones would mask random text)."""
 ENV_FOCUS, ENV_CA, ENV_PASSWORD = "WEBCONF_FOCUS", "WEBCONF_CA", "WEBCONF_PASSWORD"
-_CONF_ID_RE = re.compile(r"opaque=app:conf:focus:id:([^;?>]+)")
 
 
 def _epilog() -> str:
@@ -86,7 +99,7 @@ def _epilog() -> str:
         "stdin.\n"
         f"environment: ${ENV_FOCUS} (default --focus), ${ENV_CA} (default --ca).\n"
         "URI example (quote it in shells, it contains ';'):\n"
-        "  'sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2'\n\n"
+        f"  '{conference_uri('alice@contoso.example', 'K7Q2')}'\n\n"
         f"exit codes:\n{rows}\n"
     )
 
@@ -164,23 +177,24 @@ def classify(exc: BaseException, *, focus: str, conference: str, user: str) -> C
 
 
 def _classify_sip(exc: SipError, *, focus: str, conference: str, user: str) -> CommandError:
-    status, reason = exc.status, exc.reason
-    if status == 401:
+    """Decide on `exc.kind` (derived once from status and reason constant in clients.sip)."""
+    status, reason, kind = exc.status, exc.reason, exc.kind
+    if kind == "credentials" and status == 401:
         return CommandError(EXIT_CREDENTIALS, f"authentication failed for {user} "
                             f"(SIP 401 {reason}): wrong password or unknown user")
-    if status == 403 and "credentials" in reason.lower():
+    if kind == "credentials":
         return CommandError(EXIT_CREDENTIALS, f"the credentials do not match {user} "
-                            f"(SIP 403 {reason})")
-    if status == 403:
+                            f"(SIP {status} {reason})")
+    if kind == "forbidden":
         return CommandError(EXIT_FORBIDDEN, f"{user} may not join conference {conference} "
                             f"(SIP 403 {reason})")
-    if status == 404:
+    if kind == "not-found":
         return CommandError(EXIT_UNKNOWN_CONFERENCE, f"unknown conference {conference} "
                             f"(SIP 404 {reason})")
-    if status == 0:
+    if kind == "transport":
         return CommandError(EXIT_UNREACHABLE, f"lost the connection to the focus {focus}: "
                             f"{reason}")
-    if status == 503 or status == 408 or status >= 500:
+    if kind == "unavailable":
         return CommandError(EXIT_UNREACHABLE, f"the focus {focus} is unavailable "
                             f"(SIP {status} {reason}){_retry_hint(exc.retry_after)}")
     return CommandError(EXIT_ERROR, f"the focus refused the join (SIP {status} {reason})"
@@ -294,8 +308,8 @@ def human_size(size: int | float | None) -> str:
 
 
 def conference_id(uri: str) -> str:
-    m = _CONF_ID_RE.search(uri)
-    return m.group(1) if m else uri
+    """The conference id of a conference URI (the URI itself when it carries none)."""
+    return conference_id_of(uri) or uri
 
 
 def read_password(user: str, stdin: TextIO | None = None) -> str:
@@ -306,16 +320,13 @@ def read_password(user: str, stdin: TextIO | None = None) -> str:
     stream = stdin or sys.stdin
     if stream is None:
         raise CommandError(EXIT_USAGE, f"no password: set {ENV_PASSWORD}")
-    if stream.isatty():
-        try:
-            return getpass.getpass(f"Password for {user}: ")
-        except EOFError:
+    try:
+        return cli_input.read_password(stream, f"Password for {user}: ")
+    except cli_input.PasswordInputError as exc:
+        if exc.reason == cli_input.CANCELLED:
             raise CommandError(EXIT_USAGE, "no password given") from None
-    line = stream.readline()
-    if not line:
         raise CommandError(EXIT_USAGE, f"no password: set {ENV_PASSWORD}, or give it on the "
-                           "first line of stdin")
-    return line.rstrip("\r\n")
+                           "first line of stdin") from None
 
 
 class Output:
@@ -385,7 +396,7 @@ def _resolve(args: argparse.Namespace) -> tuple[FocusAddress, ssl.SSLContext]:
     uri: str = args.uri
     if not re.match(r"^sips?:[^@;]+@[^;]+", uri):
         raise CommandError(EXIT_USAGE, f"not a conference URI: {uri!r} (expected "
-                           "sip:organizer@domain;gruu;opaque=app:conf:focus:id:ID)")
+                           f"{conference_uri('organizer@domain', 'ID')})")
     focus: FocusAddress | None = args.focus
     if focus is None:
         env = os.environ.get(ENV_FOCUS)
@@ -569,36 +580,38 @@ async def _join_body(context: Context) -> int:
         finally:
             downloads.pop(item_id, None)
 
-    def on_event(event: dict[str, Any]) -> bool:
+    def on_event(data: dict[str, Any]) -> bool:
         """Print one event; start a download; True when the channel is over."""
-        kind = event.get("type")
-        if kind == "item.shared" and isinstance(event.get("item"), dict):
-            item = event["item"]
-            item_id = str(item.get("id"))
+        try:
+            event = parse_event(data)
+        except EventError:
+            return False  # not a well-formed event: nothing to show
+        if isinstance(event, ItemShared):
+            item, item_id = event.entry.item, event.entry.item_id
             names[item_id] = str(item.get("name") or item_id)
             out.line(f"item.shared {show(names[item_id])} {human_size(item.get('size'))} "
                      f"by {show(item.get('presenter', '?'))} (item {show(item_id)})")
             if args.save is not None and item_id not in downloads:
-                downloads[item_id] = asyncio.create_task(save(event, item_id))
-        elif kind == "item.removed":
-            item_id = str((event.get("item") or {}).get("id"))
+                downloads[item_id] = asyncio.create_task(save(data, item_id))
+        elif isinstance(event, ItemRemoved):
+            item_id = event.item_id
             task = downloads.pop(item_id, None)
             if task is not None:
                 task.cancel()
             out.line(f"item.removed {show(names.pop(item_id, item_id))} (item {show(item_id)})")
-        elif kind in ("participant.joined", "participant.left"):
-            who = event.get("participant") or {}
-            out.line(f"{kind} {show(who.get('user', '?'))} ({show(who.get('role', '?'))})")
-        elif kind == "revoked":
+        elif isinstance(event, (ParticipantJoined, ParticipantLeft)):
+            who = event.participant
+            out.line(f"{event.TYPE} {show(who.user)} ({show(who.role)})")
+        elif isinstance(event, Revoked):
             out.line("revoked")
             return True
-        elif kind == "conference.ended":
+        elif isinstance(event, ConferenceEnded):
             out.line("conference ended")
             return True
-        elif kind == "channel.reconnected":
+        elif isinstance(event, UnknownEvent) and event.type == "channel.reconnected":
             out.line("channel reconnected")
-        elif kind not in ("welcome", None):
-            out.line(f"event {show(kind)}")
+        elif not isinstance(event, Welcome):
+            out.line(f"event {show(str(data['type']))}")
         return False
 
     async def consume() -> None:

@@ -13,7 +13,6 @@ name that cannot leave the folder, and an existing file is never overwritten.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -27,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
 from webconf.crypto.cobblestone import CobblestoneError, Decryptor
 
 from .wcs import READ_SIZE, WcsError, WcsSession
 
 MAX_NAME_BYTES = 200
 TEMP_SUFFIX = ".webconf-part"
-_CHUNK_FAILED = re.compile(r"chunk (\d+) failed authentication")
 _SEPARATORS = re.compile(r"[/\\]+")
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 _WINDOWS_DEVICES = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\.|$)", re.I)
@@ -116,30 +117,33 @@ def _candidates(folder: Path, filename: str) -> Iterator[Path]:
 class _TempFile:
     """A hidden 0600 temp file in the destination folder, renamed into place on commit.
 
-    Writes and the fsync run in worker threads; the lock makes `discard` wait for one in
-    flight, so a cancelled download can never close the descriptor under a write (whose
-    number the OS could meanwhile hand to another file).
+    Writes and the fsync run in aiofiles' worker threads. `commit` and `discard` close the
+    file synchronously, and never under a write or fsync in flight (whose descriptor the OS
+    could meanwhile hand to another file): the buffered file's own lock holds `close` back
+    until a write returns, and `_lock` does the same for the fsync.
     """
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / f".{secrets.token_hex(8)}{TEMP_SUFFIX}"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                          0o600)
+        # "xb": O_CREAT | O_EXCL, and O_CLOEXEC as Python opens every file.
+        self._file = open(self.path, "xb", opener=_owner_only)  # closed by commit or discard
+        self._async = AsyncBufferedIOBase(self._file, loop=None, executor=None)
         self._lock = threading.Lock()
 
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            if self.fd < 0:
-                raise OSError("temp file already discarded")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
+    async def write(self, data: bytes) -> None:
+        if self._file.closed:
+            raise OSError("temp file already discarded")
+        await self._async.write(data)
 
-    def sync(self) -> None:
+    async def sync(self) -> None:
+        await self._async.flush()
+        await aiofiles.os.wrap(self._fsync)()  # aiofiles has no fsync: its pool runs ours
+
+    def _fsync(self) -> None:
         with self._lock:
-            if self.fd < 0:
+            if self._file.closed:
                 raise OSError("temp file already discarded")
-            os.fsync(self.fd)
+            os.fsync(self._file.fileno())
 
     def commit(self, target: Path, *, overwrite: bool) -> Path:
         """Move the (already fsynced) file into place; in a folder, claim a free name.
@@ -147,8 +151,7 @@ class _TempFile:
         Synchronous, so a cancellation cannot fall between the rename and the bookkeeping.
         """
         with self._lock:
-            os.close(self.fd)
-            self.fd = -1
+            self._file.close()
         if overwrite:
             os.replace(self.path, target)
             final = target
@@ -180,11 +183,14 @@ class _TempFile:
     def discard(self) -> None:
         """Synchronous on purpose: it must run to the end even in a cancelled task."""
         with self._lock:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
+            with contextlib.suppress(OSError):  # flushing what is thrown away may fail
+                self._file.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+
+
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
 
 
 async def download_item(session: WcsSession, item: dict[str, Any], key: bytes, context: bytes,
@@ -217,7 +223,7 @@ async def download_item(session: WcsSession, item: dict[str, Any], key: bytes, c
                                      f"sha256 mismatch (got {sha256}, expected {expected})")
         path = None
         if temp is not None and target is not None:
-            await asyncio.to_thread(temp.sync)  # the slow part, off the loop
+            await temp.sync()  # the slow part, off the loop
             path = temp.commit(target, overwrite=overwrite)
     except BaseException:
         if temp is not None:
@@ -263,7 +269,7 @@ async def _fetch(session: WcsSession, item: dict[str, Any], key: bytes, context:
         if progress is not None and plain:
             progress(done, size)
     except CobblestoneError as exc:
-        raise integrity(_describe(str(exc))) from None
+        raise integrity(_describe(exc)) from None
     except WcsError as exc:
         raise DownloadError(item_id, name, str(exc)) from exc
     if done != size:
@@ -281,7 +287,7 @@ async def _emit(plain: bytes, done: int, size: int, digest: Any, temp: _TempFile
         raise integrity(f"size mismatch (more than the recorded {size} bytes)")
     digest.update(plain)
     if temp is not None:
-        await asyncio.to_thread(temp.write, plain)
+        await temp.write(plain)
     return done
 
 
@@ -291,12 +297,12 @@ def _length_problem(got: int, expected: int) -> str:
     return f"ciphertext failed authentication (trailing data: {got} bytes, expected {expected})"
 
 
-def _describe(error: str) -> str:
-    m = _CHUNK_FAILED.search(error)
-    if m is not None:
-        return f"ciphertext failed authentication (chunk {m.group(1)})"
-    if "commitment" in error:
+def _describe(error: CobblestoneError) -> str:
+    """The user's line for a decryption failure, from the error's fields (never its text)."""
+    if error.kind == "tag" and error.chunk is not None:
+        return f"ciphertext failed authentication (chunk {error.chunk})"
+    if error.kind == "commitment":
         return "ciphertext failed authentication (key commitment: wrong key or context)"
-    if "truncated" in error:
+    if error.kind == "truncated":
         return "truncated"
     return f"ciphertext failed authentication ({error})"

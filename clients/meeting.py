@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from webconf.events import SharedItem
+
 from .download import DownloadResult, download_item
 from .sip import ConferenceDialog, JoinResult, SipConnection, SipError
 from .wcs import Channel, Progress, WcsSession, b64url_decode, client_ssl_context
@@ -106,10 +108,10 @@ class MeetingClient:
     async def fetch(self, event: dict[str, Any], dest: Path | None, *,
                     progress: Any = None) -> DownloadResult:
         """Download and decrypt a pushed item (`item.shared` event or welcome entry)."""
-        item = event["item"]
-        key, context = b64url_decode(event["key"]), b64url_decode(event["context"])
-        return await download_item(self._session(), item, key, context, dest,
-                                   expected_sha256=item.get("sha256"), progress=progress)
+        entry = SharedItem.from_json(event)
+        key, context = b64url_decode(entry.key), b64url_decode(entry.context)
+        return await download_item(self._session(), entry.item, key, context, dest,
+                                   expected_sha256=entry.item.get("sha256"), progress=progress)
 
     async def fetch_item(self, item: dict[str, Any], dest: Path | None) -> DownloadResult:
         """Download an item from the list, fetching its key from the key endpoint."""

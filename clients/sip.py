@@ -9,26 +9,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal, TypeAlias
 
-from webconf.sip import digest
+from webconf.protocol import (
+    JOIN_CONTENT_TYPE,
+    REASON_BAD_CREDENTIALS,
+    Admission,
+    JoinBodyError,
+)
+from webconf.sip.digest_client import DigestClient
 from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
 from webconf.sip.message import (
+    Headers,
     Request,
     Response,
     SipURI,
-    parse_auth_params,
     parse_name_addr,
     parse_uri,
     serialize,
 )
+from webconf.sip.sdp import parse_multipart
 
-JOIN_CONTENT_TYPE = "application/vnd.webconf.join+json"
 USER_AGENT = "webconf-client/0.1"
+
+SipErrorKind: TypeAlias = Literal["transport", "credentials", "forbidden", "not-found",
+                                  "unavailable", "refused"]
+
+
+def sip_error_kind(status: int, reason: str) -> SipErrorKind:
+    """What a failed join means for its caller, from the status and, for a 403, the reason
+    phrase the focus sends for credentials that do not match (docs/protocol.md §2)."""
+    if status == 0:
+        return "transport"
+    if status == 401 or (status == 403 and reason == REASON_BAD_CREDENTIALS):
+        return "credentials"
+    if status == 403:
+        return "forbidden"
+    if status == 404:
+        return "not-found"
+    if status in (408, 503) or status >= 500:
+        return "unavailable"
+    return "refused"
 
 
 class SipError(Exception):
@@ -37,12 +61,19 @@ class SipError(Exception):
     def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         super().__init__(f"{status} {reason}" if status else reason)
         self.status = status
+        """The SIP status; 0 when the connection failed before an answer."""
         self.reason = reason
+        """The reason phrase (or the transport error), for messages."""
         self.retry_after = retry_after
+        """Seconds from Retry-After, when the focus sent one."""
+        self.kind: SipErrorKind = sip_error_kind(status, reason)
+        """What the failure means: decide on this, not on the reason's text."""
 
 
 @dataclass
 class JoinResult:
+    """A successful join: the focus's join body (docs/protocol.md §2) and its Contact."""
+
     conference: str
     participant: str
     role: str
@@ -53,11 +84,10 @@ class JoinResult:
     """The focus's Contact: where in-dialog requests go."""
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], contact: str) -> JoinResult:
-        return cls(conference=str(body["conference"]), participant=str(body["participant"]),
-                   role=str(body["role"]), webconf_url=str(body["webconf_url"]),
-                   cookie=str(body["cookie"]), expires_at=str(body["expires_at"]),
-                   contact=contact)
+    def from_admission(cls, admission: Admission, contact: str) -> JoinResult:
+        return cls(conference=admission.conference, participant=admission.participant,
+                   role=admission.role, webconf_url=admission.webconf_url,
+                   cookie=admission.cookie, expires_at=admission.expires_at, contact=contact)
 
 
 def _split_address(address: str) -> tuple[str, str]:
@@ -175,7 +205,7 @@ class ConferenceDialog:
         self.cseq = 0
         self.remote_target: str = conference_uri
         self.result: JoinResult | None = None
-        self._nc = 0
+        self._digest = DigestClient(self.user, password)
 
     def _request(self, method: str, *, uri: str | None = None, cseq: int | None = None,
                  extra: list[tuple[str, str]] | None = None, body: bytes = b"",
@@ -197,8 +227,6 @@ class ConferenceDialog:
             ("User-Agent", self.user_agent),
             *(extra or []),
         ]
-        from webconf.sip.message import Headers
-
         req = Request(method, parse_uri(uri or self.conference_uri), Headers(headers), body)
         return serialize(req), branch
 
@@ -217,7 +245,10 @@ class ConferenceDialog:
         while resp.status == 401 and attempts < 2:
             await self._ack_failure(resp)
             attempts += 1
-            auth = self._authorization(resp)
+            auth = self._digest.answer(resp.headers.get_fields("WWW-Authenticate"),
+                                       method="INVITE", uri=self.conference_uri)
+            if auth is None:
+                raise SipError(401, "no supported Digest challenge")
             data, _ = self._request("INVITE", extra=[*extra, ("Authorization", auth)],
                                     body=body)
             self.conn.send(data)
@@ -236,47 +267,21 @@ class ConferenceDialog:
         except Exception:  # noqa: BLE001 - keep the conference URI as target
             self.remote_target = self.conference_uri
         self.conn.send(self._request("ACK", uri=self.remote_target, cseq=self.cseq)[0])
-        self.result = JoinResult.from_body(self._join_body(resp), contact)
+        self.result = JoinResult.from_admission(self._join_body(resp), contact)
         return self.result
 
-    def _join_body(self, resp: Response) -> dict[str, Any]:
+    def _join_body(self, resp: Response) -> Admission:
         ctype = (resp.headers.get("Content-Type") or "").strip()
         body = resp.body
         if ctype.lower().startswith("multipart/"):
-            from webconf.sip.sdp import parse_multipart
-
             parts = dict(parse_multipart(ctype, body))
             body = parts.get(JOIN_CONTENT_TYPE, b"")
         elif not ctype.lower().startswith(JOIN_CONTENT_TYPE):
             raise SipError(200, f"200 OK without a join body ({ctype or 'no body'})")
-        data = json.loads(body)
-        if not isinstance(data, dict):
-            raise SipError(200, "join body is not a JSON object")
-        return data
-
-    def _authorization(self, challenge: Response) -> str:
-        offered = [parse_auth_params(v)[1] for v in challenge.headers.get_fields(
-            "WWW-Authenticate")]
-        usable = [c for c in offered if digest.canonical_algorithm(
-            c.get("algorithm", "MD5")) is not None]
-        if not usable:
-            raise SipError(401, "no supported Digest challenge")
-        chosen = usable[0]
-        alg = digest.canonical_algorithm(chosen.get("algorithm", "MD5")) or "MD5"
-        realm, nonce = chosen["realm"], chosen["nonce"]
-        self._nc += 1
-        nc = f"{self._nc:08x}"
-        cnonce = secrets.token_hex(8)
-        uri = self.conference_uri
-        response = digest.digest_response(
-            alg, digest.ha1(self.user, realm, self.password, alg), nonce, nc, cnonce,
-            "INVITE", uri)
-        value = (f'Digest username="{self.user}", realm="{realm}", nonce="{nonce}", '
-                 f'uri="{uri}", response="{response}", algorithm={alg}, qop=auth, '
-                 f'nc={nc}, cnonce="{cnonce}"')
-        if "opaque" in chosen:
-            value += f', opaque="{chosen["opaque"]}"'
-        return value
+        try:
+            return Admission.from_bytes(body)
+        except JoinBodyError as exc:
+            raise SipError(200, str(exc)) from None
 
     async def _ack_failure(self, resp: Response) -> None:
         """ACK a non-2xx final response (same branch; RFC 3261 §17.1.1.3)."""

@@ -1,4 +1,4 @@
-"""Client of the WCS public API (DESIGN §4): items over HTTPS, events over the WSS channel.
+"""Client of the WCS public API (docs/protocol.md §4): items over HTTPS, events over WSS.
 
 Only the public wire protocol is used, so anything here a third-party client could do too.
 `WcsSession` holds one pooled aiohttp session and the participant's cookie (from the SIP
@@ -21,21 +21,34 @@ import hashlib
 import json
 import mimetypes
 import os
-import random
 import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote, urlsplit
 
+import aiofiles
 import aiohttp
 from aiohttp import WSMsgType
 
+from webconf.events import (
+    ConferenceEnded,
+    EventError,
+    ItemRemoved,
+    ItemShared,
+    Ping,
+    Pong,
+    Revoked,
+    Welcome,
+    parse_event,
+)
+from webconf.protocol import valid_id
+from webconf.retry import Backoff
+
 READ_SIZE = 1024 * 1024
 """Upload read size and download chunk size: big enough that per-chunk overhead vanishes."""
-ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 PING_INTERVAL = 20.0
 CONNECT_TIMEOUT = 15.0
 MAX_CHANNEL_MESSAGE = 16 * 1024 * 1024
@@ -43,6 +56,8 @@ MAX_CHANNEL_MESSAGE = 16 * 1024 * 1024
 HANDSHAKE_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                    429: "too_many_requests", 503: "unavailable"}
 """A refused upgrade's body is not readable through aiohttp; name its status instead."""
+PING_FRAME = json.dumps(Ping().to_json(), separators=(",", ":"))
+"""The keep-alive frame, `{"type":"ping"}`."""
 COMPRESSION_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
                      "xz": "application/x-xz", "br": "application/x-brotli",
                      "compress": "application/x-compress"}
@@ -103,7 +118,7 @@ async def raise_for_error(resp: aiohttp.ClientResponse) -> None:
 
 
 def _check_id(item_id: str) -> str:
-    if not ID_RE.match(item_id):
+    if not valid_id(item_id):
         raise ValueError(f"invalid item id {item_id!r}")
     return item_id
 
@@ -246,6 +261,8 @@ class WcsSession:
 
 
 def _sha256_file(path: Path) -> str:
+    """The file's hex SHA-256, run whole in one worker thread (`asyncio.to_thread`, not
+    aiofiles: that would hop to a thread per read and hash each MiB in the event loop)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(READ_SIZE):
@@ -255,17 +272,14 @@ def _sha256_file(path: Path) -> str:
 
 async def _read_file(path: Path, size: int) -> AsyncIterator[bytes]:
     """`size` bytes of the file in 1 MiB reads off the loop; a file that shrank is an error."""
-    f: BinaryIO = await asyncio.to_thread(path.open, "rb")
-    try:
+    async with aiofiles.open(path, "rb") as f:
         left = size
         while left > 0:
-            chunk = await asyncio.to_thread(f.read, min(READ_SIZE, left))
+            chunk = await f.read(min(READ_SIZE, left))
             if not chunk:
                 raise OSError(f"{path} shrank during the upload")
             left -= len(chunk)
             yield chunk
-    finally:
-        await asyncio.to_thread(f.close)
 
 
 async def _metered(body: AsyncIterable[bytes], size: int | None, expected_sha256: str | None,
@@ -318,29 +332,6 @@ async def _checked(body: AsyncIterable[bytes], size: int | None, expected_sha256
 
 
 # -- data channel -----------------------------------------------------------------------------
-
-class Backoff:
-    """Reconnect delays: `initial` doubling to `maximum`, each drawn from [d/2, d].
-
-    Jitter spreads the reconnects of many clients after a server restart; it comes from the
-    system CSPRNG only so that no seeded module-level generator is shared or predictable.
-    """
-
-    def __init__(self, initial: float = 0.2, maximum: float = 10.0,
-                 rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.rng = rng or random.SystemRandom()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * float(1 << min(self.attempt, 62)))
-        self.attempt += 1
-        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
 
 def final_close_reason(code: int | None, reason: str) -> str | None:
     """The channel's end reason for a close the WCS means as final, else None (reconnect)."""
@@ -411,7 +402,7 @@ class Channel:
         except BaseException:
             await ws.close()
             raise
-        if not isinstance(hello, dict) or hello.get("type") != "welcome":
+        if not isinstance(hello, dict) or not _is_welcome(hello):
             await ws.close()
             raise WcsError(0, "network", f"channel opened without a welcome ({msg.type!r})")
         self._ws = ws
@@ -424,7 +415,7 @@ class Channel:
         with contextlib.suppress(ConnectionError, RuntimeError):
             while not ws.closed:
                 await asyncio.sleep(self.ping_interval)
-                await ws.send_str('{"type":"ping"}')
+                await ws.send_str(PING_FRAME)
 
     async def _drop(self) -> None:
         if self._pinger is not None:
@@ -512,27 +503,29 @@ class Channel:
             await self._drop()
 
     def _accept(self, text: str) -> dict[str, Any] | None:
-        """Parse one frame and apply de-duplication; None means nothing to pass on."""
+        """Parse one frame and apply de-duplication; None means nothing to pass on.
+
+        Decisions are made on the typed event (`webconf.events`); the consumer still gets
+        the frame's JSON object, as sent. A frame that is not a well-formed event is dropped.
+        """
         try:
-            event = json.loads(text)
-        except ValueError:
+            data = json.loads(text)
+            event = parse_event(data)
+        except (ValueError, EventError):
             return None
-        if not isinstance(event, dict):
+        if isinstance(event, Pong):
             return None
-        kind = event.get("type")
-        if kind == "pong":
-            return None
-        if kind == "item.shared":
-            item_id = _item_id(event)
-            if item_id in self._seen:
+        if isinstance(event, ItemShared):
+            if event.entry.item_id in self._seen:
                 return None
-            self._seen.add(item_id)
-        elif kind == "item.removed":
-            self._seen.discard(_item_id(event))
-        elif kind in ("revoked", "conference.ended"):
+            self._seen.add(event.entry.item_id)
+        elif isinstance(event, ItemRemoved):
+            self._seen.discard(event.item_id)
+        elif isinstance(event, (Revoked, ConferenceEnded)):
             # The close that follows is final even if its frame gets lost (1006).
-            self._final_hint = kind
-        return event
+            self._final_hint = event.TYPE
+        assert isinstance(data, dict)  # parse_event accepted it
+        return data
 
     async def close(self) -> None:
         """Close the socket; a running `events()` ends with end_reason "closed"."""
@@ -546,6 +539,14 @@ class Channel:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _is_welcome(data: dict[str, Any]) -> bool:
+    """True for a well-formed `welcome` (docs/protocol.md §4)."""
+    try:
+        return isinstance(parse_event(data), Welcome)
+    except EventError:
+        return False
 
 
 def _item_id(entry: dict[str, Any]) -> str:

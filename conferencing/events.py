@@ -22,7 +22,8 @@ import asyncio
 import json
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+
+from webconf.events import ChannelEvent
 
 CLOSE = object()
 """Sentinel queued after a final event: the channel closes once it has sent it."""
@@ -104,10 +105,10 @@ class EventHub:
     def active(self) -> int:
         return sum(len(s) for s in self._by_conference.values())
 
-    def publish(self, conference_id: str, event: dict[str, Any], *,
+    def publish(self, conference_id: str, event: ChannelEvent, *,
                 participant_id: str | None = None, final: bool = False) -> None:
         """Queue `event` for the conference's channels (or one participant's)."""
-        self.deliver(conference_id, json.dumps(event, separators=(",", ":")),
+        self.deliver(conference_id, json.dumps(event.to_json(), separators=(",", ":")),
                      participant_id=participant_id, final=final)
 
     def deliver(self, conference_id: str, message: str, *, participant_id: str | None = None,

@@ -25,8 +25,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from webconf import protocol
 from webconf.crypto.cobblestone import Encryptor, item_context
 from webconf.deploy.config import Config
+from webconf.events import (
+    ConferenceEnded,
+    ItemRemoved,
+    ItemShared,
+    Participant,
+    ParticipantJoined,
+    ParticipantLeft,
+    Revoked,
+    SharedItem,
+)
+from webconf.protocol import Admission
 
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
@@ -35,7 +47,6 @@ from .metrics import Metrics
 from .share import FileShare, ShareError
 from .store import ConferenceRow, ItemRow, ParticipantRow, Store
 
-ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}"
                              r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"\\]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -75,16 +86,6 @@ class Principal:
 
 
 @dataclass(frozen=True)
-class Admission:
-    participant_id: str
-    role: str
-    cookie: str
-    expires_at: str
-    webconf_url: str
-    conference_id: str
-
-
-@dataclass(frozen=True)
 class ItemKey:
     dek: bytes
     context: bytes
@@ -98,8 +99,9 @@ class BlobRef:
 
 
 def valid_id(value: str) -> bool:
-    # "." and ".." match ID_RE but are URL dot-segments: clients normalize them away.
-    return bool(ID_RE.match(value)) and value not in (".", "..")
+    """The id grammar (docs/protocol.md §4), minus "." and "..": they match it but are URL
+    dot-segments, which clients normalize away."""
+    return protocol.valid_id(value) and value not in (".", "..")
 
 
 def rfc3339(ts: float) -> str:
@@ -188,11 +190,11 @@ class ConferenceService:
         await self.store.add_participant(ParticipantRow(
             id=pid, conference_id=conference_id, tenant=tenant, user=user, role=effective_role,
             jti=claims.jti, joined_at=now, expires_at=float(claims.expires_at), left_at=None))
-        self.events.publish(conference_id, {"type": "participant.joined", "participant": {
-            "id": pid, "user": user, "role": effective_role}})
-        return Admission(participant_id=pid, role=effective_role, cookie=cookie,
-                         expires_at=rfc3339(claims.expires_at), webconf_url=self.cfg.public_url,
-                         conference_id=conference_id)
+        self.events.publish(conference_id, ParticipantJoined(Participant(
+            id=pid, user=user, role=effective_role)))
+        return Admission(conference=conference_id, participant=pid, role=effective_role,
+                         cookie=cookie, expires_at=rfc3339(claims.expires_at),
+                         webconf_url=self.cfg.public_url)
 
     async def revoke_participant(self, conference_id: str, participant_id: str) -> bool:
         """Revoke the participant's cookie and close its channels; False if unknown."""
@@ -200,10 +202,10 @@ class ConferenceService:
         if p is None:
             existing = await self.store.participant(participant_id)
             return existing is not None and existing.conference_id == conference_id
-        self.events.publish(conference_id, {"type": "revoked", "reason": "left"},
+        self.events.publish(conference_id, Revoked(reason="left"),
                             participant_id=participant_id, final=True)
-        self.events.publish(conference_id, {"type": "participant.left", "participant": {
-            "id": p.id, "user": p.user, "role": p.role}})
+        self.events.publish(conference_id, ParticipantLeft(Participant(
+            id=p.id, user=p.user, role=p.role)))
         return True
 
     async def end_conference(self, conference_id: str) -> bool:
@@ -214,7 +216,7 @@ class ConferenceService:
         if not await self.store.tenant_retains_content(conf.tenant):
             for row in await self.store.delete_items(conference_id):
                 await self.share.remove(row.blob_id)
-        self.events.publish(conference_id, {"type": "conference.ended"}, final=True)
+        self.events.publish(conference_id, ConferenceEnded(), final=True)
         return True
 
     # -- authentication -------------------------------------------------------------
@@ -300,8 +302,8 @@ class ConferenceService:
             await self.share.remove(writer.blob_id)
             raise
         view = self._item_view(row, dek, context)
-        self.events.publish(who.conference_id, {
-            "type": "item.shared", "item": view, "key": b64url(dek), "context": b64url(context)})
+        self.events.publish(who.conference_id, ItemShared(SharedItem(
+            item=view, key=b64url(dek), context=b64url(context))))
         return view
 
     async def list_items(self, who: Principal) -> list[dict[str, Any]]:
@@ -311,13 +313,13 @@ class ConferenceService:
             views.append(self._item_view(row, key.dek, key.context))
         return views
 
-    async def items_with_keys(self, who: Principal) -> list[dict[str, Any]]:
+    async def items_with_keys(self, who: Principal) -> list[SharedItem]:
         """Every current item with its key, for the channel's `welcome`."""
         out = []
         for row in await self.store.items(who.conference_id):
             key = await self._unwrap(row)
-            out.append({"item": self._item_view(row, key.dek, key.context),
-                        "key": b64url(key.dek), "context": b64url(key.context)})
+            out.append(SharedItem(item=self._item_view(row, key.dek, key.context),
+                                  key=b64url(key.dek), context=b64url(key.context)))
         return out
 
     async def item_key(self, who: Principal, item_id: str) -> ItemKey:
@@ -341,7 +343,7 @@ class ConferenceService:
         if deleted is None:
             raise ServiceError("not_found", "unknown item")
         await self.share.remove(deleted.blob_id)
-        self.events.publish(who.conference_id, {"type": "item.removed", "item": {"id": item_id}})
+        self.events.publish(who.conference_id, ItemRemoved(item_id))
 
     async def _item(self, who: Principal, item_id: str) -> ItemRow:
         if not valid_id(item_id):

@@ -1,4 +1,4 @@
-"""The data channel (DESIGN §4): a WSS socket per participant that pushes items and keys.
+"""The data channel (docs/protocol.md §4): a WSS socket per participant that pushes items and keys.
 
 Every test runs against a real in-process WCS over real TLS. Every receive is bounded by a
 timeout, so a server that forgets to send or to close fails the test instead of hanging it.
@@ -20,6 +20,8 @@ from aiohttp import WSMsgType
 from conferencing.app import WcsServer
 from webconf.crypto.cobblestone import Decryptor
 from webconf.deploy.config import Config
+from webconf.events import Participant as Who
+from webconf.events import ParticipantJoined
 
 from .conftest import Participant, Wcs, wait_for
 
@@ -514,7 +516,7 @@ async def test_slow_subscriber_is_cut_off(wcs: Wcs) -> None:
     hub = wcs.server.service.events
     # Queue more events than the subscriber's queue holds before the pump can run.
     for i in range(hub.queue_length + 10):
-        hub.publish("Q1", {"type": "participant.joined", "participant": {"id": str(i)}})
+        hub.publish("Q1", ParticipantJoined(Who(id=str(i), user="u", role="attendee")))
     code = await expect_close(ws, skip_text=True)
     assert code == 1013
     await wait_for(lambda: subscriptions(wcs, alice) == 0)

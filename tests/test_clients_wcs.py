@@ -24,7 +24,6 @@ from clients.download import (
     safe_filename,
 )
 from clients.wcs import (
-    Backoff,
     Channel,
     WcsAuthError,
     WcsError,
@@ -35,6 +34,7 @@ from clients.wcs import (
 )
 from conferencing.app import WcsServer
 from webconf.deploy.config import Config
+from webconf.retry import Backoff
 
 from .conftest import Participant, Wcs, wait_for
 

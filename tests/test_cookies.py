@@ -1,4 +1,4 @@
-"""The authentication cookie (DESIGN §3): strict EdDSA JWT verification.
+"""The authentication cookie (docs/protocol.md §3): strict EdDSA JWT verification.
 
 Every forged, altered, stale or misdirected token is refused twice: by
 `CookieAuthority.verify` itself (unit level) and over HTTPS by a real in-process WCS

@@ -773,3 +773,36 @@ def test_aead_primitive_is_aes_gcm() -> None:
     sealed = kw._seal_with_nonce(key, nonce, b"msg", b"aad")
     assert sealed == nonce + AESGCM(key).encrypt(nonce, b"msg", b"aad")
     assert kw.aead_open(key, kw.aead_seal(key, b"msg", b"aad"), b"aad") == b"msg"
+
+
+def test_errors_carry_kind_and_chunk() -> None:
+    """Callers read `kind` and `chunk` (clients/download.py), never parse the message."""
+    forged = bytearray(BLOB)
+    forged[HEADER_SIZE + CIPHERTEXT_CHUNK_SIZE + 5] ^= 1  # chunk 1
+    dec = Decryptor(KEY, CTX)
+    with pytest.raises(CobblestoneError) as err:
+        dec.update(bytes(forged))
+        dec.finalize()
+    assert (err.value.kind, err.value.chunk) == ("tag", 1)
+    with pytest.raises(CobblestoneError) as again:  # a failed decryptor keeps failing alike
+        dec.finalize()
+    assert (again.value.kind, again.value.chunk) == ("tag", 1)
+    assert str(again.value) == "chunk 1 failed authentication"
+    cases = [
+        (lambda: Decryptor(os.urandom(32), CTX).update(BLOB), "commitment"),
+        (lambda: Decryptor(KEY, CTX).finalize(), "truncated"),
+        (lambda: Decryptor(KEY[:16], CTX), "key"),
+        (lambda: plaintext_size(HEADER_SIZE), "truncated"),
+    ]
+    rd = RangeDecryptor(KEY, CTX, BLOB[:HEADER_SIZE], len(BLOB))
+    ct_off, ct_len, first = rd.span(0, len(PT))
+    whole = BLOB[ct_off : ct_off + ct_len]
+    cases += [
+        (lambda: rd.decrypt_chunks(0, whole + b"\x00"), "trailing"),
+        (lambda: rd.decrypt_range(0, len(PT), whole[:-1]), "truncated"),
+        (lambda: rd.decrypt_chunks(rd.final_chunk_index + 1, b""), "chunk-range"),
+    ]
+    for call, kind in cases:
+        with pytest.raises(CobblestoneError) as failure:
+            call()
+        assert (failure.value.kind, failure.value.chunk) == (kind, None)

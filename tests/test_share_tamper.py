@@ -2,7 +2,7 @@
 
 Whoever can write to the share (an NFS admin, a backup restore gone wrong, an attacker) can
 flip, cut, extend or swap ciphertext blobs, but cannot make a client accept them: every blob
-is Cobblestone-256 ciphertext bound to its tenant, conference and item (DESIGN §5), and
+is Cobblestone-256 ciphertext bound to its tenant, conference and item (docs/protocol.md §5), and
 `clients.download.download_item` releases plaintext only once it authenticated. Each case
 here tampers with one blob of a conference holding several items, then checks that
 

@@ -1,4 +1,4 @@
-"""`webconf`: the one command for operators and meeting clients (DESIGN §7).
+"""`webconf`: the one command for operators and meeting clients (docs/protocol.md §7).
 
 Operator commands (`init`, `serve`, `user`) belong to the server wings and are imported
 only when used, so the client commands stay usable from a client-only install and the

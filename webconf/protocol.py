@@ -26,12 +26,25 @@ ID_RE = re.compile(rf"^{ID_PATTERN}$")
 ROLES = ("organizer", "presenter", "attendee")
 """Participant roles, most privileged first."""
 
+# Reason phrases of the focus's join refusals (docs/protocol.md §2). A SIP status alone does
+# not tell a client why a 403 came: these phrases do, so both ends compare against one constant.
+REASON_BAD_CREDENTIALS = "Credentials Do Not Match From"
+"""403: the Digest username is not the From user. Clients treat it as bad credentials."""
+REASON_ANOTHER_TENANT = "Forbidden: Another Tenant"
+"""403: the caller's tenant is not the conference's (policy, not credentials)."""
+REASON_FORBIDDEN = "Forbidden"
+"""403: the WCS refused the admission (policy)."""
+REASON_CONFERENCE_NOT_FOUND = "Conference Not Found"
+"""404: no such conference, or it has ended and only its organizer may reopen it."""
+REASON_WCS_UNAVAILABLE = "WCS Unavailable"
+"""503 (with Retry-After): the focus could not reach the WCS."""
+
 _OPAQUE_RE = re.compile(rf"(?:^|;)opaque={re.escape(CONFERENCE_OPAQUE)}([^;?>]+)")
 
 
 def valid_id(value: object) -> bool:
-    """True when `value` is a string of the id grammar."""
-    return isinstance(value, str) and ID_RE.match(value) is not None
+    """True when `value` is a string of the id grammar (fullmatch: `$` alone lets "id\n" in)."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
 def conference_uri(organizer: str, conference_id: str, *, scheme: str = "sip") -> str:

@@ -18,11 +18,14 @@ import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from webconf.events import Ping, Pong, Welcome
+
 from ..events import Subscription
 from ..service import ServiceError
-from .public import METRICS, SERVICE, authenticate
+from .context import CHANNELS, METRICS, SERVICE, authenticate
 
-CHANNELS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("channels", set)
+__all__ = ["CHANNELS", "CLOSE_REVOKED", "channel"]
+
 FLOOD_WINDOW_SECONDS = 1.0
 FLOOD_MAX_MESSAGES = 20
 CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
@@ -56,9 +59,9 @@ async def channel(request: web.Request) -> web.StreamResponse:
     try:
         await ws.prepare(request)
         items = await service.items_with_keys(who)
-        await ws.send_str(json.dumps({
-            "type": "welcome", "conference": who.conference_id,
-            "participant": who.participant_id, "role": who.role, "items": items}))
+        await ws.send_str(json.dumps(Welcome(
+            conference=who.conference_id, participant=who.participant_id, role=who.role,
+            items=tuple(items)).to_json()))
         await _serve(ws, sub, who.claims.expires_at)
     finally:
         sub.unsubscribe()
@@ -136,11 +139,11 @@ async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock) -> None:
             except ValueError:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid JSON")
                 return
-            if not isinstance(data, dict) or data.get("type") != "ping":
+            if not isinstance(data, dict) or data.get("type") != Ping.TYPE:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unknown message")
                 return
             async with lock:
-                await ws.send_str(json.dumps({"type": "pong"}))
+                await ws.send_str(json.dumps(Pong().to_json()))
         elif msg.type == WSMsgType.BINARY:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"binary frames refused")
             return

@@ -1,4 +1,4 @@
-"""Internal API (DESIGN §7), served only on the mTLS listener the focus reaches.
+"""Internal API (docs/protocol.md §7), served only on the mTLS listener the focus reaches.
 
 The TLS layer has already required a client certificate from the deployment CA; these
 handlers trust the caller to have authenticated the SIP user and applied join policy.
@@ -12,9 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from ..service import ServiceError, valid_id
-from .public import SERVICE
+from .context import SERVICE
 
 MAX_BODY = 16 * 1024
+ADMIT_ANSWER_FIELDS = ("conference", "participant", "role", "cookie", "expires_at",
+                       "webconf_url")
+"""The admit answer's keys, in their wire order (docs/protocol.md §7)."""
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -54,10 +57,8 @@ async def admit_participant(request: web.Request) -> web.Response:
     admission = await request.app[SERVICE].admit_participant(
         conference_id, tenant=fields["tenant"], organizer=fields["organizer"],
         user=fields["user"], role=role)
-    return web.json_response({
-        "conference": admission.conference_id, "participant": admission.participant_id,
-        "role": admission.role, "cookie": admission.cookie, "expires_at": admission.expires_at,
-        "webconf_url": admission.webconf_url}, status=201)
+    answer = admission.to_json()
+    return web.json_response({name: answer[name] for name in ADMIT_ANSWER_FIELDS}, status=201)
 
 
 async def revoke_participant(request: web.Request) -> web.Response:

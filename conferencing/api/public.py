@@ -1,4 +1,4 @@
-"""Public HTTPS API (DESIGN §4): items, keys, ciphertext downloads, health, metrics.
+"""Public HTTPS API (docs/protocol.md §4): items, keys, ciphertext downloads, health, metrics.
 
 Handlers parse HTTP, call the service, and shape the response. Downloads stream the blob
 in ~1 MiB chunks through a `StreamResponse` (FileResponse measured 8x slower over TLS).
@@ -14,33 +14,20 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..metrics import PROMETHEUS_CONTENT_TYPE, Metrics
-from ..service import ConferenceService, Principal, ServiceError, b64url, valid_id
+from ..metrics import PROMETHEUS_CONTENT_TYPE
+from ..service import ServiceError, b64url
+from .channel import channel
+from .context import AUTH_COOKIE, METRICS, SERVICE, authenticate, bearer_token
 from .errors import json_error
 
-SERVICE = web.AppKey("service", ConferenceService)
-METRICS = web.AppKey("metrics", Metrics)
-AUTH_COOKIE = "webconf_auth"
+__all__ = ["AUTH_COOKIE", "METRICS", "SERVICE", "add_routes", "authenticate", "bearer_token",
+           "load_openapi", "parse_range"]
+
 READ_SIZE = 64 * 1024
 BODY_IDLE_SECONDS = 60.0
 """An upload whose body stalls this long (no bytes at all) is refused with 408."""
 _RANGE_SPEC_RE = re.compile(r"^([0-9]*)-([0-9]*)$")  # ASCII digits only: `\d` is Unicode
 _INT64_DIGITS = 19
-
-
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(AUTH_COOKIE)
-
-
-async def authenticate(request: web.Request) -> Principal:
-    conference_id = request.match_info["conf"]
-    if not valid_id(conference_id):
-        raise ServiceError("not_found", "unknown conference")
-    return await request.app[SERVICE].authenticate(bearer_token(request), conference_id)
 
 
 async def upload_item(request: web.Request) -> web.Response:
@@ -197,8 +184,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    from .channel import channel
-
+    """The public API's routes, the data channel's included."""
     base = "/v1/conferences/{conf}"
     app.router.add_post(f"{base}/items", upload_item)
     app.router.add_get(f"{base}/items", list_items)

@@ -1,4 +1,4 @@
-"""Key hierarchy for items at rest (DESIGN.md §5).
+"""Key hierarchy for items at rest (docs/protocol.md §5).
 
 ::
 

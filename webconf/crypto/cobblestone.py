@@ -1,6 +1,6 @@
 """Cobblestone-256: C2SP chunked encryption (c2sp.org/chunked-encryption) over AES-256-GCM.
 
-Format (DESIGN.md §5)::
+Format (docs/protocol.md §5)::
 
     aead_key(32) || base_nonce(12) || commitment(32) = HKDF-Expand-SHA-512(
         prk  = input key (32 bytes, the item's DEK),
@@ -38,7 +38,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -60,6 +60,7 @@ __all__ = [
     "SALT_SIZE",
     "TAG_SIZE",
     "CobblestoneError",
+    "CobblestoneErrorKind",
     "Decryptor",
     "Encryptor",
     "RangeDecryptor",
@@ -86,12 +87,33 @@ _ITEM_CONTEXT_PREFIX = b"webconf-item/v1"
 _SCRATCH_LIMIT = 4 << 20  # larger outputs get a one-off buffer, so an instance never pins more
 
 
+CobblestoneErrorKind: TypeAlias = Literal[
+    "key", "commitment", "tag", "truncated", "trailing", "too-many-chunks", "chunk-range",
+    "finalized",
+]
+
+
 class CobblestoneError(Exception):
     """Any decryption failure: bad key size, commitment mismatch, forged chunk, bad length.
 
-    One type on purpose: callers must treat every failure the same way (reject the blob), and
-    must not learn or act on *which* check failed.
+    One type on purpose: callers must treat every failure the same way (reject the blob).
+    `kind` and `chunk` say which check failed, for an error message only, so that no caller
+    parses the text; never let them choose between accepting and rejecting.
     """
+
+    def __init__(self, message: str, *, kind: CobblestoneErrorKind,
+                 chunk: int | None = None) -> None:
+        super().__init__(message)
+        self.kind: CobblestoneErrorKind = kind
+        """Which check failed: "key" (size), "commitment" (wrong key or context), "tag" (a
+        chunk failed authentication), "truncated", "trailing" (data after the final chunk),
+        "too-many-chunks", "chunk-range" (an index past the final chunk), "finalized"."""
+        self.chunk = chunk
+        """The index of the chunk that failed authentication ("tag" only), else None."""
+
+    def copy(self) -> CobblestoneError:
+        """A fresh error with the same message and fields (a failed decryptor re-raises)."""
+        return CobblestoneError(str(self), kind=self.kind, chunk=self.chunk)
 
 
 def derive_keys(key: bytes, salt: bytes, context: bytes) -> tuple[bytes, bytes, bytes]:
@@ -124,17 +146,17 @@ def plaintext_size(ciphertext_size: int) -> int:
     Only the size is checked here; it is authenticated only by decrypting the final chunk.
     """
     if ciphertext_size < HEADER_SIZE + TAG_SIZE:
-        raise CobblestoneError("truncated")
+        raise CobblestoneError("truncated", kind="truncated")
     full, last = divmod(ciphertext_size - HEADER_SIZE, CIPHERTEXT_CHUNK_SIZE)
     if last < TAG_SIZE:  # no room for the final chunk's tag: cut at or just after a boundary
-        raise CobblestoneError("truncated")
+        raise CobblestoneError("truncated", kind="truncated")
     if full + 1 > MAX_CHUNKS:
-        raise CobblestoneError("too many chunks")
+        raise CobblestoneError("too many chunks", kind="too-many-chunks")
     return full * CHUNK_SIZE + last - TAG_SIZE
 
 
 def item_context(tenant: str, conference_id: str, item_id: str) -> bytes:
-    """Cobblestone context binding a blob to (tenant, conference, item), DESIGN.md §5.
+    """Cobblestone context binding a blob to (tenant, conference, item), docs/protocol.md §5.
 
     Length-prefixed so that distinct triples can never encode to the same bytes.
     """
@@ -338,7 +360,9 @@ class Decryptor(_ScratchBuffer):
 
     def __init__(self, key: bytes, context: bytes) -> None:
         if len(key) != KEY_SIZE:
-            raise CobblestoneError(f"invalid key size {len(key)}, expected {KEY_SIZE}")
+            raise CobblestoneError(
+                f"invalid key size {len(key)}, expected {KEY_SIZE}", kind="key"
+            )
         self._key = bytes(key)
         self._context = bytes(context)
         self._cipher: _Cipher | None = None
@@ -350,25 +374,27 @@ class Decryptor(_ScratchBuffer):
         self._error: CobblestoneError | None = None
         self._done = False
 
-    def _fail(self, message: str) -> CobblestoneError:
-        self._error = CobblestoneError(message)
+    def _fail(self, message: str, kind: CobblestoneErrorKind,
+              chunk: int | None = None) -> CobblestoneError:
+        self._error = CobblestoneError(message, kind=kind, chunk=chunk)
         self._buf = bytearray()
         self._scratch = bytearray()  # may hold unauthenticated plaintext from decrypt_into
         return self._error
 
     def _check(self) -> None:
         if self._error is not None:
-            raise CobblestoneError(str(self._error))
+            raise self._error.copy()
         if self._done:
-            raise CobblestoneError("Decryptor already finalized")
+            raise CobblestoneError("Decryptor already finalized", kind="finalized")
 
     def _decrypt_chunk(self, cipher: _Cipher, data: memoryview, out: memoryview) -> None:
         if self._index >= MAX_CHUNKS:
-            raise self._fail("too many chunks")
+            raise self._fail("too many chunks", "too-many-chunks")
         try:
             cipher.decrypt_into(cipher.nonce(self._index), data, None, out)
         except Exception:  # InvalidTag; anything else is equally a rejection
-            raise self._fail(f"chunk {self._index} failed authentication") from None
+            message = f"chunk {self._index} failed authentication"
+            raise self._fail(message, "tag", self._index) from None
         self._index += 1
 
     def _take_header(self, src: memoryview) -> int:
@@ -378,7 +404,7 @@ class Decryptor(_ScratchBuffer):
         if len(self._header) == HEADER_SIZE:
             cipher = _Cipher(self._key, bytes(self._header[:SALT_SIZE]), self._context)
             if not hmac.compare_digest(cipher.commitment, bytes(self._header[SALT_SIZE:])):
-                raise self._fail("commitment mismatch")
+                raise self._fail("commitment mismatch", "commitment")
             self._cipher = cipher
         return take
 
@@ -409,7 +435,7 @@ class Decryptor(_ScratchBuffer):
             # Hot loop, inlined like Encryptor.update's.
             index = self._index
             if index + n_full > MAX_CHUNKS:
-                raise self._fail("too many chunks")
+                raise self._fail("too many chunks", "too-many-chunks")
             decrypt_into = cipher.decrypt_into
             base = cipher.base
             i = index
@@ -423,7 +449,7 @@ class Decryptor(_ScratchBuffer):
                     off = end
                     pos = out_end
             except Exception:  # InvalidTag; anything else is equally a rejection
-                raise self._fail(f"chunk {i} failed authentication") from None
+                raise self._fail(f"chunk {i} failed authentication", "tag", i) from None
             self._index = index + n_full
         rest = len(src) - off
         if rest:
@@ -435,9 +461,9 @@ class Decryptor(_ScratchBuffer):
         """Decrypt the short final chunk; raise if the blob was truncated or forged."""
         self._check()
         if self._cipher is None:
-            raise self._fail("truncated")
+            raise self._fail("truncated", "truncated")
         if self._fill < TAG_SIZE:  # includes 0: stream ended on a chunk boundary
-            raise self._fail("truncated")
+            raise self._fail("truncated", "truncated")
         out = bytearray(self._fill - TAG_SIZE)
         self._decrypt_chunk(self._cipher, memoryview(self._buf)[: self._fill], memoryview(out))
         self._done = True
@@ -469,14 +495,16 @@ class RangeDecryptor:
 
     def __init__(self, key: bytes, context: bytes, header: bytes, ciphertext_size: int) -> None:
         if len(key) != KEY_SIZE:
-            raise CobblestoneError(f"invalid key size {len(key)}, expected {KEY_SIZE}")
+            raise CobblestoneError(
+                f"invalid key size {len(key)}, expected {KEY_SIZE}", kind="key"
+            )
         if len(header) != HEADER_SIZE:
-            raise CobblestoneError("truncated")
+            raise CobblestoneError("truncated", kind="truncated")
         self.plaintext_size = plaintext_size(ciphertext_size)
         self.ciphertext_size = ciphertext_size
         cipher = _Cipher(key, bytes(header[:SALT_SIZE]), context)
         if not hmac.compare_digest(cipher.commitment, bytes(header[SALT_SIZE:])):
-            raise CobblestoneError("commitment mismatch")
+            raise CobblestoneError("commitment mismatch", kind="commitment")
         self._cipher = cipher
         self.final_chunk_index = (ciphertext_size - HEADER_SIZE) // CIPHERTEXT_CHUNK_SIZE
         self._final_len = (
@@ -517,22 +545,24 @@ class RangeDecryptor:
         short chunk; ``data`` must end on a chunk boundary of the blob.
         """
         if not 0 <= first_chunk_index <= self.final_chunk_index:
-            raise CobblestoneError("chunk index out of range")
+            raise CobblestoneError("chunk index out of range", kind="chunk-range")
         src = memoryview(data).cast("B")
         out = bytearray()
         index = first_chunk_index
         off = 0
         while off < len(src):
             if index > self.final_chunk_index:
-                raise CobblestoneError("trailing data")
+                raise CobblestoneError("trailing data", kind="trailing")
             size = self._final_len if index == self.final_chunk_index else CIPHERTEXT_CHUNK_SIZE
             if len(src) - off < size:
-                raise CobblestoneError("truncated")
+                raise CobblestoneError("truncated", kind="truncated")
             nonce = self._cipher.nonce(index)
             try:
                 out += self._cipher.aead.decrypt(nonce, src[off : off + size], None)
             except Exception:
-                raise CobblestoneError(f"chunk {index} failed authentication") from None
+                raise CobblestoneError(
+                    f"chunk {index} failed authentication", kind="tag", chunk=index
+                ) from None
             off += size
             index += 1
         return bytes(out)
@@ -543,7 +573,9 @@ class RangeDecryptor:
         """Given the bytes read for ``span(plaintext_offset, length)``, return exactly the range."""
         _start, ct_len, first = self.span(plaintext_offset, length)
         if len(data) != ct_len:
-            raise CobblestoneError("truncated" if len(data) < ct_len else "trailing data")
+            if len(data) < ct_len:
+                raise CobblestoneError("truncated", kind="truncated")
+            raise CobblestoneError("trailing data", kind="trailing")
         plain = self.decrypt_chunks(first, data)
         skip = plaintext_offset - first * CHUNK_SIZE
         return plain[skip : skip + length]

@@ -8,7 +8,7 @@ flows. Every stream keeps its place (the answer has as many m-lines as the offer
 order); a stream offered on port 0 stays port 0; every other one is answered on port 9
 (discard) with `a=inactive`, the offered transport and the first offered format (with its
 `a=rtpmap`/`a=fmtp`). Port 9 rather than 0 because pjsua2 treats an answer whose streams
-are all port 0 as a failed call (DESIGN §2).
+are all port 0 as a failed call (docs/protocol.md §2).
 
 Secure RTP:
 - SDES (`RTP/SAVP(F)` + `a=crypto`): one `a=crypto` with the offer's tag and first suite we
