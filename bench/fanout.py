@@ -50,6 +50,7 @@ from typing import Any
 
 from clients.meeting import FocusAddress, MeetingClient
 from clients.wcs import client_ssl_context
+from webconf.protocol import conference_uri
 from webconf.stats import summary_ms
 
 from .common import Stack, cpu_seconds, machine, median, stack
@@ -58,7 +59,6 @@ from .loadgen import (
     Member,
     Target,
     WorkerSpec,
-    conference_uri,
     raise_nofile,
     split,
 )

@@ -463,8 +463,3 @@ class Fleet:
 def split(items: Sequence[Member], parts: int) -> list[list[Member]]:
     """Round-robin split, so every worker gets members of every conference."""
     return [list(items[i::parts]) for i in range(parts)]
-
-
-def conference_uri(organizer: str, conference_id: str) -> str:
-    user, _, domain = organizer.partition("@")
-    return f"sip:{user}@{domain};gruu;opaque=app:conf:focus:id:{conference_id}"

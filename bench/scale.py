@@ -31,13 +31,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from webconf.protocol import conference_uri
+
 from .common import Stack, cpu_seconds, machine, stack
 from .loadgen import (
     Fleet,
     Member,
     Target,
     WorkerSpec,
-    conference_uri,
     raise_nofile,
     split,
 )

@@ -32,6 +32,7 @@ from webconf.deploy.local import (
     add_users,
     free_port,
 )
+from webconf.protocol import conference_uri
 
 from .meeting import FocusAddress, MeetingClient
 
@@ -153,7 +154,7 @@ async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
                    big_mib: int, out: Any) -> bool:
     from rich.table import Table
 
-    uri = f"sip:alice@{TENANT};gruu;opaque=app:conf:focus:id:{CONFERENCE_ID}"
+    uri = conference_uri(f"alice@{TENANT}", CONFERENCE_ID)
     focus = FocusAddress("127.0.0.1", sip_port)
     ca = dep / "certs" / "ca.pem"
     files = _make_deck(work / "slides", big_mib)

@@ -34,7 +34,7 @@ from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
 
 from .api import internal, public
-from .api.channel import CHANNELS
+from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
 from .cookies import CookieAuthority
 from .events import EventHub
@@ -50,8 +50,8 @@ def build_public_app(service: ConferenceService, metrics: Metrics,
                      in_flight: InFlight | None = None) -> web.Application:
     app = web.Application(middlewares=make_middlewares(metrics, in_flight),
                           client_max_size=64 * 1024)
-    app[public.SERVICE] = service
-    app[public.METRICS] = metrics
+    app[SERVICE] = service
+    app[METRICS] = metrics
     channels: set[web.WebSocketResponse] = set()
     app[CHANNELS] = channels
     public.add_routes(app)
@@ -68,7 +68,7 @@ def build_internal_app(service: ConferenceService,
                        in_flight: InFlight | None = None) -> web.Application:
     app = web.Application(middlewares=make_middlewares(None, in_flight),
                           client_max_size=64 * 1024)
-    app[public.SERVICE] = service
+    app[SERVICE] = service
     internal.add_routes(app)
     return app
 
