@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -98,10 +99,9 @@ class Wcs:
         await self.internal.close()
 
 
-@pytest.fixture
-async def wcs(deployment: Config) -> AsyncIterator[Wcs]:
-    """An in-process WCS on ephemeral loopback ports."""
-    cfg = deployment
+@contextlib.asynccontextmanager
+async def running_wcs(cfg: Config) -> AsyncIterator[Wcs]:
+    """An in-process WCS of `cfg` on ephemeral loopback ports, with its clients."""
     cfg.wcs.https_port = 0
     cfg.wcs.internal_port = 0
     server = WcsServer(cfg)
@@ -112,6 +112,13 @@ async def wcs(deployment: Config) -> AsyncIterator[Wcs]:
     finally:
         await client.close()
         await server.stop()
+
+
+@pytest.fixture
+async def wcs(deployment: Config) -> AsyncIterator[Wcs]:
+    """An in-process WCS on ephemeral loopback ports."""
+    async with running_wcs(deployment) as client:
+        yield client
 
 
 @pytest.fixture

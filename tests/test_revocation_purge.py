@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import func, select
 
-from conferencing.app import WcsServer
 from conferencing.store.schema import revoked_cookies
 from webconf.deploy.config import Config, load_config
 
-from .conftest import Participant, Wcs
+from .conftest import Participant, Wcs, running_wcs
 
 TTL = 4
 LEEWAY = 1
@@ -37,18 +36,10 @@ async def short_lived_wcs(deployment: Config) -> AsyncIterator[Wcs]:
         "WEBCONF_WCS_COOKIE_TTL_SECONDS": str(TTL),
         "WEBCONF_WCS_COOKIE_LEEWAY_SECONDS": str(LEEWAY),
         "WEBCONF_WCS_REVOCATION_PURGE_SECONDS": str(PURGE_EVERY),
-        "WEBCONF_WCS_HTTPS_PORT": "0",
-        "WEBCONF_WCS_INTERNAL_PORT": "0",
     })
     assert cfg.wcs.revocation_purge_seconds == PURGE_EVERY
-    server = WcsServer(cfg)
-    await server.start()
-    client = Wcs(cfg, server)
-    try:
+    async with running_wcs(cfg) as client:
         yield client
-    finally:
-        await client.close()
-        await server.stop()
 
 
 async def revoked_rows(wcs: Wcs) -> int:
