@@ -19,6 +19,8 @@ from bench import fanout, scale
 from bench.report import Row
 from webconf.deploy.config import Config
 
+pytestmark = pytest.mark.slow  # fan-out and 10k-scale smokes
+
 
 def _check(row: Row) -> None:
     assert row.ours > 0, row

@@ -44,6 +44,8 @@ from webconf.deploy.config import Config
 
 from .conftest import ServeProcess
 
+pytestmark = pytest.mark.slow  # third-party SIP agents: `make test` runs them, not test-fast
+
 USER, PASSWORD = "alice@contoso.example", "alice-pw"
 DRIVER = Path(__file__).parent / "agents" / "pjsua2_driver.py"
 
@@ -401,7 +403,7 @@ async def test_pjsua2_joins_over_tls12_reads_multipart_and_opens_channel(
 async def test_pjsua2_refuses_a_focus_its_ca_did_not_certify(
         start_stack: Callable[..., Config], tmp_path: Path) -> None:
     """verify_server is really on: with another CA the handshake fails and nobody joins."""
-    from conferencing import pki
+    from webconf.deploy import pki
 
     cfg = await asyncio.to_thread(start_stack)
     other_ca = tmp_path / "other-ca.pem"
