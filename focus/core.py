@@ -1,42 +1,56 @@
-"""The focus as a sans-IO state machine: requests in, responses and effects out.
+"""The focus as a sans-IO state machine: bytes and effect results in, bytes and effects out.
 
-Operations: `request(conn, req, credentials)` for each parsed request,
-`admitted(ticket, ...)` / `admission_failed(ticket, ...)` when the WCS answers,
-`connection_lost(conn)`, and `expire(now)` for timers (`next_deadline()` says when).
-Each returns a list of outputs: `Send` (bytes for one connection), `Admit` (ask the WCS
-for a cookie), `Revoke` (end a participation at the WCS) and `Log` (one structured line).
+Operations (each returns a list of `focus.events` outputs; `now` is wall-clock seconds,
+`time.time()`, on every call that can need it: the core never reads a clock):
+- `connection_made(conn)` / `connection_lost(conn_id, now)`;
+- `receive_data(conn_id, data, now)`: the core owns each connection's `SipFramer`, so
+  framing errors (answered, then `Close` when the stream is lost) and CRLF keep-alives are
+  decided here;
+- `credentials_found(ticket, {algorithm: HA1} | None, now)`: the result of a
+  `LookupCredentials` effect;
+- `admitted(ticket, admission, now)` / `admission_failed(ticket, AdmitRefused |
+  AdmitUnavailable, now)`: the result of an `Admit` effect; the WCS-failure -> SIP-status
+  mapping lives here;
+- `expire(now)` for the orphan timers (`next_deadline()` says when).
 
-Goals: every request gets the right final response (RFC 3261 §8.2, §12, §17.2), every
-admitted participant is eventually revoked exactly once (BYE, CANCEL race, lost connection
-after a grace period, or the INVITE's connection gone before the WCS answered), and no
-state grows without bound (pending transactions and completed responses are capped per
-connection; dialogs die with their participation).
+Goals: every request gets exactly one final response (RFC 3261 §8.2, §12, §17.2), or the
+connection is closed for a framing error; every admitted participant is revoked exactly
+once (BYE, CANCEL race, lost connection after a grace period, or the INVITE's connection
+gone before the WCS answered); no state grows without bound (pending transactions and
+completed responses are capped per connection; dialogs die with their participation;
+one credentials lookup at most per connection); no reply larger than the message cap.
 
-Plan: out-of-dialog INVITE -> Digest challenge/verify -> tenant policy -> `Admit` effect
-(with 100 Trying sent first) -> 200 OK with the join body creates a confirmed-on-ACK
-dialog. In-dialog requests (To tag present) are matched by (Call-ID, our tag, their
-tag). Credentials are looked up by the asyncio layer before calling `request` (I/O), and
-passed in as {algorithm: HA1}.
+Plan (docs/protocol.md §2): out-of-dialog INVITE -> Digest challenge; with credentials ->
+throttle check (429 before any lookup) -> `LookupCredentials` (input paused) -> verify ->
+tenant policy -> `Admit` (100 Trying first) -> 200 OK with the join body creates a dialog
+(`focus/dialogs.py`: ACCEPTED -> CONFIRMED on ACK -> TERMINATED on BYE or orphan expiry).
+In-dialog requests (To tag present) are matched by (Call-ID, our tag, their tag).
+Settings are fixed at construction.
 
 Known limits: INVITE retransmissions are recognised by top Via branch per connection
-(over TLS/TCP a UAC does not retransmit, so this only guards against buggy agents).
+(over TLS/TCP a UAC does not retransmit, so this only guards against buggy agents). Input
+fed while a lookup is out is buffered unbounded: the edge must not read meanwhile (the
+server awaits the lookup before its next read). One clock serves nonces (which must be
+wall time, shared by nodes) and the grace and throttle timers, so a wall-clock step moves
+those timers once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 
+from webconf.protocol import CONFERENCE_OPAQUE, JOIN_CONTENT_TYPE, Admission, valid_id
 from webconf.sip import digest
+from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
 from webconf.sip.message import (
+    MAX_MESSAGE_SIZE,
     Request,
-    Response,
     SipParseError,
     SipURI,
     make_response,
@@ -48,15 +62,34 @@ from webconf.sip.message import (
 )
 from webconf.sip.syntax import is_token
 
+from .dialogs import AwaitingAdmission, AwaitingCredentials, Dialog, DialogKey, DialogState
+from .events import (
+    Admit,
+    AdmitFailure,
+    AdmitRefused,
+    AdmitUnavailable,
+    Close,
+    Conn,
+    Credentials,
+    Log,
+    LookupCredentials,
+    Output,
+    Revoke,
+    Send,
+)
+
+__all__ = [
+    "ALLOW", "Admission", "Admit", "AdmitRefused", "AdmitUnavailable", "Close", "Conn",
+    "Credentials", "Dialog", "DialogState", "FocusCore", "FocusSettings", "Log",
+    "LookupCredentials", "Output", "Revoke", "Send", "bracket_addr_spec",
+]
+
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 SUPPORTED_METHODS = frozenset(ALLOW.replace(" ", "").split(","))
-JOIN_CONTENT_TYPE = "application/vnd.webconf.join+json"
-CONFERENCE_OPAQUE = "app:conf:focus:id:"
-CONF_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 MAX_PENDING_PER_CONNECTION = 32
 MAX_COMPLETED_PER_CONNECTION = 32
 SERVER_HEADER = "webconf-focus"
-
+HA1_ALGORITHMS = ("SHA-256", "MD5")
 
 _TAG_CACHE_MAX_VALUE = 256
 """From/To values up to this length have their tag memoised (bounded memory)."""
@@ -73,63 +106,6 @@ def _parse_tag(header_value: str) -> str | None:
 # One request's To and From are read several times (credentials, dialog key, Max-Forwards
 # check), and a dialog's messages repeat them: parse each distinct value once.
 _cached_tag = functools.lru_cache(maxsize=512)(_parse_tag)
-
-
-# -- inputs and outputs -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Conn:
-    """One transport connection as the core sees it."""
-
-    id: int
-    peer_host: str
-    peer_port: int
-    transport: str = "TLS"
-    """"TLS" or "TCP": used for the Contact we hand out."""
-    tls_version: str | None = None
-    """The negotiated protocol ("TLSv1.3", "TLSv1.2"), logged with each join; None on TCP."""
-
-
-@dataclass(frozen=True)
-class Send:
-    conn_id: int
-    data: bytes
-    close_after: bool = False
-
-
-@dataclass(frozen=True)
-class Admit:
-    """Ask the WCS to admit `user` to the conference; answer with admitted/failed."""
-
-    ticket: int
-    conference_id: str
-    tenant: str
-    organizer: str
-    user: str
-    role: str = "attendee"
-
-
-@dataclass(frozen=True)
-class Revoke:
-    conference_id: str
-    participant_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Log:
-    event: dict[str, Any]
-
-
-Output: TypeAlias = Send | Admit | Revoke | Log
-
-
-@dataclass(frozen=True)
-class Admission:
-    participant_id: str
-    role: str
-    cookie: str = field(repr=False)
-    expires_at: str
-    webconf_url: str
 
 
 def bracket_addr_spec(value: str) -> str:
@@ -164,56 +140,10 @@ def bracket_addr_spec(value: str) -> str:
     return "<" + ";".join([uri, *inside]) + ">" + "".join(";" + p for p in outside)
 
 
-# -- state --------------------------------------------------------------------------------
-@dataclass
-class _Pending:
-    """An INVITE waiting for the WCS."""
-
-    ticket: int
-    conn: Conn
-    request: Request
-    branch: str
-    conference_id: str
-    conference_uri: SipURI
-    user: str
-    to_tag: str
-    cancelled: bool = False
-    sdp_session_id: int = field(default_factory=lambda: secrets.randbelow(2**62))
-
-
-@dataclass
-class Dialog:
-    call_id: str
-    local_tag: str
-    remote_tag: str
-    conn_id: int
-    conference_id: str
-    participant_id: str
-    user: str
-    role: str
-    answer: tuple[str, bytes]
-    """Content-Type and body of our 200 OK, resent for re-INVITEs."""
-    contact: str
-    confirmed: bool = False
-    orphaned_at: float | None = None
-    sdp_session_id: int = 0
-    sdp_version: int = 1
-    """RFC 3264 §8: later answers keep the session id and bump the version."""
-
-
-@dataclass
-class _ConnState:
-    conn: Conn
-    nc_tracker: digest.NonceCountTracker = field(default_factory=digest.NonceCountTracker)
-    pending: dict[str, int] = field(default_factory=dict)
-    """Top-Via branch of each pending INVITE -> ticket."""
-    completed: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
-    """(branch, method) -> final response bytes, to answer retransmissions."""
-    dialogs: set[tuple[str, str, str]] = field(default_factory=set)
-
-
-@dataclass
+@dataclass(frozen=True)
 class FocusSettings:
+    """Policy fixed at construction (the edge binds its listeners first, then builds it)."""
+
     contact_host: str
     contact_port: int
     tcp_contact_port: int = 0
@@ -222,6 +152,10 @@ class FocusSettings:
     md5_only_user_agents: Sequence[str] = ("baresip",)
     leave_grace_seconds: float = 30.0
     retry_after_seconds: int = 5
+    """Retry-After of the 503 that answers an INVITE when the WCS is unavailable."""
+    max_message_bytes: int = MAX_MESSAGE_SIZE
+    """The framer's cap on one incoming message, and the cap on one reply (a bigger one,
+    e.g. an error echoing thousands of Vias, closes the connection instead)."""
     answer_sdp: Any = None
     """callable(offer: bytes, *, session_id, version) -> bytes; None refuses offers (488)."""
     make_multipart: Any = None
@@ -230,34 +164,54 @@ class FocusSettings:
     """callable(accept_header, media_type) -> bool."""
 
 
-Credentials: TypeAlias = Mapping[str, str]
-"""HA1 hex by algorithm ("MD5", "SHA-256") for the user named in the Authorization."""
+@dataclass
+class _ConnState:
+    conn: Conn
+    framer: SipFramer
+    nc_tracker: digest.NonceCountTracker = field(default_factory=digest.NonceCountTracker)
+    pending: dict[str, int] = field(default_factory=dict)
+    """Top-Via branch of each INVITE waiting for the WCS -> ticket."""
+    completed: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
+    """(branch, method) -> final response bytes, to answer retransmissions."""
+    dialogs: set[DialogKey] = field(default_factory=set)
+    lookup: int | None = None
+    """Ticket of the credentials lookup in flight: input is paused until it is answered."""
+    received: int = 0
+    """Framer units handled (messages, keep-alives, framing errors)."""
+    closed: bool = False
+    """A `Close` was emitted: input is discarded, replies are dropped."""
 
 
 class FocusCore:
+    """The focus's SIP decisions for every connection; see the module docstring."""
+
     def __init__(self, settings: FocusSettings, nonces: digest.NonceService,
                  throttle: digest.FailureThrottle) -> None:
         self.settings = settings
         self.nonces = nonces
         self.throttle = throttle
         self._conns: dict[int, _ConnState] = {}
-        self._pending: dict[int, _Pending] = {}
-        self._dialogs: dict[tuple[str, str, str], Dialog] = {}
+        self._lookups: dict[int, AwaitingCredentials] = {}
+        self._pending: dict[int, AwaitingAdmission] = {}
+        self._dialogs: dict[DialogKey, Dialog] = {}
         self._next_ticket = 1
 
     # -- connections ---------------------------------------------------------------------
     def connection_made(self, conn: Conn) -> None:
-        self._conns[conn.id] = _ConnState(conn)
+        self._conns[conn.id] = _ConnState(
+            conn, SipFramer(max_message_size=self.settings.max_message_bytes))
 
     def connection_lost(self, conn_id: int, now: float) -> list[Output]:
         """Orphan the connection's dialogs; they end after the grace period."""
         state = self._conns.pop(conn_id, None)
         if state is None:
             return []
+        if state.lookup is not None:
+            self._lookups.pop(state.lookup, None)
         for key in state.dialogs:
             dialog = self._dialogs.get(key)
             if dialog is not None and dialog.conn_id == conn_id:
-                dialog.orphaned_at = now
+                dialog.orphan(now)
         return []
 
     def next_deadline(self) -> float | None:
@@ -267,52 +221,89 @@ class FocusCore:
 
     def expire(self, now: float) -> list[Output]:
         out: list[Output] = []
-        for key, dialog in list(self._dialogs.items()):
+        for dialog in list(self._dialogs.values()):
             if dialog.orphaned_at is not None and (
                     now >= dialog.orphaned_at + self.settings.leave_grace_seconds):
-                del self._dialogs[key]
-                out += self._leave(dialog, "connection lost")
+                out += self._terminate(dialog, "connection lost")
         return out
 
     @property
     def dialog_count(self) -> int:
         return len(self._dialogs)
 
+    def counts(self) -> dict[str, int]:
+        """Sizes of every table the core keeps (for tests and metrics)."""
+        return {"connections": len(self._conns), "lookups": len(self._lookups),
+                "admissions": len(self._pending), "dialogs": len(self._dialogs),
+                "completed": sum(len(s.completed) for s in self._conns.values())}
+
     def has_dialogs(self, conn_id: int) -> bool:
         state = self._conns.get(conn_id)
         return bool(state and (state.dialogs or state.pending))
 
+    def buffered(self, conn_id: int) -> int:
+        """Bytes of the connection's input not yet framed (a partial message, for timeouts)."""
+        state = self._conns.get(conn_id)
+        return state.framer.buffered if state is not None else 0
+
+    def received(self, conn_id: int) -> int:
+        """How many framer units (messages, pings, errors) the connection has completed."""
+        state = self._conns.get(conn_id)
+        return state.received if state is not None else 0
+
+    # -- bytes in --------------------------------------------------------------------------
+    def receive_data(self, conn_id: int, data: bytes, now: float) -> list[Output]:
+        """Frame `data` and handle every complete message (until a lookup pauses input)."""
+        state = self._conns.get(conn_id)
+        if state is None or state.closed:
+            return []
+        state.framer.feed(data)
+        return self._drain(state, now)
+
+    def _drain(self, state: _ConnState, now: float) -> list[Output]:
+        out: list[Output] = []
+        conn_id = state.conn.id
+        while state.lookup is None and not state.closed:
+            event = state.framer.next_event()
+            if isinstance(event, NeedData):
+                break
+            state.received += 1
+            if isinstance(event, KeepAlive):
+                out.append(Send(conn_id, b"\r\n"))
+            elif isinstance(event, FramingError):
+                if not event.is_response and event.headers is not None and (
+                        event.headers.get("Via") is not None):
+                    out += self._guard([Send(conn_id, serialize(make_response(
+                        event.headers, event.status, event.reason)))])
+                if event.fatal and not state.closed:
+                    state.closed = True
+                    out.append(Close(conn_id))
+            elif isinstance(event, Request):
+                out += self._guard(self._request(state, event, now))
+            # a response: the focus sends no requests, so it matches nothing
+        return out
+
+    def _guard(self, outputs: list[Output]) -> list[Output]:
+        """Drop replies to closed connections; close instead of sending an oversized one."""
+        kept: list[Output] = []
+        for out in outputs:
+            if isinstance(out, Send):
+                state = self._conns.get(out.conn_id)
+                if state is None or state.closed:
+                    continue
+                if len(out.data) > self.settings.max_message_bytes:
+                    # e.g. an error reply echoing thousands of Vias: the peer could not
+                    # take it (RFC 3261 §18.1.1 sizes); close instead of sending it.
+                    state.closed = True
+                    kept += [Log({"event": "connection.closed", "peer": state.conn.peer_host,
+                                  "reason": "oversized reply"}), Close(out.conn_id, abort=True)]
+                    continue
+            kept.append(out)
+        return kept
+
     # -- requests --------------------------------------------------------------------------
-    def credentials_needed(self, req: Request) -> tuple[str, str] | None:
-        """(realm, username) whose HA1s `request` will need, if it carries Digest creds."""
-        if req.method != "INVITE" or self._to_tag(req) is not None:
-            return None
-        value = req.headers.get("Authorization")
-        if value is None:
-            return None
-        try:
-            scheme, params = parse_auth_params(value)
-        except SipParseError:
-            return None
-        realm, username = params.get("realm"), params.get("username")
-        if scheme != "digest" or not realm or not username:
-            return None
-        return realm.lower(), username
-
-    @staticmethod
-    def throttle_key(claimed: tuple[str, str] | None) -> str | None:
-        """The failure-throttle key of (realm, username): `user@realm`."""
-        return f"{claimed[1]}@{claimed[0]}" if claimed else None
-
-    def locked_out(self, claimed: tuple[str, str] | None, source: str) -> bool:
-        """Whether this user or source is throttled now (checked before any HA1 lookup)."""
-        return self.throttle.check(self.throttle_key(claimed), source) is not None
-
-    def request(self, conn: Conn, req: Request, credentials: Credentials | None = None,
-                now: float = 0.0) -> list[Output]:
-        state = self._conns.get(conn.id)
-        if state is None:
-            state = self._conns[conn.id] = _ConnState(conn)
+    def _request(self, state: _ConnState, req: Request, now: float) -> list[Output]:
+        conn = state.conn
         for name in ("From", "To"):  # echoed in every response: make them parseable
             value = req.headers.get(name)
             if value is not None and req.headers.count(name) == 1:
@@ -346,136 +337,174 @@ class FocusCore:
             return self._reinvite(conn, req)
         if branch in state.pending:
             return []  # retransmission of an INVITE we are still working on
-        return self._invite(conn, state, req, branch, credentials or {}, now)
+        return self._invite(state, req, branch, now)
 
-    def _invite(self, conn: Conn, state: _ConnState, req: Request, branch: str,
-                credentials: Credentials, now: float) -> list[Output]:
-        uri = req.uri
-        opaque = uri.params.get("opaque") or ""
+    def _invite(self, state: _ConnState, req: Request, branch: str,
+                now: float) -> list[Output]:
+        conn = state.conn
+        opaque = req.uri.params.get("opaque") or ""
         conference_id = opaque[len(CONFERENCE_OPAQUE):] if opaque.startswith(
             CONFERENCE_OPAQUE) else ""
-        if not uri.user or not CONF_ID_RE.match(conference_id):
-            return [self._final(conn, state, req, branch, 404, "Not a Conference URI")]
+        if not req.uri.user or not valid_id(conference_id):
+            return [self._final(state, req, branch, 404, "Not a Conference URI")]
         try:
             caller = parse_name_addr(req.headers.get("From") or "").uri
         except SipParseError:
-            return [self._final(conn, state, req, branch, 400, "Bad From")]
+            return [self._final(state, req, branch, 400, "Bad From")]
         realm = caller.host.lower()
-        caller_user = caller.user or ""
-        user_agent = req.headers.get("User-Agent") or ""
-        algorithms = self._algorithms_for(user_agent)
-        authorization = req.headers.get("Authorization")
-        if authorization is None:
-            return [self._challenge(conn, state, req, branch, realm, algorithms)]
-        claimed = self.credentials_needed(req)
-        throttle_user = self.throttle_key(claimed)
-        wait = self.throttle.check(throttle_user, conn.peer_host)
-        if wait is not None:
+        algorithms = self._algorithms_for(req.headers.get("User-Agent") or "")
+        if req.headers.get("Authorization") is None:
+            return [self._challenge(state, req, branch, realm, algorithms, now)]
+        claimed = self._claimed(req)
+        throttle_user = f"{claimed[1]}@{claimed[0]}" if claimed else None
+        wait = self.throttle.check(throttle_user, conn.peer_host, now)
+        if wait is not None:  # before any lookup: a locked-out guesser costs no query
             retry = str(max(1, int(wait + 0.999)))
-            return [self._final(conn, state, req, branch, 429, headers=[("Retry-After", retry)])]
+            return [self._final(state, req, branch, 429, headers=[("Retry-After", retry)])]
+        lookup = AwaitingCredentials(self._ticket(), conn.id, req, branch, realm,
+                                     caller.user or "", algorithms, throttle_user)
+        if claimed is None or not _utf8(claimed[0] + claimed[1]):
+            # nothing to look up (no user has a name that is not UTF-8): verify says why
+            return self._authenticated(state, lookup, {}, now)
+        self._lookups[lookup.ticket] = lookup
+        state.lookup = lookup.ticket
+        return [LookupCredentials(lookup.ticket, claimed[0], claimed[1], HA1_ALGORITHMS)]
+
+    def credentials_found(self, ticket: int, credentials: Credentials | None,
+                          now: float) -> list[Output]:
+        """The HA1s a `LookupCredentials` asked for ({} or None: no such user); resumes the
+        connection's input."""
+        lookup = self._lookups.pop(ticket, None)
+        if lookup is None:
+            return []
+        state = self._conns.get(lookup.conn_id)
+        if state is None or state.lookup != ticket:
+            return []
+        state.lookup = None
+        out = self._guard(self._authenticated(state, lookup, credentials or {}, now))
+        return out + self._drain(state, now)
+
+    def _authenticated(self, state: _ConnState, lookup: AwaitingCredentials,
+                       credentials: Credentials, now: float) -> list[Output]:
+        """Verify the INVITE's Digest response with `credentials`, then apply the policy."""
+        conn, req, branch = state.conn, lookup.request, lookup.branch
+        realm, algorithms, throttle_user = lookup.realm, lookup.algorithms, lookup.throttle_user
         result = digest.verify(
-            authorization, method="INVITE", expected_realm=realm,
+            req.headers.get("Authorization") or "", method="INVITE", expected_realm=realm,
             ha1_lookup=lambda _user, alg: credentials.get(alg),
             nonce_service=self.nonces, nc_tracker=state.nc_tracker,
-            allowed_algorithms=algorithms)
+            allowed_algorithms=algorithms, now=now)
         if result.reason == "stale":
-            return [self._challenge(conn, state, req, branch, realm, algorithms, stale=True)]
+            return [self._challenge(state, req, branch, realm, algorithms, now, stale=True)]
         if not result.ok:
-            self.throttle.record_failure(throttle_user, conn.peer_host)
+            self.throttle.record_failure(throttle_user, conn.peer_host, now)
             return [
                 Log({"event": "auth.failed", "user": throttle_user, "reason": result.reason,
                      "peer": conn.peer_host}),
-                self._challenge(conn, state, req, branch, realm, algorithms)]
+                self._challenge(state, req, branch, realm, algorithms, now)]
         self.throttle.record_success(throttle_user, conn.peer_host)
-        if result.username != caller_user:
-            return [self._final(conn, state, req, branch, 403, "Credentials Do Not Match From")]
+        if result.username != lookup.caller_user:
+            return [self._final(state, req, branch, 403, "Credentials Do Not Match From")]
+        uri = req.uri
         tenant = uri.host.lower()
-        user = f"{caller_user}@{realm}"
+        user = f"{lookup.caller_user}@{realm}"
+        conference_id = (uri.params.get("opaque") or "")[len(CONFERENCE_OPAQUE):]
         if realm != tenant:
             return [
                 Log({"event": "join.refused", "user": user, "conference": conference_id,
                      "reason": "another tenant"}),
-                self._final(conn, state, req, branch, 403, "Forbidden: Another Tenant")]
-        if req.body and (req.headers.get("Content-Type") or "").split(";")[0].strip().lower() \
-                == "application/sdp" and self.settings.answer_sdp is None:
-            return [self._final(conn, state, req, branch, 488)]
+                self._final(state, req, branch, 403, "Forbidden: Another Tenant")]
+        if req.body and _media_type(req) == "application/sdp" and (
+                self.settings.answer_sdp is None):
+            return [self._final(state, req, branch, 488)]
         if len(state.pending) >= MAX_PENDING_PER_CONNECTION:
-            return [self._final(conn, state, req, branch, 503,
-                                headers=[("Retry-After", "1")])]
-        ticket = self._next_ticket
-        self._next_ticket += 1
-        to_tag = secrets.token_hex(8)
-        self._pending[ticket] = _Pending(ticket, conn, req, branch, conference_id, uri, user,
-                                         to_tag)
+            return [self._final(state, req, branch, 503, headers=[("Retry-After", "1")])]
+        ticket = self._ticket()
+        self._pending[ticket] = AwaitingAdmission(ticket, conn, req, branch, conference_id,
+                                                  uri, user, secrets.token_hex(8))
         state.pending[branch] = ticket
         return [Send(conn.id, serialize(make_response(req, 100))),
                 Admit(ticket, conference_id, tenant, f"{uri.user}@{tenant}", user)]
 
     # -- WCS results -----------------------------------------------------------------------
-    def admitted(self, ticket: int, admission: Admission, now: float = 0.0) -> list[Output]:
+    def admitted(self, ticket: int, admission: Admission, now: float) -> list[Output]:
+        """The WCS admitted the caller of `Admit(ticket)`: answer 200 OK and start a dialog
+        (or revoke at once, if the INVITE was cancelled or its connection is gone)."""
         pending = self._pending.pop(ticket, None)
         if pending is None:  # answered twice: the first answer already settled it
             return []
         state = self._conns.get(pending.conn.id)
         if state is not None:
             state.pending.pop(pending.branch, None)
-        dialog_stub = Dialog("", "", "", pending.conn.id, pending.conference_id,
-                             admission.participant_id, pending.user, admission.role,
-                             ("", b""), "")
+        if admission.conference != pending.conference_id:
+            admission = dataclasses.replace(admission, conference=pending.conference_id)
+        unjoined = Revoke(pending.conference_id, admission.participant, "")
         if pending.cancelled or state is None:
             reason = "cancelled" if pending.cancelled else "connection lost before answer"
-            return self._leave(dialog_stub, reason, joined=False)
+            return [dataclasses.replace(unjoined, reason=reason)]
         req = pending.request
         try:
             content_type, body = self._join_body(req, pending, admission)
         except ValueError:
-            return [self._final(pending.conn, state, req, pending.branch, 488),
-                    *self._leave(dialog_stub, "bad SDP offer", joined=False)]
+            return self._guard([self._final(state, req, pending.branch, 488),
+                                dataclasses.replace(unjoined, reason="bad SDP offer")])
         contact = self._contact(pending)
         headers = [("Contact", contact), ("Allow", ALLOW), ("Supported", ""),
                    ("Content-Type", content_type), ("Server", SERVER_HEADER)]
         headers += [("Record-Route", rr) for rr in req.headers.get_fields("Record-Route")]
         response = make_response(req, 200, to_tag=pending.to_tag, headers=headers, body=body)
         from_tag = self._from_tag(req) or ""
-        key = (req.headers.get("Call-ID") or "", pending.to_tag, from_tag)
-        self._dialogs[key] = Dialog(
-            call_id=key[0], local_tag=pending.to_tag, remote_tag=from_tag,
-            conn_id=pending.conn.id, conference_id=pending.conference_id,
-            participant_id=admission.participant_id, user=pending.user, role=admission.role,
+        dialog = Dialog(
+            call_id=req.headers.get("Call-ID") or "", local_tag=pending.to_tag,
+            remote_tag=from_tag, conn_id=pending.conn.id, conference_id=pending.conference_id,
+            participant_id=admission.participant, user=pending.user, role=admission.role,
             answer=(content_type, body), contact=contact,
             sdp_session_id=pending.sdp_session_id)
-        state.dialogs.add(key)
+        self._dialogs[dialog.key] = dialog
+        state.dialogs.add(dialog.key)
         data = serialize(response)
         self._remember(state, pending.branch, "INVITE", data)
-        return [Send(pending.conn.id, data), Log({
+        conn = pending.conn
+        return self._guard([Send(conn.id, data), Log({
             "event": "join", "conference": pending.conference_id, "user": pending.user,
-            "participant": admission.participant_id, "role": admission.role,
-            "peer": pending.conn.peer_host, "transport": pending.conn.transport,
-            **({"tls": pending.conn.tls_version} if pending.conn.tls_version else {})})]
+            "participant": admission.participant, "role": admission.role,
+            "peer": conn.peer_host, "transport": conn.transport,
+            **({"tls": conn.tls_version} if conn.tls_version else {})})])
 
-    def admission_failed(self, ticket: int, status: int, reason: str | None = None,
-                         retry_after: int | None = None) -> list[Output]:
+    def admission_failed(self, ticket: int, failure: AdmitFailure,
+                         now: float) -> list[Output]:
+        """The WCS refused or did not answer `Admit(ticket)`: answer the INVITE with the
+        matching SIP status (docs/protocol.md §2)."""
+        out: list[Output] = []
+        headers: list[tuple[str, str]] = []
+        reason: str | None
+        if isinstance(failure, AdmitUnavailable):
+            out.append(Log({"event": "wcs.unavailable", "op": "admit"}, level="warning"))
+            status, reason = 503, "WCS Unavailable"
+            headers.append(("Retry-After", str(self.settings.retry_after_seconds)))
+        else:  # 403 another tenant, 404 unknown conference; anything else is our bug
+            status = failure.status if failure.status in (400, 403, 404) else 500
+            reason = {404: "Conference Not Found", 403: "Forbidden"}.get(status)
         pending = self._pending.pop(ticket, None)
         if pending is None:
-            return []
+            return out
         state = self._conns.get(pending.conn.id)
         if state is None:
-            return []
+            return out
         state.pending.pop(pending.branch, None)
         if pending.cancelled:
-            return []
-        headers = [] if retry_after is None else [("Retry-After", str(retry_after))]
-        return [
+            return out
+        return out + self._guard([
             Log({"event": "join.refused", "conference": pending.conference_id,
                  "user": pending.user, "status": status}),
-            self._final(pending.conn, state, pending.request, pending.branch, status, reason,
-                        headers=headers, to_tag=pending.to_tag)]
+            self._final(state, pending.request, pending.branch, status, reason,
+                        headers=headers, to_tag=pending.to_tag)])
 
     # -- in-dialog and other methods ----------------------------------------------------------
     def _ack(self, conn: Conn, req: Request) -> list[Output]:
         dialog = self._dialog_for(req)
         if dialog is not None:
-            dialog.confirmed = True
+            dialog.advance(DialogState.CONFIRMED)
             self._rebind(dialog, conn)
         return []  # ACKs are never answered
 
@@ -485,26 +514,20 @@ class FocusCore:
         Agents may send ACK, BYE and re-INVITEs to our Contact over a new connection
         (linphone does) and then drop the first one: the dialog must not be orphaned.
         """
-        key = (dialog.call_id, dialog.local_tag, dialog.remote_tag)
         if dialog.conn_id != conn.id:
             old = self._conns.get(dialog.conn_id)
             if old is not None:
-                old.dialogs.discard(key)
-            dialog.conn_id = conn.id
+                old.dialogs.discard(dialog.key)
             state = self._conns.get(conn.id)
             if state is not None:
-                state.dialogs.add(key)
-        dialog.orphaned_at = None
+                state.dialogs.add(dialog.key)
+        dialog.rebind(conn.id)
 
     def _bye(self, conn: Conn, req: Request) -> list[Output]:
-        key = self._dialog_key(req)
-        dialog = self._dialogs.pop(key, None) if key else None
+        dialog = self._dialog_for(req)
         if dialog is None:
             return [self._reply(conn, req, 481)]
-        state = self._conns.get(dialog.conn_id)
-        if state is not None:
-            state.dialogs.discard(key)
-        return [self._reply(conn, req, 200), *self._leave(dialog, "bye")]
+        return [self._reply(conn, req, 200), *self._terminate(dialog, "bye")]
 
     def _reinvite(self, conn: Conn, req: Request) -> list[Output]:
         dialog = self._dialog_for(req)
@@ -512,8 +535,7 @@ class FocusCore:
             return [self._reply(conn, req, 481)]
         self._rebind(dialog, conn)
         content_type, body = dialog.answer
-        offer_type = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if req.body and offer_type == "application/sdp" and self.settings.answer_sdp:
+        if req.body and _media_type(req) == "application/sdp" and self.settings.answer_sdp:
             dialog.sdp_version += 1
             try:
                 body = self.settings.answer_sdp(req.body, session_id=dialog.sdp_session_id,
@@ -532,29 +554,44 @@ class FocusCore:
             return [self._reply(conn, req, 481)]
         pending.cancelled = True
         state.pending.pop(branch, None)
-        terminated = make_response(pending.request, 487, to_tag=pending.to_tag)
-        data = serialize(terminated)
+        data = serialize(make_response(pending.request, 487, to_tag=pending.to_tag))
         self._remember(state, branch, "INVITE", data)
         return [self._reply(conn, req, 200), Send(conn.id, data)]
 
     # -- helpers -----------------------------------------------------------------------------
-    def _leave(self, dialog: Dialog, reason: str, *, joined: bool = True) -> list[Output]:
-        out: list[Output] = [Revoke(dialog.conference_id, dialog.participant_id, reason)]
-        if joined:
-            out.append(Log({"event": "leave", "conference": dialog.conference_id,
-                            "user": dialog.user, "participant": dialog.participant_id,
-                            "reason": reason}))
-        return out
+    def _terminate(self, dialog: Dialog, reason: str) -> list[Output]:
+        """End a dialog: the one place a joined participation is revoked."""
+        if not dialog.advance(DialogState.TERMINATED):
+            return []
+        self._dialogs.pop(dialog.key, None)
+        state = self._conns.get(dialog.conn_id)
+        if state is not None:
+            state.dialogs.discard(dialog.key)
+        return [Revoke(dialog.conference_id, dialog.participant_id, reason),
+                Log({"event": "leave", "conference": dialog.conference_id,
+                     "user": dialog.user, "participant": dialog.participant_id,
+                     "reason": reason})]
 
-    def _join_body(self, req: Request, pending: _Pending,
+    def _ticket(self) -> int:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        return ticket
+
+    def _claimed(self, req: Request) -> tuple[str, str] | None:
+        """(realm, username) that the INVITE's Digest Authorization names, if readable."""
+        try:
+            scheme, params = parse_auth_params(req.headers.get("Authorization") or "")
+        except SipParseError:
+            return None
+        realm, username = params.get("realm"), params.get("username")
+        if scheme != "digest" or not realm or not username:
+            return None
+        return realm.lower(), username
+
+    def _join_body(self, req: Request, pending: AwaitingAdmission,
                    admission: Admission) -> tuple[str, bytes]:
-        join = json.dumps({
-            "conference": pending.conference_id, "participant": admission.participant_id,
-            "role": admission.role, "webconf_url": admission.webconf_url,
-            "cookie": admission.cookie, "expires_at": admission.expires_at,
-        }).encode()
-        offer_type = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if not req.body or offer_type != "application/sdp":
+        join = admission.to_bytes()
+        if not req.body or _media_type(req) != "application/sdp":
             return JOIN_CONTENT_TYPE, join
         answer: bytes = self.settings.answer_sdp(
             req.body, session_id=pending.sdp_session_id, version=1)
@@ -565,7 +602,7 @@ class FocusCore:
             return str(content_type), bytes(body)
         return "application/sdp", answer
 
-    def _contact(self, pending: _Pending) -> str:
+    def _contact(self, pending: AwaitingAdmission) -> str:
         uri = pending.conference_uri
         transport = pending.conn.transport.lower()
         host = self.settings.contact_host
@@ -587,14 +624,15 @@ class FocusCore:
             return ["MD5"]
         return list(self.settings.algorithms)
 
-    def _challenge(self, conn: Conn, state: _ConnState, req: Request, branch: str, realm: str,
-                   algorithms: Sequence[str], *, stale: bool = False) -> Send:
-        challenges = digest.build_challenges(realm, algorithms, self.nonces, stale=stale)
-        return self._final(conn, state, req, branch, 401,
+    def _challenge(self, state: _ConnState, req: Request, branch: str, realm: str,
+                   algorithms: Sequence[str], now: float, *, stale: bool = False) -> Send:
+        challenges = digest.build_challenges(realm, algorithms, self.nonces, stale=stale,
+                                             now=now)
+        return self._final(state, req, branch, 401,
                            headers=[("WWW-Authenticate", c) for c in challenges],
                            to_tag=secrets.token_hex(8))
 
-    def _final(self, conn: Conn, state: _ConnState, req: Request, branch: str, status: int,
+    def _final(self, state: _ConnState, req: Request, branch: str, status: int,
                reason: str | None = None, *, headers: Sequence[tuple[str, str]] = (),
                to_tag: str | None = None) -> Send:
         if to_tag is None and req.method == "INVITE":
@@ -603,19 +641,19 @@ class FocusCore:
                                  headers=[*headers, ("Server", SERVER_HEADER)])
         data = serialize(response)
         self._remember(state, branch, req.method, data)
-        return Send(conn.id, data)
+        return Send(state.conn.id, data)
 
     def _reply(self, conn: Conn, source: Request | Any, status: int, reason: str | None = None,
                *, headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> Send:
         to_tag = None
         if isinstance(source, Request) and self._to_tag(source) is None and status > 100:
             to_tag = secrets.token_hex(8)
-        response: Response = make_response(source, status, reason, to_tag=to_tag,
-                                           headers=[*headers, ("Server", SERVER_HEADER)],
-                                           body=body)
+        response = make_response(source, status, reason, to_tag=to_tag,
+                                 headers=[*headers, ("Server", SERVER_HEADER)], body=body)
         return Send(conn.id, serialize(response))
 
-    def _remember(self, state: _ConnState, branch: str, method: str, data: bytes) -> None:
+    @staticmethod
+    def _remember(state: _ConnState, branch: str, method: str, data: bytes) -> None:
         if not branch:
             return
         state.completed[(branch, method)] = data
@@ -645,12 +683,23 @@ class FocusCore:
     def _from_tag(self, req: Request) -> str | None:
         return self._tag(req.headers.get("From"))
 
-    def _dialog_key(self, req: Request) -> tuple[str, str, str] | None:
-        to_tag, from_tag = self._to_tag(req), self._from_tag(req)
+    def _dialog_for(self, req: Request) -> Dialog | None:
+        to_tag = self._to_tag(req)
         if to_tag is None:
             return None
-        return (req.headers.get("Call-ID") or "", to_tag, from_tag or "")
+        return self._dialogs.get(
+            (req.headers.get("Call-ID") or "", to_tag, self._from_tag(req) or ""))
 
-    def _dialog_for(self, req: Request) -> Dialog | None:
-        key = self._dialog_key(req)
-        return self._dialogs.get(key) if key else None
+
+def _media_type(req: Request) -> str:
+    return (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+
+
+def _utf8(text: str) -> bool:
+    """False for text holding undecodable bytes (surrogate escapes): no user has such a
+    name, and the directory's database driver would raise on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,15 +1,18 @@
 """The focus's asyncio edge: TLS (and optional plain TCP) listeners around `FocusCore`.
 
-This module owns sockets, timers and I/O; every SIP decision is made by the sans-IO core
-in `focus/sip/`. Per connection it runs one reader loop: bytes -> `SipFramer` -> requests
--> (HA1 lookup) -> `FocusCore.request` -> outputs. Effects that wait on the WCS (`Admit`,
-`Revoke`) run as tasks so a slow WCS never stalls a connection, and CANCEL/BYE can arrive
-while a join is in flight.
+This module owns sockets, timers, clocks and I/O; every SIP decision (framing errors and
+the WCS-failure -> SIP-status mapping included) is made by the sans-IO `FocusCore` in
+`focus/core.py`. Per connection it runs one reader loop: bytes -> `core.receive_data(...,
+time.time())` -> outputs. A `LookupCredentials` effect is awaited in that loop before the
+next read (the core pauses the connection's input meanwhile, and so does TCP), and its
+answer fed back with `credentials_found`. Effects that wait on the WCS (`Admit`, `Revoke`)
+run as tasks so a slow WCS never stalls a connection, and CANCEL/BYE can arrive while a
+join is in flight.
 
 Bounds: total and per-source connection caps (over them, the connection is closed at
 once); a header timeout from the first byte of a message to its complete head (slowloris);
 an idle timeout for connections without dialogs; the framer's 64 KiB message cap; the TLS
-handshake timeout.
+handshake timeout; a write timeout for peers that never read.
 """
 
 from __future__ import annotations
@@ -24,22 +27,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webconf.deploy.config import Config
+from webconf.retry import Backoff
 from webconf.sip import digest, sdp
-from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
-from webconf.sip.message import Headers, Request, make_response, serialize
 
-from .core import (
-    Admission,
+from .core import FocusCore, FocusSettings
+from .directory import Directory
+from .events import (
     Admit,
+    AdmitFailure,
+    AdmitRefused,
+    AdmitUnavailable,
+    Close,
     Conn,
-    FocusCore,
-    FocusSettings,
     Log,
+    LookupCredentials,
     Output,
     Revoke,
     Send,
 )
-from .directory import Directory
 from .wcs_client import WcsClient, WcsRefused, WcsUnavailable
 
 log = logging.getLogger("webconf.focus")
@@ -69,19 +74,7 @@ class FocusServer:
     tcp_port: int = 0
 
     def __post_init__(self) -> None:
-        f = self.cfg.focus
-        self.core = FocusCore(
-            FocusSettings(
-                contact_host=self.cfg.public_host, contact_port=f.sip_port,
-                algorithms=f.digest_algorithms, md5_only_user_agents=f.md5_only_user_agents,
-                leave_grace_seconds=f.leave_grace_seconds,
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-                answer_sdp=lambda offer, **kw: sdp.answer_offer(
-                    offer, address=self.cfg.public_host, **kw),
-                make_multipart=sdp.multipart_mixed, accepts=sdp.accepts),
-            digest.NonceService(self.nonce_secret, lifetime=f.nonce_lifetime_seconds),
-            digest.FailureThrottle(max_failures=f.auth_failures_per_user,
-                                   max_source_failures=f.auth_failures_per_source))
+        self._core: FocusCore | None = None
         self._connections: dict[int, _Connection] = {}
         self._per_source: Counter[str] = Counter()
         self._next_id = 1
@@ -93,8 +86,32 @@ class FocusServer:
         and not yet revoked, so bounded by the connection caps)."""
         self._revoke_workers: list[asyncio.Task[None]] = []
 
+    @property
+    def core(self) -> FocusCore:
+        """The SIP state machine (built by `start`, once the listening ports are known)."""
+        if self._core is None:
+            raise RuntimeError("FocusServer.start() has not run")
+        return self._core
+
+    def _make_core(self) -> FocusCore:
+        f = self.cfg.focus
+        return FocusCore(
+            FocusSettings(
+                contact_host=self.cfg.public_host, contact_port=self.sip_port,
+                tcp_contact_port=self.tcp_port,
+                algorithms=f.digest_algorithms, md5_only_user_agents=f.md5_only_user_agents,
+                leave_grace_seconds=f.leave_grace_seconds,
+                retry_after_seconds=RETRY_AFTER_SECONDS, max_message_bytes=f.max_message_bytes,
+                answer_sdp=lambda offer, **kw: sdp.answer_offer(
+                    offer, address=self.cfg.public_host, **kw),
+                make_multipart=sdp.multipart_mixed, accepts=sdp.accepts),
+            digest.NonceService(self.nonce_secret, lifetime=f.nonce_lifetime_seconds),
+            digest.FailureThrottle(max_failures=f.auth_failures_per_user,
+                                   max_source_failures=f.auth_failures_per_source))
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        """Bind the listeners, build the core with their ports, then accept connections."""
         from webconf.deploy import tls
 
         f = self.cfg.focus
@@ -102,19 +119,20 @@ class FocusServer:
         tls_server = await asyncio.start_server(
             lambda r, w: self._serve(r, w, "TLS"), self.cfg.server.host, f.sip_port,
             ssl=ssl_ctx, ssl_handshake_timeout=f.header_timeout_seconds, backlog=1024,
-            limit=READ_SIZE)
+            limit=READ_SIZE, start_serving=False)
         self.servers.append(tls_server)
         self.sip_port = tls_server.sockets[0].getsockname()[1]
         if f.sip_port == 0:
             f.sip_port = self.sip_port
-            self.core.settings.contact_port = self.sip_port
         if f.tcp_port:
             tcp_server = await asyncio.start_server(
                 lambda r, w: self._serve(r, w, "TCP"), f.tcp_host, f.tcp_port, backlog=1024,
-                limit=READ_SIZE)
+                limit=READ_SIZE, start_serving=False)
             self.servers.append(tcp_server)
             self.tcp_port = tcp_server.sockets[0].getsockname()[1]
-            self.core.settings.tcp_contact_port = self.tcp_port
+        self._core = self._make_core()
+        for server in self.servers:
+            await server.start_serving()
         self._timer_task = asyncio.create_task(self._timers())
         self._revoke_workers = [asyncio.create_task(self._revoke_worker())
                                 for _ in range(REVOKE_WORKERS)]
@@ -126,9 +144,10 @@ class FocusServer:
         for conn in list(self._connections.values()):
             conn.writer.close()
         outputs: list[Output] = []
-        for conn_id in list(self._connections):
-            outputs += self.core.connection_lost(conn_id, time.monotonic())
-        outputs += self.core.expire(float("inf"))
+        if self._core is not None:
+            for conn_id in list(self._connections):
+                outputs += self._core.connection_lost(conn_id, time.time())
+            outputs += self._core.expire(float("inf"))
         for revoke in (o for o in outputs if isinstance(o, Revoke)):
             self._revokes.put_nowait(revoke)
         try:  # every participation ends at the WCS before we exit, within reason
@@ -167,12 +186,11 @@ class FocusServer:
         self._connections[conn.id] = entry
         self._per_source[host] += 1
         self.core.connection_made(conn)
-        framer = SipFramer(max_message_size=f.max_message_bytes)
         partial_since: float | None = None
         try:
             while not entry.closing:
                 now = time.monotonic()
-                if framer.buffered:
+                if self.core.buffered(conn.id):
                     partial_since = partial_since or now
                     timeout: float | None = max(0.0, partial_since + f.header_timeout_seconds - now)
                 else:
@@ -182,17 +200,17 @@ class FocusServer:
                     async with asyncio.timeout(timeout):  # no Task per read, unlike wait_for
                         data = await reader.read(READ_SIZE)
                 except TimeoutError:
-                    reason = "header timeout" if framer.buffered else "idle timeout"
+                    reason = "header timeout" if self.core.buffered(conn.id) else "idle timeout"
                     log.info(json.dumps({"event": "connection.timeout", "peer": host,
                                          "reason": reason}))
                     break
                 if not data:
                     break
-                framer.feed(data)
-                keep_open, progressed = await self._drain_framer(entry, framer)
-                if progressed:
+                received = self.core.received(conn.id)
+                await self._perform(self.core.receive_data(conn.id, data, time.time()))
+                if self.core.received(conn.id) != received:
                     partial_since = None  # the slowloris clock runs per message
-                if not keep_open:
+                if entry.closing:
                     break
                 try:  # a peer that sends but never reads must not park us here forever
                     async with asyncio.timeout(f.header_timeout_seconds):
@@ -209,54 +227,27 @@ class FocusServer:
             self._per_source[host] -= 1
             if self._per_source[host] <= 0:
                 del self._per_source[host]
-            self._run(self.core.connection_lost(conn.id, time.monotonic()))
+            self._run(self.core.connection_lost(conn.id, time.time()))
             self._timer_wakeup.set()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _drain_framer(self, entry: _Connection, framer: SipFramer) -> tuple[bool, bool]:
-        """Handle every complete event: (keep the connection open, any message completed)."""
-        progressed = False
-        while True:
-            event = framer.next_event()
-            if isinstance(event, NeedData):
-                return True, progressed
-            if isinstance(event, KeepAlive):
-                entry.writer.write(b"\r\n")
-                progressed = True
-                continue
-            if progressed:  # one read can hold ~100 pipelined requests: let the other
-                await asyncio.sleep(0)  # connections run between them (fairness in floods)
-            progressed = True
-            if isinstance(event, FramingError):
-                if not event.is_response and event.headers is not None and (
-                        event.headers.get("Via") is not None):
-                    self._run([Send(entry.conn.id, serialize(make_response(
-                        event.headers or Headers(), event.status, event.reason)))])
-                if event.fatal or entry.closing:
-                    return False, progressed
-                continue
-            if not isinstance(event, Request):
-                continue  # a response: the focus sends no requests, so it matches nothing
-            credentials = None
-            wanted = self.core.credentials_needed(event)
-            # A locked-out user or source gets 429 before any Digest check: spare the
-            # directory a query per guess.
-            if wanted is not None and not self.core.locked_out(wanted, entry.conn.peer_host):
-                credentials = await self._credentials(*wanted)
-            self._run(self.core.request(entry.conn, event, credentials, time.monotonic()))
-            if entry.closing:
-                return False, progressed
+    async def _perform(self, outputs: list[Output]) -> None:
+        """Run the outputs of `receive_data`; answer each credentials lookup in turn (the
+        core reads no further input of that connection until it has the answer)."""
+        while outputs:
+            self._run(outputs)
+            lookups = [o for o in outputs if isinstance(o, LookupCredentials)]
+            outputs = []
+            for lookup in lookups:
+                found = await self._credentials(lookup)
+                outputs += self.core.credentials_found(lookup.ticket, found, time.time())
 
-    async def _credentials(self, realm: str, username: str) -> dict[str, str]:
+    async def _credentials(self, lookup: LookupCredentials) -> dict[str, str]:
         found: dict[str, str] = {}
-        try:
-            (realm + username).encode("utf-8")
-        except UnicodeEncodeError:  # bytes that were not UTF-8: no user has such a name,
-            return found  # and the database driver would raise on them
-        for algorithm in ("SHA-256", "MD5"):
-            value = await self.directory.lookup_ha1(realm, username, algorithm)
+        for algorithm in lookup.algorithms:
+            value = await self.directory.lookup_ha1(lookup.realm, lookup.username, algorithm)
             if value is not None:
                 found[algorithm] = value
         return found
@@ -268,23 +259,24 @@ class FocusServer:
                 entry = self._connections.get(out.conn_id)
                 if entry is None or entry.writer.is_closing():
                     continue
-                if len(out.data) > self.cfg.focus.max_message_bytes:
-                    # e.g. an error reply echoing thousands of Vias: the peer could not
-                    # take it (RFC 3261 §18.1.1 sizes); close instead of sending it.
-                    log.info(json.dumps({"event": "connection.closed", "peer":
-                                         entry.conn.peer_host, "reason": "oversized reply"}))
-                    entry.closing = True
-                    entry.writer.transport.abort()
-                    continue
                 entry.writer.write(out.data)
-                if out.close_after:
-                    entry.closing = True
+            elif isinstance(out, Close):
+                entry = self._connections.get(out.conn_id)
+                if entry is None:
+                    continue
+                entry.closing = True  # its reader loop ends and closes the writer
+                if out.abort:
+                    entry.writer.transport.abort()
             elif isinstance(out, Admit):
                 self._spawn(self._admit(out))
             elif isinstance(out, Revoke):
                 self._revokes.put_nowait(out)
             elif isinstance(out, Log):
-                log.info(json.dumps(out.event))
+                if out.level == "warning":
+                    log.warning(json.dumps(out.event))
+                else:
+                    log.info(json.dumps(out.event))
+            # LookupCredentials: answered by the connection's reader loop (`_perform`)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -292,23 +284,19 @@ class FocusServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _admit(self, effect: Admit) -> None:
+        failure: AdmitFailure
         try:
-            result = await self.wcs.admit(effect.conference_id, tenant=effect.tenant,
-                                          organizer=effect.organizer, user=effect.user,
-                                          role=effect.role)
+            admission = await self.wcs.admit(effect.conference_id, tenant=effect.tenant,
+                                             organizer=effect.organizer, user=effect.user,
+                                             role=effect.role)
         except WcsRefused as exc:
-            status = exc.status if exc.status in (400, 403, 404) else 500
-            reason = {404: "Conference Not Found", 403: "Forbidden"}.get(status)
-            outputs = self.core.admission_failed(effect.ticket, status, reason)
-        except WcsUnavailable:
-            log.warning(json.dumps({"event": "wcs.unavailable", "op": "admit"}))
-            outputs = self.core.admission_failed(effect.ticket, 503, "WCS Unavailable",
-                                                 retry_after=RETRY_AFTER_SECONDS)
+            failure = AdmitRefused(exc.status, exc.code)
+        except WcsUnavailable as exc:
+            failure = AdmitUnavailable(exc.status)
         else:
-            outputs = self.core.admitted(effect.ticket, Admission(
-                participant_id=result.participant, role=result.role, cookie=result.cookie,
-                expires_at=result.expires_at, webconf_url=result.webconf_url))
-        self._run(outputs)
+            self._run(self.core.admitted(effect.ticket, admission, time.time()))
+            return
+        self._run(self.core.admission_failed(effect.ticket, failure, time.time()))
 
     async def _revoke_worker(self) -> None:
         """Revoke at the WCS until it confirms: a leave must never leave a live cookie.
@@ -318,7 +306,7 @@ class FocusServer:
         """
         while True:
             effect = await self._revokes.get()
-            delay = 0.2
+            backoff = Backoff(initial=0.2, maximum=10.0)
             try:
                 for attempt in range(REVOKE_ATTEMPTS):
                     try:
@@ -335,19 +323,18 @@ class FocusServer:
                                 "event": "revoke.failed", "conference": effect.conference_id,
                                 "participant": effect.participant_id, "attempts": attempt + 1}))
                             break
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 10.0)
+                        await asyncio.sleep(backoff.next_delay())
             finally:
                 self._revokes.task_done()
 
     async def _timers(self) -> None:
         while True:
             deadline = self.core.next_deadline()
-            delay = None if deadline is None else max(0.0, deadline - time.monotonic())
+            delay = None if deadline is None else max(0.0, deadline - time.time())
             self._timer_wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timer_wakeup.wait(), delay)
-            self._run(self.core.expire(time.monotonic()))
+            self._run(self.core.expire(time.time()))
 
     @property
     def connection_count(self) -> int:

@@ -1,4 +1,4 @@
-"""The focus's client of the WCS internal API (DESIGN §7): mTLS, pooled, bounded in time.
+"""The focus's client of the WCS internal API (docs/protocol.md §4): mTLS, pooled, bounded.
 
 Operations: `admit` (mint a cookie; creates the conference when the organizer is first),
 `revoke` (BYE: the cookie stops working), `end`, `close`.
@@ -14,9 +14,10 @@ included, and fails one of two ways the SIP layer can map directly:
 - `WcsUnavailable`: no usable answer (connection refused, TLS failure, timeout, 5xx, 429,
   a malformed success): the focus answers 503 with Retry-After.
 
-Secrecy: the cookie is a bearer credential. It lives only in `Admission.cookie`, which
-`repr()` leaves out; no log line or exception message is ever built from a response body
-that can hold one. `revoke` is idempotent at the WCS, so it alone is retried once.
+Secrecy: the cookie is a bearer credential. It lives only in `Admission.cookie`
+(`webconf.protocol`, the join body's one definition), which `repr()` leaves out; no log
+line or exception message is ever built from a response body that can hold one. `revoke`
+is idempotent at the WCS, so it alone is retried once.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -33,12 +32,14 @@ import aiohttp
 
 from webconf.deploy.config import Config
 from webconf.deploy.tls import client_context
+from webconf.protocol import ID_RE, Admission, JoinBodyError
+
+__all__ = ["Admission", "WcsClient", "WcsRefused", "WcsUnavailable"]
 
 log = logging.getLogger("webconf.focus.wcs")
 
 REVOKE_RETRY_DELAY = 0.2
 """Seconds before the one retry of a revoke that found the WCS unavailable."""
-_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 _BASE = "/internal/v1/conferences"
 
 
@@ -62,32 +63,8 @@ class WcsUnavailable(Exception):
         """The HTTP status if the WCS answered at all (5xx, 429), else None."""
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A participant the WCS admitted: what goes into the join JSON (DESIGN §2)."""
-
-    conference: str
-    """The conference id."""
-    participant: str
-    """The participant id: what `revoke` takes when the dialog ends."""
-    role: str
-    """"organizer", "presenter" or "attendee", as the WCS decided."""
-    cookie: str = field(repr=False)
-    """The signed bearer cookie (a JWT). Secret: never logged, never in a repr."""
-    expires_at: str
-    """The cookie's expiry, RFC 3339."""
-    webconf_url: str
-    """The WCS's public base URL, for the client."""
-
-    def to_json(self) -> dict[str, str]:
-        """The `application/vnd.webconf.join+json` body (holds the cookie)."""
-        return {"conference": self.conference, "participant": self.participant,
-                "role": self.role, "webconf_url": self.webconf_url, "cookie": self.cookie,
-                "expires_at": self.expires_at}
-
-
 def _check_id(kind: str, value: str) -> None:
-    if not _ID_RE.fullmatch(value) or value in (".", ".."):
+    if not ID_RE.fullmatch(value) or value in (".", ".."):  # fullmatch: no "id\n"
         raise WcsRefused(400, "bad_request", f"invalid {kind} id")
 
 
@@ -132,13 +109,10 @@ class WcsClient:
         if status != 201:
             raise self._unexpected("admit", status)
         try:
-            values = {name: data[name] for name in (
-                "participant", "role", "cookie", "expires_at", "webconf_url")}
-        except (KeyError, TypeError):
-            values = {}
-        if len(values) != 5 or not all(isinstance(v, str) and v for v in values.values()):
-            raise WcsUnavailable("WCS admit: malformed response", status)  # no body: cookie
-        return Admission(conference=conference_id, **values)
+            return Admission.from_json(data, conference=conference_id)
+        except JoinBodyError:
+            raise WcsUnavailable("WCS admit: malformed response", status) from None  # no body:
+            # it may hold the cookie
 
     async def revoke(self, conference_id: str, participant_id: str) -> bool:
         """Revoke the participant's cookie: True if done (or already), False if unknown."""

@@ -16,7 +16,6 @@ import ssl
 import pytest
 
 from clients.sip import ConferenceDialog, SipConnection
-from webconf.sip import sdp
 from focus.core import (
     Admission,
     Admit,
@@ -24,6 +23,7 @@ from focus.core import (
     FocusCore,
     FocusSettings,
     Log,
+    LookupCredentials,
     Revoke,
     Send,
     bracket_addr_spec,
@@ -31,10 +31,11 @@ from focus.core import (
 from focus.directory import Directory
 from webconf.deploy import keys, tls
 from webconf.deploy.config import Config
-from webconf.sip import digest
+from webconf.sip import digest, sdp
 from webconf.sip.message import Response, parse_auth_params, parse_message, parse_name_addr
 
 CONF = "sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2"
+NOW = 1_700_000_000.0
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -99,8 +100,9 @@ def strict_to(resp: Response) -> tuple[dict[str, str | None], dict[str, str | No
 def test_pjsip_bare_to_is_echoed_bracketed_through_join_and_bye() -> None:
     core = make_core()
     conn = Conn(1, "127.0.0.1", 40000, tls_version="TLSv1.2")
-    [challenge] = responses(core.request(conn, parse_message(
-        pjsip_request("INVITE", branch="z9hG4bKpj1", cseq=1))))
+    core.connection_made(conn)
+    [challenge] = responses(core.receive_data(
+        conn.id, pjsip_request("INVITE", branch="z9hG4bKpj1", cseq=1), NOW))
     assert challenge.status == 401
     uri_params, params = strict_to(challenge)
     assert uri_params.get("opaque") == "app:conf:focus:id:K7Q2" and "gruu" in uri_params
@@ -114,16 +116,19 @@ def test_pjsip_bare_to_is_echoed_bracketed_through_join_and_bye() -> None:
     auth = (f'Digest username="alice", realm="{chosen["realm"]}", nonce="{chosen["nonce"]}", '
             f'uri="{CONF}", response="{response}", algorithm={chosen["algorithm"]}, '
             'qop=auth, nc=00000001, cnonce="c0ffee"')
-    req = parse_message(pjsip_request("INVITE", branch="z9hG4bKpj2", cseq=2, auth=auth))
-    wanted = core.credentials_needed(req)
+    [lookup] = core.receive_data(
+        conn.id, pjsip_request("INVITE", branch="z9hG4bKpj2", cseq=2, auth=auth), NOW)
+    assert isinstance(lookup, LookupCredentials)
+    wanted = (lookup.realm, lookup.username)
     assert wanted == ("contoso.example", "alice")
-    out = core.request(conn, req, {alg: digest.ha1("alice", "contoso.example", "alice-pw", alg)
-                                   for alg in ("MD5", "SHA-256")})
+    out = core.credentials_found(lookup.ticket, {
+        alg: digest.ha1("alice", "contoso.example", "alice-pw", alg)
+        for alg in ("MD5", "SHA-256")}, NOW)
     [trying] = responses(out)
     assert trying.status == 100 and strict_to(trying)[0].get("opaque")
     [admit] = [o for o in out if isinstance(o, Admit)]
-    out = core.admitted(admit.ticket, Admission("p1", "organizer", "cookie", "2030-01-01T00:00Z",
-                                                "https://127.0.0.1:8443"))
+    out = core.admitted(admit.ticket, Admission(
+        "K7Q2", "p1", "organizer", "cookie", "2030-01-01T00:00Z", "https://127.0.0.1:8443"), NOW)
     [ok] = responses(out)
     assert ok.status == 200
     to_tag = strict_to(ok)[1]["tag"]
@@ -132,10 +137,10 @@ def test_pjsip_bare_to_is_echoed_bracketed_through_join_and_bye() -> None:
     assert joined["event"] == "join" and joined["tls"] == "TLSv1.2"
 
     contact_uri = "sip:alice@127.0.0.1:5061;transport=tls;gruu;opaque=app:conf:focus:id:K7Q2"
-    assert responses(core.request(conn, parse_message(pjsip_request(
-        "ACK", branch="z9hG4bKpj3", cseq=2, uri=contact_uri, to_tag=to_tag)))) == []
-    out = core.request(conn, parse_message(pjsip_request(
-        "BYE", branch="z9hG4bKpj4", cseq=3, uri=contact_uri, to_tag=to_tag)))
+    assert responses(core.receive_data(conn.id, pjsip_request(
+        "ACK", branch="z9hG4bKpj3", cseq=2, uri=contact_uri, to_tag=to_tag), NOW)) == []
+    out = core.receive_data(conn.id, pjsip_request(
+        "BYE", branch="z9hG4bKpj4", cseq=3, uri=contact_uri, to_tag=to_tag), NOW)
     [bye_ok] = responses(out)
     assert bye_ok.status == 200 and strict_to(bye_ok)[1]["tag"] == to_tag
     assert [o.reason for o in out if isinstance(o, Revoke)] == ["bye"]
@@ -145,8 +150,9 @@ def test_pjsip_bare_to_is_echoed_bracketed_through_join_and_bye() -> None:
 def test_join_log_has_no_tls_field_without_tls() -> None:
     core = make_core()
     conn = Conn(2, "127.0.0.1", 40001, "TCP")
-    [challenge] = responses(core.request(conn, parse_message(
-        pjsip_request("INVITE", branch="z9hG4bKt1", cseq=1))))
+    core.connection_made(conn)
+    [challenge] = responses(core.receive_data(
+        conn.id, pjsip_request("INVITE", branch="z9hG4bKt1", cseq=1), NOW))
     chosen = parse_auth_params(challenge.headers.get_fields("WWW-Authenticate")[0])[1]
     ha1 = digest.ha1("alice", "contoso.example", "alice-pw", chosen["algorithm"])
     response = digest.digest_response(chosen["algorithm"], ha1, chosen["nonce"], "00000001",
@@ -154,11 +160,13 @@ def test_join_log_has_no_tls_field_without_tls() -> None:
     auth = (f'Digest username="alice", realm="contoso.example", nonce="{chosen["nonce"]}", '
             f'uri="{CONF}", response="{response}", algorithm={chosen["algorithm"]}, '
             'qop=auth, nc=00000001, cnonce="c0ffee"')
-    out = core.request(conn, parse_message(pjsip_request(
-        "INVITE", branch="z9hG4bKt2", cseq=2, auth=auth)), {chosen["algorithm"]: ha1})
+    [lookup] = core.receive_data(conn.id, pjsip_request(
+        "INVITE", branch="z9hG4bKt2", cseq=2, auth=auth), NOW)
+    assert isinstance(lookup, LookupCredentials)
+    out = core.credentials_found(lookup.ticket, {chosen["algorithm"]: ha1}, NOW)
     [admit] = [o for o in out if isinstance(o, Admit)]
-    out = core.admitted(admit.ticket, Admission("p2", "organizer", "c", "2030-01-01T00:00Z",
-                                                "https://127.0.0.1:8443"))
+    out = core.admitted(admit.ticket, Admission(
+        "K7Q2", "p2", "organizer", "c", "2030-01-01T00:00Z", "https://127.0.0.1:8443"), NOW)
     [joined] = [o.event for o in out if isinstance(o, Log)]
     assert joined["event"] == "join" and "tls" not in joined
 

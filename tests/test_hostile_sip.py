@@ -41,7 +41,8 @@ from focus.directory import Directory
 from webconf.deploy import tls
 from webconf.deploy.config import Config
 from webconf.deploy.init import init_deployment
-from webconf.sip import digest
+from webconf.sip import digest, digest_client
+from webconf.sip.digest_client import Challenge
 from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
 from webconf.sip.message import Headers, Request, Response, make_response, serialize
 
@@ -193,12 +194,9 @@ def request(method: str, *, call_id: str | None = None, branch: str | None = Non
 
 def authorization(user: str, password: str, nonce: str, uri: str, nc: int = 1,
                   realm: str = "contoso.example", algorithm: str = "SHA-256") -> str:
-    cnonce = secrets.token_hex(8)
-    response = digest.digest_response(algorithm, digest.ha1(user, realm, password, algorithm),
-                                      nonce, f"{nc:08x}", cnonce, "INVITE", uri)
-    return (f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
-            f'response="{response}", algorithm={algorithm}, qop=auth, nc={nc:08x}, '
-            f'cnonce="{cnonce}"')
+    challenge = Challenge(realm=realm, nonce=nonce, algorithm=algorithm)
+    return digest_client.authorization(challenge, username=user, password=password,
+                                       method="INVITE", uri=uri, nc=nc)
 
 
 def nonce_of(challenge: Response) -> str:
@@ -293,7 +291,8 @@ class RawTls:
 
 # -- hypothesis: random and mutated messages ---------------------------------------------------
 FUZZ_SOURCE = "127.0.0.5"
-FAKE_NONCE = digest.NonceService(b"not-the-focus-secret-32-bytes!!!").make("contoso.example")
+FAKE_NONCE = digest.NonceService(b"not-the-focus-secret-32-bytes!!!").make(
+    "contoso.example", time.time())
 SDP = (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
        b"m=audio 4000 RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\n")
 FUZZ_AUTH = (f'Authorization: Digest username="fuzzer", realm="contoso.example", '
@@ -937,9 +936,9 @@ async def test_locked_out_source_costs_no_directory_queries(stack: Stack) -> Non
     """Once a source is locked out, its guesses are refused (429) before the directory is
     asked for anything: spraying user names must not buy a database query per guess.
     (An in-process focus on the module's deployment, to count the directory's queries.)"""
-    from conferencing import keys
     from focus.server import FocusServer
     from focus.wcs_client import WcsClient
+    from webconf.deploy import keys
     from webconf.deploy.config import load_config
 
     cfg = load_config(stack.cfg.base_dir)

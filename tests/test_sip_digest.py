@@ -32,7 +32,7 @@ class Clock:
 class AlwaysOk:
     """A nonce service that accepts the RFC example nonces."""
 
-    def check(self, nonce, realm):
+    def check(self, nonce, realm, now):
         return "ok"
 
 
@@ -82,6 +82,7 @@ def test_rfc7616_vectors_through_verify(algorithm, expected):
         ha1_lookup=lambda user, alg: key if (user, alg) == ("Mufasa", algorithm) else None,
         nonce_service=AlwaysOk(),
         nc_tracker=NonceCountTracker(),
+        now=0.0,
     )
     assert result == AuthResult(True, "Mufasa", "ok", algorithm)
 
@@ -98,45 +99,46 @@ def test_ha1_rejects_unknown_algorithms():
 
 def test_nonce_ok_stale_invalid():
     clock = Clock()
-    service = NonceService(SECRET, lifetime=300.0, clock=clock)
-    nonce = service.make(REALM)
+    service = NonceService(SECRET, lifetime=300.0)
+    nonce = service.make(REALM, clock.now)
     assert len(nonce) == 43 and "=" not in nonce
-    assert service.check(nonce, REALM) == "ok"
-    assert NonceService(SECRET, clock=clock).check(nonce, REALM) == "ok"  # another node
-    assert NonceService(b"x" * 32, clock=clock).check(nonce, REALM) == "invalid"
-    assert service.check(nonce, "fabrikam.example") == "invalid"
+    assert service.check(nonce, REALM, clock.now) == "ok"
+    assert NonceService(SECRET).check(nonce, REALM, clock.now) == "ok"  # another node
+    assert NonceService(b"x" * 32).check(nonce, REALM, clock.now) == "invalid"
+    assert service.check(nonce, "fabrikam.example", clock.now) == "invalid"
     raw = bytearray(base64.urlsafe_b64decode(nonce + "="))
     raw[0] ^= 1  # move the timestamp
     forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
-    assert service.check(forged, REALM) == "invalid"
+    assert service.check(forged, REALM, clock.now) == "invalid"
     for junk in ("", "abc", nonce + "A", nonce[:-1] + "!", "\u00e9" * 43):
-        assert service.check(junk, REALM) == "invalid"
+        assert service.check(junk, REALM, clock.now) == "invalid"
     clock.now += 300
-    assert service.check(nonce, REALM) == "ok"
+    assert service.check(nonce, REALM, clock.now) == "ok"
     clock.now += 1
-    assert service.check(nonce, REALM) == "stale"
+    assert service.check(nonce, REALM, clock.now) == "stale"
     clock.now -= 400  # dated more than max_skew in the future
-    assert service.check(nonce, REALM) == "invalid"
+    assert service.check(nonce, REALM, clock.now) == "invalid"
     with pytest.raises(ValueError):
         NonceService(b"short")
 
 
 def test_challenges_one_header_per_algorithm():
-    service = NonceService(SECRET, clock=Clock())
-    values = build_challenges(REALM, ["SHA-256", "md5"], service, opaque="op")
+    clock = Clock()
+    service = NonceService(SECRET)
+    values = build_challenges(REALM, ["SHA-256", "md5"], service, opaque="op", now=clock.now)
     assert len(values) == 2
     parsed = [parse_auth_params(v) for v in values]
     assert [p["algorithm"] for _, p in parsed] == ["SHA-256", "MD5"]
     for scheme, p in parsed:
         assert scheme == "digest" and p["realm"] == REALM and p["qop"] == "auth"
         assert p["opaque"] == "op" and "stale" not in p
-        assert service.check(p["nonce"], REALM) == "ok"
+        assert service.check(p["nonce"], REALM, clock.now) == "ok"
     assert values[0].startswith('Digest realm="contoso.example", nonce="')
     assert 'algorithm=SHA-256, qop="auth"' in values[0] and "MD5" not in values[0]
-    (stale,) = build_challenges(REALM, ["SHA-256"], service, stale=True)
+    (stale,) = build_challenges(REALM, ["SHA-256"], service, stale=True, now=clock.now)
     assert parse_auth_params(stale)[1]["stale"] == "true"
     with pytest.raises(ValueError):
-        build_challenges(REALM, ["SHA-512-256"], service)
+        build_challenges(REALM, ["SHA-512-256"], service, now=clock.now)
 
 
 # --- verify -------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def answer(challenge, *, user="alice", password="wonderland", count=1, method="I
 
 
 def setup(clock=None):
-    service = NonceService(SECRET, clock=clock or Clock())
+    clock = clock or Clock()
+    service = NonceService(SECRET)
     tracker = NonceCountTracker()
 
     def check(header, method="INVITE", **kw):
@@ -183,6 +186,7 @@ def setup(clock=None):
             ha1_lookup=lookup,
             nonce_service=service,
             nc_tracker=tracker,
+            now=clock.now,
             **kw,
         )
 
@@ -191,8 +195,9 @@ def setup(clock=None):
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
 def test_verify_ok_then_replay(algorithm):
-    service, check = setup()
-    (challenge,) = build_challenges(REALM, [algorithm], service)
+    clock = Clock()
+    service, check = setup(clock)
+    (challenge,) = build_challenges(REALM, [algorithm], service, now=clock.now)
     assert check(answer(challenge)) == AuthResult(True, "alice", "ok", algorithm)
     assert check(answer(challenge)).reason == "replay"
     assert check(answer(challenge, count=2)).ok
@@ -204,7 +209,7 @@ def test_verify_ok_then_replay(algorithm):
 def test_verify_failures():
     clock = Clock()
     service, check = setup(clock)
-    (challenge,) = build_challenges(REALM, ["SHA-256"], service)
+    (challenge,) = build_challenges(REALM, ["SHA-256"], service, now=clock.now)
     assert check(answer(challenge, password="guess")).reason == "bad-response"
     assert check(answer(challenge, method="BYE")).reason == "bad-response"
     assert check(answer(challenge), method="BYE").reason == "bad-response"
@@ -234,15 +239,16 @@ def test_verify_failures():
 def test_verify_stale_only_with_the_right_password():
     clock = Clock()
     service, check = setup(clock)
-    (challenge,) = build_challenges(REALM, ["SHA-256"], service)
+    (challenge,) = build_challenges(REALM, ["SHA-256"], service, now=clock.now)
     clock.now += 301
     assert check(answer(challenge)) == AuthResult(False, "alice", "stale", "SHA-256")
     assert check(answer(challenge, password="guess")).reason == "bad-response"
 
 
 def test_algorithm_absent_means_md5_and_downgrade_is_refused():
-    service, check = setup()
-    (challenge,) = build_challenges(REALM, ["MD5"], service)
+    clock = Clock()
+    service, check = setup(clock)
+    (challenge,) = build_challenges(REALM, ["MD5"], service, now=clock.now)
     assert check(answer(challenge, algorithm=None)) == AuthResult(True, "alice", "ok", "MD5")
     result = check(answer(challenge, count=2), allowed_algorithms=["SHA-256"])
     assert result.reason == "unsupported-algorithm"
@@ -264,65 +270,71 @@ def test_nonce_count_tracker_is_bounded():
 
 def test_throttle_per_user_across_sources():
     clock = Clock(100.0)
-    throttle = FailureThrottle(max_failures=5, window=60.0, lockout=30.0, clock=clock)
+    throttle = FailureThrottle(max_failures=5, window=60.0, lockout=30.0)
     for i in range(5):
-        assert throttle.check("alice", f"10.0.0.{i}") is None
-        throttle.record_failure("alice", f"10.0.0.{i}")
-    assert throttle.check("alice", "192.0.2.1") == 30.0  # the user is locked everywhere
-    assert throttle.check("bob", "10.0.0.1") is None  # other users are not
-    assert throttle.check(None, "10.0.0.1") is None
+        assert throttle.check("alice", f"10.0.0.{i}", clock.now) is None
+        throttle.record_failure("alice", f"10.0.0.{i}", clock.now)
+    # the user is locked everywhere
+    assert throttle.check("alice", "192.0.2.1", clock.now) == 30.0
+    assert throttle.check("bob", "10.0.0.1", clock.now) is None  # other users are not
+    assert throttle.check(None, "10.0.0.1", clock.now) is None
     clock.now += 10
-    assert throttle.check("alice", "192.0.2.1") == 20.0
+    assert throttle.check("alice", "192.0.2.1", clock.now) == 20.0
     clock.now += 20
-    assert throttle.check("alice", "192.0.2.1") is None
+    assert throttle.check("alice", "192.0.2.1", clock.now) is None
 
 
 def test_throttle_per_source_across_users():
     clock = Clock(100.0)
-    throttle = FailureThrottle(clock=clock)
+    throttle = FailureThrottle()
     for i in range(5):
-        throttle.record_failure(f"user{i}", "203.0.113.9")
-    assert throttle.check("carol", "203.0.113.9") == 30.0  # the source is locked
-    assert throttle.check(None, "203.0.113.9") == 30.0
-    assert throttle.check("carol", "198.51.100.1") is None  # others elsewhere are not
-    assert throttle.check("user0", "198.51.100.1") is None
+        throttle.record_failure(f"user{i}", "203.0.113.9", clock.now)
+    assert throttle.check("carol", "203.0.113.9", clock.now) == 30.0  # the source is locked
+    assert throttle.check(None, "203.0.113.9", clock.now) == 30.0
+    # others elsewhere are not
+    assert throttle.check("carol", "198.51.100.1", clock.now) is None
+    assert throttle.check("user0", "198.51.100.1", clock.now) is None
     throttle.record_success("user0", "203.0.113.9")
-    assert throttle.check("user0", "203.0.113.9") == 30.0  # success does not free a source
+    # success does not free a source
+    assert throttle.check("user0", "203.0.113.9", clock.now) == 30.0
 
 
 def test_throttle_window_and_success_reset():
     clock = Clock(100.0)
-    throttle = FailureThrottle(max_failures=3, window=60.0, clock=clock)
-    throttle.record_failure("alice", "a")
-    throttle.record_failure("alice", "b")
+    throttle = FailureThrottle(max_failures=3, window=60.0)
+    throttle.record_failure("alice", "a", clock.now)
+    throttle.record_failure("alice", "b", clock.now)
     clock.now += 61  # the window passed: start counting again
-    throttle.record_failure("alice", "c")
-    throttle.record_failure("alice", "d")
-    assert throttle.check("alice", "e") is None
+    throttle.record_failure("alice", "c", clock.now)
+    throttle.record_failure("alice", "d", clock.now)
+    assert throttle.check("alice", "e", clock.now) is None
     throttle.record_success("alice", "d")
-    throttle.record_failure("alice", "f")
-    throttle.record_failure("alice", "g")
-    assert throttle.check("alice", "h") is None
-    throttle.record_failure("alice", "i")
-    assert throttle.check("alice", "h") == 30.0
+    throttle.record_failure("alice", "f", clock.now)
+    throttle.record_failure("alice", "g", clock.now)
+    assert throttle.check("alice", "h", clock.now) is None
+    throttle.record_failure("alice", "i", clock.now)
+    assert throttle.check("alice", "h", clock.now) == 30.0
 
 
 def test_throttle_memory_is_bounded():
-    throttle = FailureThrottle(max_failures=1, clock=Clock(), max_keys=10)
+    clock = Clock()
+    throttle = FailureThrottle(max_failures=1, max_keys=10)
     for i in range(1000):
-        throttle.record_failure(f"u{i}", f"s{i}")
+        throttle.record_failure(f"u{i}", f"s{i}", clock.now)
     assert len(throttle._entries) == 10
-    assert throttle.check("u999", "x") == 30.0 and throttle.check("u0", "s0") is None
+    assert throttle.check("u999", "x", clock.now) == 30.0
+    assert throttle.check("u0", "s0", clock.now) is None
 
 
 def test_source_threshold_is_separate_from_user_threshold() -> None:
     now = [0.0]
-    throttle = FailureThrottle(max_failures=5, max_source_failures=50, clock=lambda: now[0])
+    throttle = FailureThrottle(max_failures=5, max_source_failures=50)
     for i in range(5):
-        throttle.record_failure("alice@contoso.example", "10.0.0.1")
-    assert throttle.check("alice@contoso.example", "10.0.0.1") is not None  # alice locked
-    assert throttle.check("bob@contoso.example", "10.0.0.1") is None  # the office is not
+        throttle.record_failure("alice@contoso.example", "10.0.0.1", now[0])
+    assert throttle.check("alice@contoso.example", "10.0.0.1", now[0]) is not None  # alice locked
+    assert throttle.check("bob@contoso.example", "10.0.0.1", now[0]) is None  # the office is not
     for i in range(45):
-        throttle.record_failure(f"user{i}@contoso.example", "10.0.0.1")
-    assert throttle.check("bob@contoso.example", "10.0.0.1") is not None  # a guessing source
-    assert throttle.check("bob@contoso.example", "10.0.0.2") is None
+        throttle.record_failure(f"user{i}@contoso.example", "10.0.0.1", now[0])
+    # a guessing source
+    assert throttle.check("bob@contoso.example", "10.0.0.1", now[0]) is not None
+    assert throttle.check("bob@contoso.example", "10.0.0.2", now[0]) is None

@@ -262,5 +262,6 @@ def test_value_parsers_only_raise_parse_errors(text):
         ha1_lookup=lambda user, alg: "0" * 32,
         nonce_service=NonceService(b"k" * 32),
         nc_tracker=NonceCountTracker(),
+        now=0.0,
     )
     assert isinstance(result, AuthResult) and not result.ok

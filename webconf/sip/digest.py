@@ -11,6 +11,11 @@ lifetime is caught by `NonceCountTracker`, which remembers the highest nc per no
 connection; `FailureThrottle` slows password guessing per user and per source address.
 Every secret-dependent comparison uses `hmac.compare_digest`.
 
+Clock: nothing here reads a clock. Every call that needs the time takes `now` (aioquic's
+discipline), so the focus core stays pure and tests step time by hand. Nonces carry wall
+time (`time.time()`: nodes that share the secret must agree on it); the throttle works with
+any clock its caller uses consistently (the focus core passes the same wall time).
+
 Weaknesses: nc tracking is per connection and bounded (a nonce evicted from the tracker, or
 replayed on another connection, is accepted again until it expires); TLS is what keeps
 credentials from being observed in the first place. The digest-uri is not compared with the
@@ -27,7 +32,6 @@ import hmac
 import os
 import re
 import struct
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -93,7 +97,6 @@ class NonceService:
         self,
         secret: bytes,
         lifetime: float = 300.0,
-        clock: Callable[[], float] = time.time,
         *,
         max_skew: float = 30.0,
     ) -> None:
@@ -103,27 +106,26 @@ class NonceService:
         self.lifetime = lifetime
         self.max_skew = max_skew
         """How far in the future a nonce may be dated (clock skew between nodes)."""
-        self._clock = clock
 
     def _mac(self, prefix: bytes, realm: str) -> bytes:
         data = prefix + realm.encode("utf-8", "surrogateescape")
         return hmac.new(self._secret, data, hashlib.sha256).digest()[:16]
 
-    def make(self, realm: str) -> str:
-        """A fresh nonce bound to `realm`."""
-        prefix = struct.pack(">Q", max(0, int(self._clock()))) + os.urandom(8)
+    def make(self, realm: str, now: float) -> str:
+        """A fresh nonce bound to `realm`, dated `now` (wall-clock seconds)."""
+        prefix = struct.pack(">Q", max(0, int(now))) + os.urandom(8)
         raw = prefix + self._mac(prefix, realm)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
-    def check(self, nonce: str, realm: str) -> NonceStatus:
-        """Return "ok", "stale" (genuine but older than `lifetime`) or "invalid"."""
+    def check(self, nonce: str, realm: str, now: float) -> NonceStatus:
+        """Return "ok", "stale" (genuine but older than `lifetime` at `now`) or "invalid"."""
         if not _NONCE_RE.fullmatch(nonce):
             return "invalid"
         raw = base64.urlsafe_b64decode(nonce + "=")
         if not hmac.compare_digest(self._mac(raw[:16], realm), raw[16:]):
             return "invalid"
         (issued,) = struct.unpack(">Q", raw[:8])
-        age = self._clock() - issued
+        age = now - issued
         if age < -self.max_skew:
             return "invalid"
         return "stale" if age > self.lifetime else "ok"
@@ -135,6 +137,8 @@ def build_challenges(
     nonce_service: NonceService,
     stale: bool = False,
     opaque: str | None = None,
+    *,
+    now: float,
 ) -> list[str]:
     """One WWW-Authenticate value per algorithm, in the given (preference) order.
 
@@ -147,7 +151,7 @@ def build_challenges(
         if alg is None:
             raise ValueError(f"unsupported digest algorithm {name!r}")
         value = (
-            f"Digest realm={quote(realm)}, nonce={quote(nonce_service.make(realm))}, "
+            f"Digest realm={quote(realm)}, nonce={quote(nonce_service.make(realm, now))}, "
             f'algorithm={alg}, qop="auth"'
         )
         if opaque is not None:
@@ -200,12 +204,14 @@ def verify(
     nonce_service: NonceService,
     nc_tracker: NonceCountTracker,
     allowed_algorithms: Collection[str] | None = None,
+    now: float,
 ) -> AuthResult:
     """Check an Authorization value for a request with this `method`.
 
     `ha1_lookup(username, algorithm)` returns the stored HA1 hex for that algorithm (in the
     expected realm) or None. `allowed_algorithms`, when given, refuses algorithms that were
-    not offered to this client (no downgrade from SHA-256 to MD5).
+    not offered to this client (no downgrade from SHA-256 to MD5). `now` is wall-clock
+    seconds, for the nonce's age.
     """
     try:
         scheme, p = parse_auth_params(auth_header_value)
@@ -230,14 +236,16 @@ def verify(
         return fail("malformed")
     if realm != expected_realm:
         return fail("bad-realm")
-    status = nonce_service.check(nonce, expected_realm)
+    status = nonce_service.check(nonce, expected_realm, now)
     if status == "invalid":
         return fail("bad-nonce")
     stored = ha1_lookup(username, alg)
     expected = digest_response(alg, stored or "0" * 64, nonce, nc, cnonce, method, uri)
     if stored is None:
         return fail("unknown-user")
-    if not hmac.compare_digest(expected, response.lower()):
+    # as bytes: compare_digest raises TypeError on a str with non-ASCII characters
+    if not hmac.compare_digest(expected.encode(), response.lower().encode(
+            "utf-8", "surrogateescape")):
         return fail("bad-response")
     if status == "stale":
         return fail("stale")
@@ -266,7 +274,6 @@ class FailureThrottle:
         max_failures: int = 5,
         window: float = 60.0,
         lockout: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
         max_keys: int = 100_000,
         max_source_failures: int | None = None,
     ) -> None:
@@ -277,7 +284,6 @@ class FailureThrottle:
         self.window = window
         self.lockout = lockout
         self.max_keys = max_keys
-        self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
 
     @staticmethod
@@ -287,9 +293,9 @@ class FailureThrottle:
             keys.append(("user", user))
         return keys
 
-    def check(self, user: str | None, source: str) -> float | None:
-        """Seconds to wait (for Retry-After) if `user` or `source` is locked out, else None."""
-        now = self._clock()
+    def check(self, user: str | None, source: str, now: float) -> float | None:
+        """Seconds to wait (for Retry-After) if `user` or `source` is locked out at `now`,
+        else None."""
         wait = 0.0
         for key in self._keys(user, source):
             entry = self._entries.get(key)
@@ -297,9 +303,8 @@ class FailureThrottle:
                 wait = max(wait, entry.locked_until - now)
         return wait or None
 
-    def record_failure(self, user: str | None, source: str) -> None:
-        """Count a failed attempt against both the user and the source."""
-        now = self._clock()
+    def record_failure(self, user: str | None, source: str, now: float) -> None:
+        """Count a failed attempt, made at `now`, against both the user and the source."""
         for key in self._keys(user, source):
             entry = self._entries.get(key)
             if entry is None:

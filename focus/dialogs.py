@@ -1,0 +1,130 @@
+"""The focus's state records: INVITEs in progress and the dialogs they create.
+
+An out-of-dialog INVITE moves through two waits, each its own record keyed by a ticket:
+`AwaitingCredentials` (the HA1 lookup is out; the connection's input is paused) and then
+`AwaitingAdmission` (the WCS call is out; CANCEL may still arrive). A 200 OK creates a
+`Dialog`, whose life is the `DialogState` machine below: every transition goes through
+`Dialog.advance`, and `TERMINATED` can be entered once only, which is what makes the
+revocation of a participation happen exactly once.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+
+from webconf.sip.message import Request, SipURI
+
+from .events import Conn
+
+
+@dataclass
+class AwaitingCredentials:
+    """An authenticated INVITE whose HA1s are being looked up."""
+
+    ticket: int
+    conn_id: int
+    request: Request
+    branch: str
+    realm: str
+    """The caller's domain (From host, lower case): the Digest realm."""
+    caller_user: str
+    """The From user part, which the Digest username must match."""
+    algorithms: list[str]
+    """The algorithms offered to this agent."""
+    throttle_user: str | None
+    """`user@realm` of the Authorization: the failure throttle's user key."""
+
+
+@dataclass
+class AwaitingAdmission:
+    """An authenticated, authorised INVITE waiting for the WCS (100 Trying sent)."""
+
+    ticket: int
+    conn: Conn
+    request: Request
+    branch: str
+    conference_id: str
+    conference_uri: SipURI
+    user: str
+    """`user@tenant` of the caller."""
+    to_tag: str
+    """Our tag, chosen now so that a 487 and the 200 carry the same one."""
+    cancelled: bool = False
+    """A CANCEL answered it 487: an admission that still arrives is revoked at once."""
+    sdp_session_id: int = field(default_factory=lambda: secrets.randbelow(2**62))
+
+
+class DialogState(enum.Enum):
+    """Where a dialog is in its life (RFC 3261 §12, §13.3.1.4, §15)."""
+
+    ACCEPTED = "accepted"
+    """Our 200 OK is sent; the ACK has not arrived yet (the dialog exists: BYE works)."""
+    CONFIRMED = "confirmed"
+    """The ACK arrived."""
+    TERMINATED = "terminated"
+    """Ended by BYE or by the orphan grace running out; its participation is revoked."""
+
+
+_TRANSITIONS: dict[DialogState, frozenset[DialogState]] = {
+    DialogState.ACCEPTED: frozenset({DialogState.CONFIRMED, DialogState.TERMINATED}),
+    DialogState.CONFIRMED: frozenset({DialogState.CONFIRMED, DialogState.TERMINATED}),
+    DialogState.TERMINATED: frozenset(),
+}
+"""The only moves a dialog can make; a repeated ACK keeps a confirmed dialog confirmed."""
+
+
+DialogKey = tuple[str, str, str]
+"""(Call-ID, our tag, their tag)."""
+
+
+@dataclass
+class Dialog:
+    """One joined participant's dialog with the focus."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    conn_id: int
+    """The connection its latest in-dialog request came on (agents may move)."""
+    conference_id: str
+    participant_id: str
+    user: str
+    role: str
+    answer: tuple[str, bytes]
+    """Content-Type and body of our 200 OK, resent for re-INVITEs."""
+    contact: str
+    state: DialogState = DialogState.ACCEPTED
+    orphaned_at: float | None = None
+    """When its connection went away (it ends at this + the grace), None while bound."""
+    sdp_session_id: int = 0
+    sdp_version: int = 1
+    """RFC 3264 §8: later answers keep the session id and bump the version."""
+
+    @property
+    def key(self) -> DialogKey:
+        return (self.call_id, self.local_tag, self.remote_tag)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.state is DialogState.CONFIRMED
+
+    def advance(self, to: DialogState) -> bool:
+        """Move to `to` if the machine allows it; False (and no change) otherwise."""
+        if to not in _TRANSITIONS[self.state]:
+            return False
+        self.state = to
+        if to is DialogState.TERMINATED:
+            self.orphaned_at = None
+        return True
+
+    def orphan(self, now: float) -> None:
+        """Its connection is gone: start the grace period (once; a later loss keeps it)."""
+        if self.state is not DialogState.TERMINATED and self.orphaned_at is None:
+            self.orphaned_at = now
+
+    def rebind(self, conn_id: int) -> None:
+        """The agent spoke again, maybe on another connection: follow it, stop the grace."""
+        self.conn_id = conn_id
+        self.orphaned_at = None
