@@ -255,9 +255,9 @@ async def test_dropped_connection_leaves_after_grace(stack: Config) -> None:
 
 async def test_unreachable_wcs_gets_503_with_retry_after(deployment: Config) -> None:
     """A focus whose WCS is down answers 503 + Retry-After quickly, never hangs."""
-    from webconf.deploy import keys
     from focus.server import FocusServer
     from focus.wcs_client import WcsClient
+    from webconf.deploy import keys
 
     from .conftest import free_port
 
