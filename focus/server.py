@@ -104,7 +104,8 @@ class FocusServer:
                 retry_after_seconds=RETRY_AFTER_SECONDS, max_message_bytes=f.max_message_bytes,
                 answer_sdp=lambda offer, **kw: sdp.answer_offer(
                     offer, address=self.cfg.public_host, **kw),
-                make_multipart=sdp.multipart_mixed, accepts=sdp.accepts),
+                make_multipart=sdp.multipart_mixed, accepts=sdp.accepts,
+                requests_per_turn=1),
             digest.NonceService(self.nonce_secret, lifetime=f.nonce_lifetime_seconds),
             digest.FailureThrottle(max_failures=f.auth_failures_per_user,
                                    max_source_failures=f.auth_failures_per_source))
@@ -208,6 +209,10 @@ class FocusServer:
                     break
                 received = self.core.received(conn.id)
                 await self._perform(self.core.receive_data(conn.id, data, time.time()))
+                while self.core.pending(conn.id) and not entry.closing:
+                    await asyncio.sleep(0)  # let other connections run between pipelined
+                    await self._perform(  # requests (fairness in floods)
+                        self.core.receive_data(conn.id, b"", time.time()))
                 if self.core.received(conn.id) != received:
                     partial_since = None  # the slowloris clock runs per message
                 if entry.closing:
