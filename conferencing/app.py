@@ -4,6 +4,9 @@
 - internal (8444): the docs/protocol.md §7 API, TLS that requires a client certificate
   from the deployment CA (so only the focus reaches it).
 
+Both bound the TLS handshake, the time to a request's head and idle keep-alive, and cap
+their connections at `wcs.max_connections` (`conferencing.listener`).
+
 `python -m conferencing DIR` runs it in the foreground, prints `wcs ready ...` once both
 listeners accept connections, and on SIGTERM/SIGINT stops accepting, closes data channels,
 drains in-flight requests (up to `wcs.shutdown_grace_seconds`) and exits.
@@ -24,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -36,8 +40,10 @@ from webconf.deploy.loop import install_fast_loop
 from .api import internal, public
 from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
+from .api.peer import focus_client_only
 from .cookies import CookieAuthority
 from .events import EventHub
+from .listener import ConnectionGuard, GuardedSite
 from .metrics import Metrics
 from .service import ConferenceService
 from .share import FileShare
@@ -47,8 +53,9 @@ log = logging.getLogger("webconf.wcs")
 
 
 def build_public_app(service: ConferenceService, metrics: Metrics,
-                     in_flight: InFlight | None = None) -> web.Application:
-    app = web.Application(middlewares=make_middlewares(metrics, in_flight),
+                     in_flight: InFlight | None = None,
+                     guard: ConnectionGuard | None = None) -> web.Application:
+    app = web.Application(middlewares=_middlewares(guard, metrics, in_flight),
                           client_max_size=64 * 1024)
     app[SERVICE] = service
     app[METRICS] = metrics
@@ -64,13 +71,22 @@ def build_public_app(service: ConferenceService, metrics: Metrics,
     return app
 
 
-def build_internal_app(service: ConferenceService,
-                       in_flight: InFlight | None = None) -> web.Application:
-    app = web.Application(middlewares=make_middlewares(None, in_flight),
+def build_internal_app(service: ConferenceService, in_flight: InFlight | None = None,
+                       guard: ConnectionGuard | None = None) -> web.Application:
+    # Innermost, so its 403 leaves as JSON: only the focus's certificate passes (api/peer.py).
+    app = web.Application(middlewares=[*_middlewares(guard, None, in_flight), focus_client_only],
                           client_max_size=64 * 1024)
     app[SERVICE] = service
     internal.add_routes(app)
     return app
+
+
+def _middlewares(guard: ConnectionGuard | None, metrics: Metrics | None,
+                 in_flight: InFlight | None) -> list[Any]:
+    """The guard's head-timer middleware first (it must see every parsed request), then
+    the JSON errors and accounting."""
+    head = [] if guard is None else [guard.middleware()]
+    return [*head, *make_middlewares(metrics, in_flight)]
 
 
 @dataclass
@@ -84,6 +100,8 @@ class WcsServer:
     internal_port: int = 0
     in_flight: InFlight = field(default_factory=InFlight)
     purge_task: asyncio.Task[None] | None = None
+    guards: dict[str, ConnectionGuard] = field(default_factory=dict)
+    """Each listener's connection cap and head timer (`conferencing.listener`)."""
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -102,26 +120,34 @@ class WcsServer:
         if swept["temp"] or swept["orphan"]:
             log.info(json.dumps({"event": "share.sweep", **swept}))
         grace = cfg.wcs.shutdown_grace_seconds
-        public_runner = web.AppRunner(build_public_app(self.service, metrics, self.in_flight),
-                                      access_log=None,
-                                      shutdown_timeout=grace, max_field_size=8190)
-        internal_runner = web.AppRunner(build_internal_app(self.service, self.in_flight),
-                                        access_log=None,
-                                        shutdown_timeout=grace)
+        self.guards = {name: ConnectionGuard(
+            name, max_connections=cfg.wcs.max_connections,
+            header_timeout_seconds=cfg.wcs.header_timeout_seconds)
+            for name in ("public", "internal")}
+        public_runner = web.AppRunner(
+            build_public_app(self.service, metrics, self.in_flight, self.guards["public"]),
+            access_log=None, shutdown_timeout=grace, max_field_size=8190,
+            keepalive_timeout=cfg.wcs.keepalive_timeout_seconds)
+        internal_runner = web.AppRunner(
+            build_internal_app(self.service, self.in_flight, self.guards["internal"]),
+            access_log=None, shutdown_timeout=grace,
+            keepalive_timeout=cfg.wcs.keepalive_timeout_seconds)
         for runner in (public_runner, internal_runner):
             await runner.setup()
             self.runners.append(runner)
-        public_site = web.TCPSite(
+        handshake = cfg.wcs.tls_handshake_timeout_seconds
+        public_site = GuardedSite(
             public_runner, cfg.server.host, cfg.wcs.https_port,
-            ssl_context=tls.server_context(cfg, "wcs"), backlog=1024)
+            ssl_context=tls.server_context(cfg, "wcs"), guard=self.guards["public"],
+            handshake_timeout_seconds=handshake)
         await public_site.start()
         self.https_port = _bound_port(public_runner)
         if cfg.wcs.https_port == 0:
             cfg.wcs.https_port = self.https_port
-        internal_site = web.TCPSite(
+        internal_site = GuardedSite(
             internal_runner, cfg.server.host, cfg.wcs.internal_port,
             ssl_context=tls.server_context(cfg, "wcs", require_client_cert=True),
-            backlog=1024)
+            guard=self.guards["internal"], handshake_timeout_seconds=handshake)
         await internal_site.start()
         self.internal_port = _bound_port(internal_runner)
         if cfg.wcs.internal_port == 0:

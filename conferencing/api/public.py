@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote
 
 from aiohttp import web
+
+from webconf.deploy.config import WcsSection
 
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..service import ServiceError, b64url
@@ -20,14 +23,44 @@ from .channel import channel
 from .context import AUTH_COOKIE, METRICS, SERVICE, authenticate, bearer_token
 from .errors import json_error
 
-__all__ = ["AUTH_COOKIE", "METRICS", "SERVICE", "add_routes", "authenticate", "bearer_token",
-           "load_openapi", "parse_range"]
+__all__ = ["AUTH_COOKIE", "METRICS", "SERVICE", "UploadPace", "add_routes", "authenticate",
+           "bearer_token", "load_openapi", "parse_range"]
 
 READ_SIZE = 64 * 1024
 BODY_IDLE_SECONDS = 60.0
-"""An upload whose body stalls this long (no bytes at all) is refused with 408."""
+"""An upload whose body stalls this long (no bytes at all) is refused with 408; its pace
+(`UploadPace`) may refuse it sooner."""
 _RANGE_SPEC_RE = re.compile(r"^([0-9]*)-([0-9]*)$")  # ASCII digits only: `\d` is Unicode
 _INT64_DIGITS = 19
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    """How long an upload's body may take (docs/protocol.md §4.1): a body that trickles in
+    would otherwise hold its connection, its temp file and its cookie's rights for as long
+    as it likes, and outlive a revocation it learns of only at the end.
+
+    After `grace_seconds` the body must average `min_bytes_per_second` (each byte received
+    buys 1/rate more seconds, as Apache's mod_reqtimeout MinRate does), and all of it must
+    arrive within `deadline_seconds` whatever the rate."""
+
+    started: float
+    """The loop time the handler began reading the body."""
+    deadline_seconds: float
+    min_bytes_per_second: int
+    grace_seconds: float
+
+    @classmethod
+    def of(cls, wcs: WcsSection, started: float) -> UploadPace:
+        return cls(started, wcs.upload_deadline_seconds, wcs.upload_min_bytes_per_second,
+                   wcs.upload_rate_grace_seconds)
+
+    def deadline(self, received: int) -> float:
+        """The loop time by which the body must go on past `received` bytes."""
+        allowed = self.deadline_seconds
+        if self.min_bytes_per_second > 0:
+            allowed = min(allowed, self.grace_seconds + received / self.min_bytes_per_second)
+        return self.started + allowed
 
 
 async def upload_item(request: web.Request) -> web.Response:
@@ -46,16 +79,24 @@ async def upload_item(request: web.Request) -> web.Response:
     content_type = request.headers.get("Content-Type", "application/octet-stream")
     sha256 = request.headers.get("X-Content-SHA256")
     metrics = request.app[METRICS]
+    pace = UploadPace.of(service.cfg.wcs, asyncio.get_running_loop().time())
 
     async def body() -> AsyncIterator[bytes]:
+        received = 0
         while True:
+            allowed = pace.deadline(received) - asyncio.get_running_loop().time()
             try:
-                async with asyncio.timeout(BODY_IDLE_SECONDS):
+                if allowed <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(min(BODY_IDLE_SECONDS, allowed)):
                     chunk = await request.content.read(READ_SIZE)
             except TimeoutError:
-                raise ServiceError("request_timeout", "upload body stalled") from None
+                message = "upload body stalled" if allowed > BODY_IDLE_SECONDS else (
+                    "upload too slow or past its deadline")
+                raise ServiceError("request_timeout", message) from None
             if not chunk:
                 return
+            received += len(chunk)
             metrics.bytes_in.inc(len(chunk))
             yield chunk
 
