@@ -5,6 +5,10 @@ HS256-with-the-public-key are refused), the `kid` must name a key in the ring, e
 is required, `iss`/`aud` are fixed, and the conference in the token must be the one in the
 URL. Tenant binding, revocation and ended conferences need the store; the service layer
 checks those on every request.
+
+Time: a cookie is refused from `exp` on, exactly, because the data channel closes at `exp`
+and an HTTP request must not outlive what the channel may not (docs/protocol.md §3). The
+leeway covers only `nbf` and `iat`, i.e. a verifier whose clock runs behind the minter's.
 """
 
 from __future__ import annotations
@@ -78,14 +82,19 @@ class CookieAuthority:
         """The `exp` before which a cookie is refused by its `exp` alone, so its revocation
         row can go (docs/protocol.md §3).
 
-        `verify` refuses a cookie once `now >= exp + leeway` on its own clock. The horizon
-        allows the leeway twice: once for that check, once for a verifier on another host
-        whose clock lags ours by up to the same skew the leeway exists for. A purged row
-        therefore never makes a revoked cookie valid again.
+        `verify` refuses a cookie once `now >= exp` on its own clock. The horizon allows the
+        leeway twice past that: for a verifier on another host whose clock lags ours by up
+        to the skew the leeway exists for, and as a margin. A purged row therefore never
+        makes a revoked cookie valid again.
         """
         return now - 2 * self.leeway_seconds
 
-    def verify(self, token: str, *, conference_id: str) -> CookieClaims:
+    def expired(self, expires_at: int, now: float | None = None) -> bool:
+        """Whether a cookie with this `exp` is refused by time alone (from `exp` on)."""
+        return (time.time() if now is None else now) >= expires_at
+
+    def verify(self, token: str, *, conference_id: str,
+               now: float | None = None) -> CookieClaims:
         """Check signature and claims, and that the token is for `conference_id`."""
         # A JWS is ASCII; aiohttp hands over non-UTF-8 header bytes as lone surrogates,
         # which PyJWT would fail to encode (an unhandled UnicodeEncodeError, a 500).
@@ -104,12 +113,10 @@ class CookieAuthority:
         try:
             payload = jwt.decode(
                 token, key, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
-                leeway=self.leeway_seconds,
+                leeway=self.leeway_seconds,  # for nbf/iat: `exp` is checked below, exactly
                 options={"require": list(REQUIRED_CLAIMS), "verify_signature": True,
-                         "verify_exp": True, "verify_nbf": True, "verify_iat": True,
+                         "verify_exp": False, "verify_nbf": True, "verify_iat": True,
                          "verify_aud": True, "verify_iss": True})
-        except jwt.ExpiredSignatureError:
-            raise CookieError("token expired") from None
         except jwt.PyJWTError:
             raise CookieError("invalid token") from None
         try:
@@ -118,8 +125,12 @@ class CookieAuthority:
                 conference_id=_str(payload, "conf"), participant_id=_str(payload, "pid"),
                 role=_str(payload, "role"), jti=_str(payload, "jti"),
                 issued_at=int(payload["iat"]), expires_at=int(payload["exp"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise CookieError("invalid token") from None
+        if not isinstance(payload["exp"], int | float) or isinstance(payload["exp"], bool):
+            raise CookieError("invalid token")
+        if self.expired(claims.expires_at, now):
+            raise CookieError("token expired")
         if claims.role not in ROLES:
             raise CookieError("invalid token")
         if not secrets.compare_digest(claims.conference_id.encode(), conference_id.encode()):

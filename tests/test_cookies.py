@@ -273,7 +273,7 @@ async def assert_accepted(wcs: Wcs, conf: str, *, headers: dict[str, str] | None
                           cookies: dict[str, str] | None = None) -> None:
     async with wcs.http.get(wcs.items_url(conf), headers=headers, cookies=cookies) as resp:
         assert resp.status == 200, await resp.text()
-        assert (await resp.json())["conference"] == conf
+        assert (await resp.json())["conference"] == wcs.public_id(conf)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -351,11 +351,14 @@ def test_empty_token_refused(authority: CookieAuthority) -> None:
     assert _reason(authority, "") == "malformed token"
 
 
-def test_expiry_and_nbf_honour_leeway(authority: CookieAuthority,
-                                      ring: dict[str, Ed25519PrivateKey]) -> None:
+def test_expiry_is_exact_and_nbf_honours_leeway(authority: CookieAuthority,
+                                                ring: dict[str, Ed25519PrivateKey]) -> None:
     now = int(time.time())
-    # Within the leeway: accepted (clock skew between nodes).
-    authority.verify(mint(authority, now=now - TTL - LEEWAY // 2), conference_id=CONF)
+    # `exp` is exact (the channel closes at `exp`, so HTTP refuses from then on too, §3).
+    authority.verify(mint(authority, now=now - TTL + 5), conference_id=CONF)
+    assert _reason(authority, mint(authority, now=now - TTL)) == "token expired"
+    assert _reason(authority, mint(authority, now=now - TTL - LEEWAY // 2)) == "token expired"
+    # `nbf` within the leeway: accepted (clock skew between nodes).
     authority.verify(sign(claims_for(nbf=now + LEEWAY // 2), ring["k1"]), conference_id=CONF)
     # Beyond it: refused.
     assert _reason(authority, mint(authority, now=now - TTL - LEEWAY - 5)) == "token expired"
@@ -454,7 +457,8 @@ async def test_http_non_ascii_token_bytes_refused(header: bytes, wcs: Wcs) -> No
         "127.0.0.1", wcs.server.https_port, ssl=tls.client_context(wcs.cfg),
         server_hostname="localhost")
     try:
-        writer.write(b"GET /v1/conferences/" + CONF.encode() + b"/items HTTP/1.1\r\n"
+        conf = wcs.public_id(CONF).encode()
+        writer.write(b"GET /v1/conferences/" + conf + b"/items HTTP/1.1\r\n"
                      b"Host: localhost\r\n" + header + b"\r\nConnection: close\r\n\r\n")
         raw = await asyncio.wait_for(reader.read(), 5.0)
     finally:
@@ -490,11 +494,11 @@ async def test_http_expired_and_not_yet_valid(wcs: Wcs) -> None:
     assert service is not None
     past = time.time() - service.cookies.ttl_seconds - service.cookies.leeway_seconds - 60
     token, _ = service.cookies.mint(sub="sip:bob@contoso.example", tenant="contoso.example",
-                                    conference_id=CONF, participant_id="pid-x",
+                                    conference_id=wcs.public_id(CONF), participant_id="pid-x",
                                     role="attendee", now=past)
     await assert_refused(wcs, CONF, headers=bearer(token), message="token expired")
     key = server_ring(wcs)["k1"]
-    early = sign(claims_for(nbf=int(time.time()) + 3600), key)
+    early = sign(claims_for(wcs.public_id(CONF), nbf=int(time.time()) + 3600), key)
     await assert_refused(wcs, CONF, headers=bearer(early))
 
 
@@ -518,13 +522,13 @@ async def test_http_another_tenants_token(wcs: Wcs) -> None:
     # Even a token naming the contoso conference, signed by the real key, is refused
     # when its tenant is not the conference's tenant.
     _, payload, _ = split(eve.cookie)
-    forged = sign({**payload, "conf": CONF}, server_ring(wcs)["k1"])
+    forged = sign({**payload, "conf": wcs.public_id(CONF)}, server_ring(wcs)["k1"])
     await assert_refused(wcs, CONF, 403, headers=bearer(forged),
                          message="conference belongs to another tenant")
     service = wcs.server.service
     assert service is not None
     with pytest.raises(ServiceError) as exc:
-        await service.authenticate(forged, CONF)
+        await service.authenticate(forged, wcs.public_id(CONF))
     assert exc.value.code == "forbidden"
 
 
@@ -538,9 +542,10 @@ async def test_http_revoked_token(wcs: Wcs) -> None:
     service = wcs.server.service
     assert service is not None
     # The signature and claims are still fine: only the store knows it is revoked.
-    assert service.cookies.verify(bob.cookie, conference_id=CONF).participant_id == bob.pid
+    assert service.cookies.verify(bob.cookie, conference_id=bob.conference).participant_id == (
+        bob.pid)
     with pytest.raises(ServiceError) as exc:
-        await service.authenticate(bob.cookie, CONF)
+        await service.authenticate(bob.cookie, bob.conference)
     assert exc.value.code == "unauthorized"
     # Revoking bob does not affect alice; revoking twice is idempotent.
     await assert_accepted(wcs, CONF, headers=alice.headers)
@@ -562,11 +567,11 @@ async def test_http_token_after_conference_ended(wcs: Wcs) -> None:
     service = wcs.server.service
     assert service is not None
     token, _ = service.cookies.mint(sub="sip:bob@contoso.example", tenant="contoso.example",
-                                    conference_id=CONF, participant_id="pid-y",
+                                    conference_id=bob.conference, participant_id="pid-y",
                                     role="attendee")
     await assert_refused(wcs, CONF, headers=bearer(token), message="conference has ended")
     with pytest.raises(ServiceError) as exc:
-        await service.authenticate(token, CONF)
+        await service.authenticate(token, bob.conference)
     assert exc.value.code == "unauthorized"
 
 

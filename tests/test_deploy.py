@@ -33,6 +33,11 @@ TENANTS = ["contoso.example", "fabrikam.example"]
 CERT_STEMS = ["ca", "focus", "wcs", "focus-client"]
 
 
+def _key_file(cfg: Config, stem: str) -> Path:
+    """Where init puts `stem`'s private key: the CA's apart from `certs/` (issue 15)."""
+    return cfg.ca_private_dir / "ca.key" if stem == "ca" else cfg.certs_dir / f"{stem}.key"
+
+
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
     return init_deployment(tmp_path / "dep", tenants=TENANTS)
@@ -57,7 +62,7 @@ def test_init_writes_every_file(cfg: Config) -> None:
     assert (base / "webconf.toml").is_file()
     for stem in CERT_STEMS:
         assert (cfg.certs_dir / f"{stem}.pem").is_file()
-        assert (cfg.certs_dir / f"{stem}.key").is_file()
+        assert _key_file(cfg, stem).is_file()
     assert (cfg.keys_dir / "root-v1.key").is_file()
     assert (cfg.keys_dir / "cookie-k1.pem").is_file()
     assert (cfg.keys_dir / "sip-nonce.key").is_file()
@@ -74,7 +79,7 @@ def test_private_files_are_0600_and_keys_dir_0700(cfg: Config) -> None:
     for path in cfg.keys_dir.iterdir():
         assert _mode(path) == 0o600, path
     for stem in CERT_STEMS:
-        assert _mode(cfg.certs_dir / f"{stem}.key") == 0o600
+        assert _mode(_key_file(cfg, stem)) == 0o600
         assert _mode(cfg.certs_dir / f"{stem}.pem") == 0o644
     assert _mode(cfg.certs_dir) in (0o700, 0o755)
 

@@ -3,8 +3,10 @@
 Server -> client (JSON text frames): `welcome` (every current item with its key), then
 `item.shared`, `item.removed`, `participant.joined`, `participant.left`, `revoked`,
 `conference.ended`, and `pong` replies. Client -> server: only `{"type": "ping"}`.
-Abuse closes the socket: binary frames, invalid JSON, unknown types or a message flood get
-1008 (policy violation); an oversized frame gets 1009 (aiohttp enforces `max_msg_size`).
+Abuse closes the socket: binary frames, invalid JSON (nesting over 32 levels and lone
+surrogates included), unknown types or a message flood get 1008 (policy violation); an
+oversized frame gets 1009 (aiohttp enforces `max_msg_size`). A browser's upgrade carrying
+the `webconf_auth` cookie must come from one of our own origins (`context.authenticate`).
 A revoked or ended participant gets its final event and then a close; a cookie that
 expires closes the channel at `exp`.
 """
@@ -22,6 +24,7 @@ from webconf.events import Ping, Pong, Welcome
 
 from ..events import Subscription
 from ..service import ServiceError
+from . import strict_json
 from .context import CHANNELS, METRICS, SERVICE, authenticate
 
 __all__ = ["CHANNELS", "CLOSE_REVOKED", "channel"]
@@ -29,6 +32,8 @@ __all__ = ["CHANNELS", "CLOSE_REVOKED", "channel"]
 FLOOD_WINDOW_SECONDS = 1.0
 FLOOD_MAX_MESSAGES = 20
 CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
+CHANNEL_MAX_DEPTH = 4
+"""A ping is one flat object; anything nested deeper is abuse."""
 
 
 async def channel(request: web.Request) -> web.StreamResponse:
@@ -135,8 +140,8 @@ async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock) -> None:
             return
         if msg.type == WSMsgType.TEXT:
             try:
-                data = json.loads(msg.data)
-            except ValueError:
+                data = strict_json.loads(msg.data, max_depth=CHANNEL_MAX_DEPTH)
+            except strict_json.JsonError:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid JSON")
                 return
             if not isinstance(data, dict) or data.get("type") != Ping.TYPE:

@@ -2,11 +2,25 @@
 
 The public API, the data channel and the internal API each import this module and never one
 another, so the handler modules form no cycle (docs/protocol.md §4).
+
+Cross-site requests (docs/protocol.md §3): a browser attaches the `webconf_auth` cookie to
+any request to us, whichever page starts it, so a request the cookie authenticates could
+come from another site's script. When the cookie (not `Authorization`, which no other site
+can make a browser send) authenticates a WebSocket upgrade or a state-changing method, an
+`Origin` header must name one of our own web origins (`cfg.public_url`'s, plus
+`wcs.allowed_origins`); anything else, `null` included, is refused with 403 before the
+handler runs. A request with no `Origin` is not from a browser page (browsers always send
+it on upgrades and on cross-origin unsafe methods) unless `Sec-Fetch-Site` says otherwise.
+Safe methods need no check: without CORS headers another site cannot read the answers.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
+
+from webconf.deploy.config import Config
 
 from ..metrics import Metrics
 from ..service import ConferenceService, Principal, ServiceError, valid_id
@@ -17,15 +31,69 @@ CHANNELS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("channels", set)
 """The open data-channel sockets of a public app (closed on shutdown)."""
 AUTH_COOKIE = "webconf_auth"
 """The browser's cookie name; other clients send `Authorization: Bearer`."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing, so a cross-site request with them can do no harm."""
+SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
+"""`Sec-Fetch-Site` values of requests no other site started (`none`: the user typed it)."""
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+Origin = tuple[str, str, int]
+"""(scheme, host, port), lower-case, the port explicit: how origins are compared."""
 
 
 def bearer_token(request: web.Request) -> str | None:
     """The participant cookie: the bearer token, else the browser cookie."""
+    return _credentials(request)[0]
+
+
+def _credentials(request: web.Request) -> tuple[str | None, bool]:
+    """(the cookie, whether it came from the browser's HTTP cookie)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return request.cookies.get(AUTH_COOKIE)
+        return token.strip(), False
+    cookie = request.cookies.get(AUTH_COOKIE)
+    return cookie, cookie is not None
+
+
+def parse_origin(text: str) -> Origin | None:
+    """An origin (`scheme://host[:port]`, what `Origin` carries) as a tuple; None if it is
+    not one (`null`, a path, junk)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host or parts.username or parts.password:
+        return None
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def allowed_origins(cfg: Config) -> set[Origin]:
+    """Our own web origins: the public URL's, plus any `wcs.allowed_origins` lists."""
+    origins = {parse_origin(text) for text in (cfg.public_url, *cfg.wcs.allowed_origins)}
+    return {origin for origin in origins if origin is not None}
+
+
+def check_same_origin(request: web.Request, cfg: Config) -> None:
+    """Refuse (403) a request that a page of another origin started (module docstring)."""
+    origin_header = request.headers.get("Origin")
+    if origin_header is not None:
+        origin = parse_origin(origin_header)
+        if origin is None or origin not in allowed_origins(cfg):
+            raise ServiceError("forbidden", "cross-origin request refused")
+        return
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.strip().lower() not in SAME_SITE_FETCHES:
+        raise ServiceError("forbidden", "cross-origin request refused")
+
+
+def _changes_state(request: web.Request) -> bool:
+    """A state-changing method, or a WebSocket upgrade (the channel sends every key)."""
+    upgrade = request.headers.get("Upgrade", "").lower()
+    return request.method not in SAFE_METHODS or "websocket" in upgrade
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -33,4 +101,8 @@ async def authenticate(request: web.Request) -> Principal:
     conference_id = request.match_info["conf"]
     if not valid_id(conference_id):
         raise ServiceError("not_found", "unknown conference")
-    return await request.app[SERVICE].authenticate(bearer_token(request), conference_id)
+    service = request.app[SERVICE]
+    token, from_browser_cookie = _credentials(request)
+    if from_browser_cookie and _changes_state(request):
+        check_same_origin(request, service.cfg)
+    return await service.authenticate(token, conference_id)

@@ -25,6 +25,7 @@ STATUS_BY_CODE = {
     "bad_request": 400,
     "unauthorized": 401,
     "forbidden": 403,
+    "unknown_tenant": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,
@@ -36,7 +37,8 @@ STATUS_BY_CODE = {
     "internal": 500,
     "unavailable": 503,
 }
-CODE_BY_STATUS = {status: code for code, status in STATUS_BY_CODE.items()}
+CODE_BY_STATUS = {status: code for code, status in reversed(STATUS_BY_CODE.items())}
+"""The generic code of a status (the first listed for it: 403 is `forbidden`)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

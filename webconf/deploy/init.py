@@ -3,7 +3,9 @@
 Order matters: certificates, keys and directories first, `webconf.toml` last, so an init
 that fails half-way leaves no config behind and can simply be run again. Re-running with
 `force` replaces the config and the certificates but keeps existing keys, because
-replacing the root key would make every stored item undecryptable.
+replacing the root key would make every stored item undecryptable. The CA's private key goes
+to `DIR/ca-private/`, not `DIR/certs/`: `serve` never reads it, so a serving node can run
+without it.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def init_deployment(
 
     base.mkdir(parents=True, exist_ok=True)
     pki.write_deployment_pki(cfg.certs_dir, host=cfg.server.host,
-                             tenant_domains=cfg.tenants.domains)
+                             tenant_domains=cfg.tenants.domains,
+                             ca_private_dir=cfg.ca_private_dir)
     keys.create_keys(cfg)
     _private_dir(cfg.var_dir)
     _private_dir(cfg.share_dir)
@@ -129,6 +132,8 @@ def _summary(cfg: Config) -> str:
         f"  config        {base / CONFIG_NAME}",
         f"  CA cert       {cfg.certs_dir / 'ca.pem'}   (trust this one file)",
         f"  certificates  {cfg.certs_dir}",
+        f"  CA key        {cfg.ca_private_dir / pki.CA_KEY_NAME}   (0600; only for issuing "
+        "certificates: keep it off serving nodes)",
         f"  keys          {cfg.keys_dir}   (0600, never share or commit)",
         f"  data          {cfg.var_dir}   (file share {cfg.share_dir})",
         f"  tenants       {', '.join(cfg.tenants.domains)}",

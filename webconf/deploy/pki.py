@@ -7,12 +7,18 @@ It issues:
 - server certificates for the focus (SIP/TLS) and the WCS (HTTPS and the internal API),
   valid for the host given, `localhost`, 127.0.0.1, ::1 and every tenant domain, because a
   SIP client checks the focus's name against the conference URI's domain;
-- the focus's client certificate, the only way past the WCS internal API's mTLS check.
+- the focus's client certificate, the only way past the WCS internal API's mTLS check
+  (which also pins its name, `FOCUS_CLIENT_CN`, and its clientAuth EKU).
+
+The CA's private key is written apart from the certificates (`DIR/ca-private/ca.key`, 0600
+in a 0700 folder): serving nodes read `certs/` and need no power to issue certificates, so
+a copy of what they read must not give it.
 
 Everything is ECDSA P-256 with SHA-256. The profile follows the CA/Browser Forum rules that
 strict verifiers enforce (SAN, EKU, AKI/SKI, at most 825 days) so macOS, browsers and
 `cryptography`'s own verifier accept the certificates. The functions that build certificates
-are pure and return PEM bytes; only `write_deployment_pki` touches the disk.
+are pure and return PEM bytes; only `write_deployment_pki` and `read_deployment_ca` touch
+the disk.
 """
 
 from __future__ import annotations
@@ -280,24 +286,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_deployment_pki(certs_dir: Path, *, host: str, tenant_domains: list[str]) -> None:
-    """Generate a new CA and the focus, WCS and focus-client certificates into `certs_dir`.
+CA_KEY_NAME = "ca.key"
 
-    Files: ca.pem/ca.key, focus.pem/.key, wcs.pem/.key, focus-client.pem/.key. Certificates
-    are 0644 (they are public), keys 0600, the directory 0755. Existing files are replaced.
+
+def write_deployment_pki(certs_dir: Path, *, host: str, tenant_domains: list[str],
+                         ca_private_dir: Path) -> None:
+    """Generate a new CA and the focus, WCS and focus-client certificates into `certs_dir`,
+    and the CA's private key into `ca_private_dir` alone.
+
+    Files: certs/ca.pem, focus.pem/.key, wcs.pem/.key, focus-client.pem/.key, and
+    ca-private/ca.key. Certificates are 0644 (they are public), keys 0600, `certs_dir` 0755,
+    `ca_private_dir` 0700. Existing files are replaced; a CA key left in `certs_dir` by an
+    older `init` is removed.
     """
     names = server_names(host, tenant_domains)
     _general_names(names)  # validate every name before anything is written
     certs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(certs_dir, 0o755)  # noqa: S103 -- certificates are public; keys stay 0600
+    ca_private_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(ca_private_dir, 0o700)  # mkdir's mode is filtered by the umask
     ca_cert, ca_key = generate_ca()
     issued = {
         "focus": issue_server_cert(ca_cert, ca_key, names),
         "wcs": issue_server_cert(ca_cert, ca_key, names),
         "focus-client": issue_client_cert(ca_cert, ca_key),
     }
-    write_file_atomic(certs_dir / "ca.key", ca_key, 0o600)
+    write_file_atomic(ca_private_dir / CA_KEY_NAME, ca_key, 0o600)
     write_file_atomic(certs_dir / "ca.pem", ca_cert, 0o644)
     for stem, (cert_pem, key_pem) in issued.items():
         write_file_atomic(certs_dir / f"{stem}.key", key_pem, 0o600)
         write_file_atomic(certs_dir / f"{stem}.pem", cert_pem, 0o644)
+    (certs_dir / CA_KEY_NAME).unlink(missing_ok=True)  # an older layout's; now stale too
+    _fsync_dir(certs_dir)
+
+
+def read_deployment_ca(certs_dir: Path, ca_private_dir: Path) -> PemPair:
+    """The deployment CA's (certificate, private key) PEMs, for issuing more certificates;
+    checks that the two belong together."""
+    ca_cert = (certs_dir / "ca.pem").read_bytes()
+    ca_key = (ca_private_dir / CA_KEY_NAME).read_bytes()
+    _load_ca(ca_cert, ca_key)
+    return ca_cert, ca_key

@@ -3,7 +3,8 @@
 The policy is the same everywhere: TLS 1.2 or 1.3 only; on TLS 1.2 only forward-secret
 AEAD suites (ECDHE with AES-GCM or ChaCha20); no compression (CRIME) and no renegotiation.
 Trust is the deployment's own CA (`certs/ca.pem`) and nothing else: clients never consult
-the system store, and the internal API accepts only client certificates that CA issued.
+the system store, and the internal API accepts only client certificates that CA issued (and,
+past the handshake, only the focus's: the WCS pins its name and EKU on every request).
 """
 
 from __future__ import annotations
