@@ -41,6 +41,7 @@ import aiohttp
 
 from webconf.deploy import tls
 from webconf.deploy.config import Config
+from webconf.protocol import Admission
 
 from .common import Stack, children, cpu_seconds, free_port, median, stack, standalone
 from .report import Row
@@ -89,18 +90,19 @@ def missing_tools() -> list[str]:
 
 
 # -- the deployment side --------------------------------------------------------------------
-async def admit(cfg: Config, conference: str = CONFERENCE) -> str:
-    """Admit the organizer over the internal mTLS API (as the focus does); return the cookie."""
+async def admit(cfg: Config, conference: str = CONFERENCE) -> Admission:
+    """Admit the organizer over the internal mTLS API (as the focus does). The admission
+    names the conference by its public id, which the HTTP API wants (docs/protocol.md §2)."""
     ssl_internal = tls.client_context(cfg, client_cert="focus-client")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_internal)) as s:
         async with s.post(f"{cfg.internal_url}/internal/v1/conferences/{conference}/participants",
                           json={"tenant": TENANT, "organizer": ORGANIZER,
                                 "user": ORGANIZER}) as resp:
             resp.raise_for_status()
-            return str((await resp.json())["cookie"])
+            return Admission.from_json(await resp.json())
 
 
-async def upload(cfg: Config, cookie: str, size: int, *, conference: str = CONFERENCE,
+async def upload(cfg: Config, admitted: Admission, size: int, *,
                  session: aiohttp.ClientSession | None = None) -> tuple[dict[str, Any], float]:
     """Stream a `size`-byte upload (1 MiB blocks, never held whole); return (item, seconds)."""
     block = os.urandom(min(size, 1024 * 1024)) if size else b""
@@ -120,8 +122,8 @@ async def upload(cfg: Config, cookie: str, size: int, *, conference: str = CONFE
     try:
         t0 = time.perf_counter()
         async with session.post(
-                f"{cfg.public_url}/v1/conferences/{conference}/items", data=body(),
-                headers={"Authorization": f"Bearer {cookie}", "X-Item-Name": "bench.bin",
+                f"{cfg.public_url}/v1/conferences/{admitted.conference}/items", data=body(),
+                headers={"Authorization": f"Bearer {admitted.cookie}", "X-Item-Name": "bench.bin",
                          "Content-Type": "application/octet-stream",
                          "Content-Length": str(size)}) as resp:
             doc = await resp.json()
@@ -133,7 +135,7 @@ async def upload(cfg: Config, cookie: str, size: int, *, conference: str = CONFE
             await session.close()
 
 
-async def blob_path(cfg: Config, item_id: str, conference: str = CONFERENCE) -> Path:
+async def blob_path(cfg: Config, item_id: str, conference: str) -> Path:
     """The item's blob file on the share (looked up in the deployment's store)."""
     from conferencing.share import FileShare
     from conferencing.store import Store
@@ -287,13 +289,13 @@ def _timed(cpu: Callable[[], float], fn: Callable[[], dict[str, Any]]) -> dict[s
     return result
 
 
-def _measure(st: Stack, cookie: str, size_mib: int, smoke: bool, rounds: int,
+def _measure(st: Stack, admitted: Admission, size_mib: int, smoke: bool, rounds: int,
              wrk_seconds: int) -> list[Row]:
     cfg = st.cfg
-    item, _ = asyncio.run(upload(cfg, cookie, size_mib * 2**20))
+    item, _ = asyncio.run(upload(cfg, admitted, size_mib * 2**20))
     ours_url = item["url"]
-    auth = {"Authorization": f"Bearer {cookie}"}
-    blob = asyncio.run(blob_path(cfg, item["id"]))
+    auth = {"Authorization": f"Bearer {admitted.cookie}"}
+    blob = asyncio.run(blob_path(cfg, item["id"], admitted.conference))
     assert blob.stat().st_size == item["ciphertext_size"]
     # h2load: enough full-item requests for ~2 s (smoke ~0.5 s) at ~1 GB/s, >= 1 per client.
     budget = (512 if smoke else 2048) * 2**20
@@ -354,9 +356,9 @@ def run(smoke: bool) -> list[Row]:
     wrk_seconds = 2 if smoke else 10
     rows: list[Row] = []
     with fresh_stack() as st:
-        cookie = asyncio.run(admit(st.cfg))
+        admitted = asyncio.run(admit(st.cfg))
         for size_mib in SMOKE_SIZES_MIB if smoke else SIZES_MIB:
-            rows += _measure(st, cookie, size_mib, smoke, rounds, wrk_seconds)
+            rows += _measure(st, admitted, size_mib, smoke, rounds, wrk_seconds)
     return rows
 
 

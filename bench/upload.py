@@ -102,17 +102,18 @@ def encryption_row(smoke: bool) -> Row:
 
 # -- end to end ---------------------------------------------------------------------------
 async def _uploads(cfg: Any, size: int, rounds: int) -> list[float]:
-    cookie = await admit(cfg)
+    admitted = await admit(cfg)
     out = []
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg)),
             timeout=aiohttp.ClientTimeout(total=None)) as http:
         for _ in range(rounds):
-            item, seconds = await upload(cfg, cookie, size, session=http)
+            item, seconds = await upload(cfg, admitted, size, session=http)
             assert item["size"] == size
             out.append(size / seconds / 1e6)
             async with http.delete(f"{item['url'].rsplit('/', 1)[0]}",
-                                   headers={"Authorization": f"Bearer {cookie}"}) as resp:
+                                   headers={"Authorization": f"Bearer {admitted.cookie}"}
+                                   ) as resp:
                 assert resp.status == 204, resp.status
     return out
 
@@ -134,8 +135,8 @@ def _peak_after_upload(size: int) -> tuple[float, float]:
     """(WCS VmHWM after one upload of `size` bytes, seconds) on a fresh deployment."""
     with fresh_stack() as st:
         async def go() -> float:
-            cookie = await admit(st.cfg)
-            item, seconds = await upload(st.cfg, cookie, size)
+            admitted = await admit(st.cfg)
+            item, seconds = await upload(st.cfg, admitted, size)
             assert item["size"] == size
             return seconds
 

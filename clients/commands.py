@@ -460,7 +460,8 @@ async def _session(args: argparse.Namespace, body: Body, focus: FocusAddress,
             joined = await _until(client.join(), stop)
             if joined is None:
                 return _interrupted(interrupt_is_error)
-            out.line(f"joined {show(joined.conference)} as {show(joined.role)} "
+            # The URI's id, which the user gave (the join body's is the WCS's opaque one).
+            out.line(f"joined {show(conference)} as {show(joined.role)} "
                      f"(participant {show(joined.participant)})")
             code = await body(context)
             if code == EXIT_INTERRUPTED:

@@ -6,7 +6,9 @@ to a status. Order of effects is chosen for crash safety:
 
 - share: ciphertext to a temp file -> fsync -> rename -> fsync dir -> metadata row
   (wrapped DEK) -> push. A crash at any point leaves either nothing or an orphan blob the
-  startup sweep removes; never a row without its blob, never a key without its blob.
+  startup sweep removes; never a row without its blob, never a key without its blob. The
+  row is written only if the presenter's cookie and the conference are still current at
+  that moment (else the blob is removed and nothing is pushed).
 - delete: row (wrapped DEK) first, then the blob: the item is crypto-shredded the moment
   the row is gone.
 """
@@ -42,6 +44,7 @@ from webconf.protocol import Admission
 
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
+from .etags import EtagMinter
 from .events import EventHub
 from .metrics import Metrics
 from .share import FileShare, ShareError
@@ -104,6 +107,12 @@ def valid_id(value: str) -> bool:
     return protocol.valid_id(value) and value not in (".", "..")
 
 
+def new_conference_id() -> str:
+    """A conference's public id: 128 random bits, base64url (22 characters of the id grammar),
+    so that it tells nothing about its tenant, organizer or URI id and cannot be guessed."""
+    return protocol.new_id(16)
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -119,6 +128,8 @@ class ConferenceService:
         self.root_key_version = cfg.keys.root_key_version
         self.events = events
         self.metrics = metrics
+        self.etags = EtagMinter(root_keys[self.root_key_version])
+        """Keyed ETags: a blob id on the share must not show through (docs/protocol.md §4.1)."""
         self._tenant_keys: dict[tuple[str, int], bytes] = {}
         self._known_tenants: set[str] = set()
         """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
@@ -153,37 +164,48 @@ class ConferenceService:
         return key, row.version
 
     # -- participants (internal API) ----------------------------------------------------
-    async def admit_participant(self, conference_id: str, *, tenant: str, organizer: str,
+    async def admit_participant(self, uri_id: str, *, tenant: str, organizer: str,
                                 user: str, role: str) -> Admission:
-        if not valid_id(conference_id):
+        """Admit `user` to `organizer`'s conference `uri_id` (the id in its SIP URI).
+
+        Conferences are scoped by (tenant, organizer, uri_id) (docs/protocol.md §2.1, §7.2):
+        an id used elsewhere neither blocks this one nor shows through any answer. The
+        admission names the conference by its public id, which nobody can guess.
+        """
+        if not valid_id(uri_id):
             raise ServiceError("bad_request", "invalid conference id")
         for name, value in (("tenant", tenant), ("organizer", organizer), ("user", user)):
             if not value or len(value) > 512:
                 raise ServiceError("bad_request", f"invalid {name}")
+        for name, value in (("organizer", organizer), ("user", user)):
+            local, at, domain = value.rpartition("@")
+            if not at or not local:
+                raise ServiceError("bad_request", f"{name} must be user@tenant")
+            if domain != tenant:  # decided before any lookup: it reveals nothing
+                raise ServiceError("forbidden", f"{name} belongs to another tenant")
         if role not in ("attendee", "presenter", "organizer"):
             raise ServiceError("bad_request", "invalid role")
+        if tenant not in self.cfg.tenants.domains:  # before any key is minted for it
+            raise ServiceError("unknown_tenant", "tenant is not served by this deployment")
         if tenant not in self._known_tenants:
             await self._tenant_key(tenant)  # creates the tenant and its key on first sight
             self._known_tenants.add(tenant)
         now = time.time()
-        conf = await self.store.conference(conference_id)
+        conf = await self.store.conference_by_uri(tenant, organizer, uri_id)
         if conf is None:
             if user != organizer:
                 raise ServiceError("not_found", "unknown conference")
             conf = await self.store.create_conference(ConferenceRow(
-                id=conference_id, tenant=tenant, organizer=organizer, created_at=now,
-                ended_at=None))
-        if conf.tenant != tenant:
-            raise ServiceError("forbidden", "conference belongs to another tenant")
-        if conf.organizer != organizer:
-            raise ServiceError("not_found", "unknown conference")
+                id=new_conference_id(), tenant=tenant, organizer=organizer, uri_id=uri_id,
+                created_at=now, ended_at=None))
+        conference_id = conf.id
         if conf.ended_at is not None:
             if user != conf.organizer:
                 raise ServiceError("not_found", "conference has ended")
             await self.store.reopen_conference(conference_id)
         effective_role = "organizer" if user == conf.organizer else (
             role if role in ("attendee", "presenter") else "attendee")
-        pid = secrets.token_urlsafe(12)
+        pid = protocol.new_id(12)
         cookie, claims = self.cookies.mint(
             sub=f"sip:{user}", tenant=tenant, conference_id=conference_id, participant_id=pid,
             role=effective_role, now=now)
@@ -252,7 +274,7 @@ class ConferenceService:
             raise ServiceError("bad_request", "invalid Content-Type")
         if sha256 is not None and not SHA256_RE.match(sha256):
             raise ServiceError("bad_request", "X-Content-SHA256 must be 64 lowercase hex digits")
-        item_id = secrets.token_urlsafe(12)
+        item_id = protocol.new_id(12)
         dek = keywrap.new_key()
         context = item_context(who.tenant, who.conference_id, item_id)
         encryptor = Encryptor(dek, context)
@@ -297,7 +319,7 @@ class ConferenceService:
                 dek, "sha256", sha256, context=context),
             plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
         try:
-            await self.store.insert_item(row)
+            await self._commit_item(who, row)
         except BaseException:
             await self.share.remove(writer.blob_id)
             raise
@@ -305,6 +327,18 @@ class ConferenceService:
         self.events.publish(who.conference_id, ItemShared(SharedItem(
             item=view, key=b64url(dek), context=b64url(context))))
         return view
+
+    async def _commit_item(self, who: Principal, row: ItemRow) -> None:
+        """Record the item only if `who` may still share now, not just when the upload
+        began: an upload can outlive its cookie's revocation or its conference's end
+        (docs/protocol.md §4.1). The store checks both in the transaction of the insert."""
+        if self.cookies.expired(who.claims.expires_at):  # the rule `verify` applies (§3)
+            raise ServiceError("unauthorized", "token expired")
+        outcome = await self.store.commit_item(row, jti=who.claims.jti)
+        if outcome == "revoked":
+            raise ServiceError("unauthorized", "cookie revoked")
+        if outcome == "conference_ended":
+            raise ServiceError("unauthorized", "conference has ended")
 
     async def list_items(self, who: Principal) -> list[dict[str, Any]]:
         views = []
@@ -331,7 +365,7 @@ class ConferenceService:
             size = await self.share.size(row.blob_id)
         except ShareError:
             raise ServiceError("not_found", "item content missing from the share") from None
-        return BlobRef(blob_id=row.blob_id, size=size, etag=f'"{row.blob_id}"')
+        return BlobRef(blob_id=row.blob_id, size=size, etag=self.etags.etag(row.blob_id))
 
     async def delete_item(self, who: Principal, item_id: str) -> None:
         if who.role not in UPLOADERS:

@@ -102,17 +102,21 @@ class WcsClient:
     # -- API ------------------------------------------------------------------------------
     async def admit(self, conference_id: str, *, tenant: str, organizer: str, user: str,
                     role: str = "attendee") -> Admission:
-        """Admit `user` (`name@tenant`) to the conference organized by `organizer`."""
+        """Admit `user` (`name@tenant`) to `organizer`'s conference `conference_id` (the URI's
+        id). The admission names the conference by the WCS's public id (docs/protocol.md §2.1),
+        which revocations then use."""
         _check_id("conference", conference_id)
         body = {"tenant": tenant, "organizer": organizer, "user": user, "role": role}
         status, data = await self._call("POST", f"{_BASE}/{conference_id}/participants", body)
         if status != 201:
             raise self._unexpected("admit", status)
         try:
-            return Admission.from_json(data, conference=conference_id)
-        except JoinBodyError:
+            admission = Admission.from_json(data)
+            _check_id("conference", admission.conference)
+        except (JoinBodyError, WcsRefused):
             raise WcsUnavailable("WCS admit: malformed response", status) from None  # no body:
             # it may hold the cookie
+        return admission
 
     async def revoke(self, conference_id: str, participant_id: str) -> bool:
         """Revoke the participant's cookie: True if done (or already), False if unknown."""

@@ -34,6 +34,7 @@ def deployment(tmp_path: Path) -> Config:
 @dataclass
 class Participant:
     conference: str
+    """The conference's public id from the admit answer (the URI's id when refused)."""
     pid: str
     role: str
     cookie: str
@@ -56,6 +57,13 @@ class Wcs:
             connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg)))
         self.internal = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg, client_cert="focus-client")))
+        self.public_ids: dict[str, str] = {}
+        """URI id -> the public id of the last conference admitted under it (docs/protocol.md
+        §2.1), so that tests can name a conference by the id they created it with."""
+
+    def public_id(self, conference: str) -> str:
+        """The public id of the conference created as `conference` (unknown ids as they are)."""
+        return self.public_ids.get(conference, conference)
 
     async def admit(self, conference: str, user: str, *, organizer: str | None = None,
                     role: str = "attendee", expect: int = 201) -> Participant:
@@ -69,7 +77,9 @@ class Wcs:
             assert resp.status == expect, body
         if expect != 201:
             return Participant(conference, "", "", "", user)
-        return Participant(conference, body["participant"], body["role"], body["cookie"], user)
+        self.public_ids[conference] = body["conference"]
+        return Participant(body["conference"], body["participant"], body["role"],
+                           body["cookie"], user)
 
     async def revoke(self, who: Participant) -> int:
         async with self.internal.delete(
@@ -79,7 +89,8 @@ class Wcs:
 
     async def end(self, conference: str) -> int:
         async with self.internal.delete(
-                f"{self.internal_url}/internal/v1/conferences/{conference}") as resp:
+                f"{self.internal_url}/internal/v1/conferences/{self.public_id(conference)}"
+        ) as resp:
             return resp.status
 
     async def upload(self, who: Participant, data: bytes | Any, name: str = "slides.pdf",
@@ -92,7 +103,7 @@ class Wcs:
             return resp.status, await resp.json()
 
     def items_url(self, conference: str) -> str:
-        return f"{self.url}/v1/conferences/{conference}/items"
+        return f"{self.url}/v1/conferences/{self.public_id(conference)}/items"
 
     async def close(self) -> None:
         await self.http.close()

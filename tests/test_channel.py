@@ -36,7 +36,8 @@ def b64d(text: str) -> bytes:
 
 
 def channel_url(wcs: Wcs, conf: str) -> str:
-    return wcs.url.replace("https://", "wss://", 1) + f"/v1/conferences/{conf}/channel"
+    base = wcs.url.replace("https://", "wss://", 1)
+    return f"{base}/v1/conferences/{wcs.public_id(conf)}/channel"
 
 
 async def connect(wcs: Wcs, who: Participant
@@ -178,7 +179,8 @@ async def test_welcome_lists_every_item_with_a_working_key(wcs: Wcs) -> None:
         assert sorted(e["item"]["name"] for e in items) == sorted(payloads)
         for entry in items:
             item = entry["item"]
-            assert item["url"].endswith(f"/v1/conferences/W1/items/{item['id']}/content")
+            assert item["url"].endswith(
+                f"/v1/conferences/{alice.conference}/items/{item['id']}/content")
             assert len(b64d(entry["key"])) == 32
             blob = await download(wcs, bob, item["url"])
             assert len(blob) == item["ciphertext_size"]
@@ -516,7 +518,8 @@ async def test_slow_subscriber_is_cut_off(wcs: Wcs) -> None:
     hub = wcs.server.service.events
     # Queue more events than the subscriber's queue holds before the pump can run.
     for i in range(hub.queue_length + 10):
-        hub.publish("Q1", ParticipantJoined(Who(id=str(i), user="u", role="attendee")))
+        hub.publish(alice.conference,
+                    ParticipantJoined(Who(id=str(i), user="u", role="attendee")))
     code = await expect_close(ws, skip_text=True)
     assert code == 1013
     await wait_for(lambda: subscriptions(wcs, alice) == 0)

@@ -15,6 +15,7 @@ from aiohttp import web
 from focus.wcs_client import Admission, WcsClient, WcsRefused, WcsUnavailable
 from webconf.deploy import tls
 from webconf.deploy.config import Config, load_config
+from webconf.protocol import valid_id
 
 from .conftest import Wcs, free_port
 
@@ -41,7 +42,8 @@ async def test_admit_revoke_end(wcs: Wcs, client: WcsClient,
                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     organizer = await client.admit("K7Q2", tenant=CONTOSO, organizer=ALICE, user=ALICE)
-    assert (organizer.conference, organizer.role) == ("K7Q2", "organizer")
+    conf = organizer.conference  # the WCS's public id, not the URI's (docs/protocol.md §2.1)
+    assert valid_id(conf) and conf != "K7Q2" and organizer.role == "organizer"
     assert organizer.webconf_url == wcs.cfg.public_url
     assert organizer.cookie.count(".") == 2 and organizer.participant
     assert organizer.expires_at.endswith("Z")
@@ -51,6 +53,7 @@ async def test_admit_revoke_end(wcs: Wcs, client: WcsClient,
     bob = await client.admit("K7Q2", tenant=CONTOSO, organizer=ALICE,
                              user="bob@contoso.example")
     assert bob.role == "attendee" and bob.participant != organizer.participant
+    assert bob.conference == conf
     carol = await client.admit("K7Q2", tenant=CONTOSO, organizer=ALICE,
                                user="carol@contoso.example", role="presenter")
     assert carol.role == "presenter"
@@ -75,13 +78,13 @@ async def test_admit_revoke_end(wcs: Wcs, client: WcsClient,
         await client.admit("../x", tenant=CONTOSO, organizer=ALICE, user=ALICE)
     assert refused.value.status == 400
 
-    assert await client.revoke("K7Q2", bob.participant) is True
+    assert await client.revoke(conf, bob.participant) is True
     assert await items_status(wcs, bob) == 401
-    assert await client.revoke("K7Q2", bob.participant) is True  # idempotent at the WCS
-    assert await client.revoke("K7Q2", "no-such-participant") is False
+    assert await client.revoke(conf, bob.participant) is True  # idempotent at the WCS
+    assert await client.revoke(conf, "no-such-participant") is False
     assert await client.revoke("OTHER", carol.participant) is False
 
-    assert await client.end("K7Q2") is True
+    assert await client.end(conf) is True
     assert await items_status(wcs, carol) == 401
     assert await client.end("NEVER-CREATED") is False
     with pytest.raises(WcsRefused) as refused:
@@ -93,16 +96,16 @@ async def test_admit_revoke_end(wcs: Wcs, client: WcsClient,
 
 
 async def test_one_pooled_session(wcs: Wcs, client: WcsClient) -> None:
-    await asyncio.gather(*(client.admit(f"C{i}", tenant=CONTOSO, organizer=ALICE, user=ALICE)
-                           for i in range(20)))
+    admissions = await asyncio.gather(*(
+        client.admit(f"C{i}", tenant=CONTOSO, organizer=ALICE, user=ALICE) for i in range(20)))
     session = client._session
     assert session is not None
-    await client.end("C0")
+    await client.end(admissions[0].conference)
     assert client._session is session
     await client.close()
     assert client._session is None
     # usable again after close (a fresh session)
-    assert await client.end("C1") is True
+    assert await client.end(admissions[1].conference) is True
 
 
 # -- a WCS that is not there, or not answering ------------------------------------------------

@@ -391,43 +391,48 @@ async def test_traversal_and_odd_ids_never_read_a_file(
         canary.parent.mkdir(parents=True, exist_ok=True)
         canary.write_bytes(marker)
     base = "/v1/conferences"
+    conf = alice.conference
     long_id = "a" * 65
     targets = [
-        ("GET", f"{base}/../items"), ("GET", f"{base}/..%2fTRV/items"),
+        ("GET", f"{base}/../items"), ("GET", f"{base}/..%2f{conf}/items"),
         ("GET", f"{base}/%2e%2e/items"), ("GET", f"{base}/.%2e/items"),
         ("GET", f"{base}/%2e%2e%2f%2e%2e%2fetc%2fpasswd/items"),
-        ("GET", f"{base}/TRV%2f..%2f..%2f..%2fetc%2fpasswd/items"),
-        ("GET", f"{base}/TRV%2fitems%2f{iid}/key"), ("GET", f"{base}/TRV%2Fitems/{iid}/key"),
-        ("GET", f"{base}/TRV%00/items"), ("GET", f"{base}/%00/items"),
-        ("GET", f"{base}/TRV%5c..%5c..%5cetc/items"), ("GET", f"{base}/{long_id}/items"),
+        ("GET", f"{base}/{conf}%2f..%2f..%2f..%2fetc%2fpasswd/items"),
+        ("GET", f"{base}/{conf}%2fitems%2f{iid}/key"), ("GET", f"{base}/{conf}%2Fitems/{iid}/key"),
+        ("GET", f"{base}/{conf}%00/items"), ("GET", f"{base}/%00/items"),
+        ("GET", f"{base}/{conf}%5c..%5c..%5cetc/items"), ("GET", f"{base}/{long_id}/items"),
         ("GET", f"{base}/{'A' * 4000}/items"), ("GET", f"{base}/%C3%A9t%C3%A9/items"),
-        ("GET", f"{base}/%ff%fe/items"), ("GET", f"{base}/TRV%20/items"),
-        ("GET", f"{base}/TRV/items/../key"), ("GET", f"{base}/TRV/items/%2e%2e/content"),
-        ("GET", f"{base}/TRV/items/..%2f..%2f..%2f..%2fetc%2fpasswd/content"),
-        ("GET", f"{base}/TRV/items/%2e%2e%2f%2e%2e%2f{bname[:2]}%2f{bname[2:4]}%2f{bname}/content"),
-        ("GET", f"{base}/TRV/items/{bname}/content"),
-        ("GET", f"{base}/TRV/items/{bname[:2]}%2f{bname[2:4]}%2f{bname}/content"),
-        ("GET", f"{base}/TRV/items/{iid}%2f..%2f{iid}/content"),
-        ("GET", f"{base}/TRV/items/{iid}%00/content"), ("GET", f"{base}/TRV/items/%00/content"),
-        ("GET", f"{base}/TRV/items/{iid}%0d%0aX-Injected:%201/content"),
-        ("GET", f"{base}/TRV/items/{long_id}/content"),
-        ("GET", f"{base}/TRV/items/{'a' * 7000}/content"),
-        ("GET", f"{base}/TRV/items/{'a' * 9000}/content"),  # past the request-line limit
-        ("GET", f"{base}/TRV/items/%F0%9F%92%A3/key"), ("GET", f"{base}/TRV/items/.%2e/content"),
-        ("GET", f"{base}/TRV/items/%252e%252e%252f/content"),
-        ("GET", f"{base}/TRV/items/{iid}/..%2f..%2f..%2fcanary.txt"),
-        ("GET", f"{base}/TRV/items/%2fetc%2fpasswd/content"),
-        ("GET", f"{base}/TRV/items/{quote(str(tmp_path / 'etc' / 'passwd'), safe='')}/content"),
+        ("GET", f"{base}/%ff%fe/items"), ("GET", f"{base}/{conf}%20/items"),
+        ("GET", f"{base}/{conf}/items/../key"), ("GET", f"{base}/{conf}/items/%2e%2e/content"),
+        ("GET", f"{base}/{conf}/items/..%2f..%2f..%2f..%2fetc%2fpasswd/content"),
+        ("GET",
+         f"{base}/{conf}/items/%2e%2e%2f%2e%2e%2f{bname[:2]}%2f{bname[2:4]}%2f{bname}/content"),
+        ("GET", f"{base}/{conf}/items/{bname}/content"),
+        ("GET", f"{base}/{conf}/items/{bname[:2]}%2f{bname[2:4]}%2f{bname}/content"),
+        ("GET", f"{base}/{conf}/items/{iid}%2f..%2f{iid}/content"),
+        ("GET", f"{base}/{conf}/items/{iid}%00/content"),
+        ("GET", f"{base}/{conf}/items/%00/content"),
+        ("GET", f"{base}/{conf}/items/{iid}%0d%0aX-Injected:%201/content"),
+        ("GET", f"{base}/{conf}/items/{long_id}/content"),
+        ("GET", f"{base}/{conf}/items/{'a' * 7000}/content"),
+        ("GET", f"{base}/{conf}/items/{'a' * 9000}/content"),  # past the request-line limit
+        ("GET", f"{base}/{conf}/items/%F0%9F%92%A3/key"),
+        ("GET", f"{base}/{conf}/items/.%2e/content"),
+        ("GET", f"{base}/{conf}/items/%252e%252e%252f/content"),
+        ("GET", f"{base}/{conf}/items/{iid}/..%2f..%2f..%2fcanary.txt"),
+        ("GET", f"{base}/{conf}/items/%2fetc%2fpasswd/content"),
+        ("GET", f"{base}/{conf}/items/{quote(str(tmp_path / 'etc' / 'passwd'), safe='')}/content"),
         ("GET", f"/{'..%2f' * 8}etc%2fpasswd"), ("GET", "/../../../../etc/passwd"),
         ("GET", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd"),
         ("GET", "/openapi.json/..%2f..%2fcanary.txt"),
-        ("DELETE", f"{base}/TRV/items/{iid}%2f..%2f{iid}"),
-        ("DELETE", f"{base}/TRV/items/..%2f{iid}"),
-        ("DELETE", f"{base}/TRV/items/{iid}%00"), ("DELETE", f"{base}/TRV%2fitems/{iid}"),
-        ("DELETE", f"{base}/TRV/items/.."), ("DELETE", f"{base}/TRV/items/{bname}"),
+        ("DELETE", f"{base}/{conf}/items/{iid}%2f..%2f{iid}"),
+        ("DELETE", f"{base}/{conf}/items/..%2f{iid}"),
+        ("DELETE", f"{base}/{conf}/items/{iid}%00"), ("DELETE", f"{base}/{conf}%2fitems/{iid}"),
+        ("DELETE", f"{base}/{conf}/items/.."), ("DELETE", f"{base}/{conf}/items/{bname}"),
     ]
-    raw_targets = [b"GET /v1/conferences/TRV/items/\xc3\xa9/content",
-                   b"GET /v1/conferences/\xff/items", b"GET /v1/conferences/TRV/items/a\\..\\b/key"]
+    raw_conf = f"/v1/conferences/{conf}".encode()
+    raw_targets = [b"GET " + raw_conf + b"/items/\xc3\xa9/content",
+                   b"GET /v1/conferences/\xff/items", b"GET " + raw_conf + b"/items/a\\..\\b/key"]
     auth = "".join(f"{k}: {v}\r\n" for k, v in alice.headers.items()).encode()
     with recording_opens() as opened:
         for method, target in targets:
@@ -639,7 +644,7 @@ async def test_lying_or_conflicting_framing(headers: dict[str, str], status: int
                                             no_server_errors: None) -> None:
     alice = await wcs.admit("CL4", ORGANIZER)
     items, blobs = await item_ids(wcs, alice), blob_files(wcs)
-    head = request_head("POST", "/v1/conferences/CL4/items", {
+    head = request_head("POST", f"/v1/conferences/{alice.conference}/items", {
         **alice.headers, "X-Item-Name": "x.bin", "Content-Type": "application/octet-stream",
         **headers})
     conn = await Raw.open(wcs)
@@ -660,7 +665,7 @@ async def test_gzip_bodies_are_decoded_and_bounded(wcs: Wcs, no_server_errors: N
     alice = await wcs.admit("GZ", ORGANIZER)
     items, blobs = await item_ids(wcs, alice), blob_files(wcs)
     bomb = gzip.compress(b"\0" * (64 * MiB))
-    head = request_head("POST", "/v1/conferences/GZ/items", {
+    head = request_head("POST", f"/v1/conferences/{alice.conference}/items", {
         **alice.headers, "X-Item-Name": "bomb", "Content-Encoding": "gzip",
         "Content-Length": str(len(bomb))})
     resp = await exchange(wcs, head + bomb)
@@ -669,7 +674,7 @@ async def test_gzip_bodies_are_decoded_and_bounded(wcs: Wcs, no_server_errors: N
     # Not gzip, and more of it than one read: refused with 400 at once, body left unread.
     junk = os.urandom(512 * 1024)
     conn = await Raw.open(wcs)
-    await conn.send(request_head("POST", "/v1/conferences/GZ/items", {
+    await conn.send(request_head("POST", f"/v1/conferences/{alice.conference}/items", {
         **alice.headers, "X-Item-Name": "junk", "Content-Encoding": "gzip",
         "Content-Length": str(len(junk) * 4)}) + junk)
     resp = await conn.response()
@@ -680,7 +685,7 @@ async def test_gzip_bodies_are_decoded_and_bounded(wcs: Wcs, no_server_errors: N
     await settled(wcs, alice, items, blobs)
     data = b"hello world " * 1000
     packed = gzip.compress(data)
-    head = request_head("POST", "/v1/conferences/GZ/items", {
+    head = request_head("POST", f"/v1/conferences/{alice.conference}/items", {
         **alice.headers, "X-Item-Name": "ok.txt", "Content-Encoding": "gzip",
         "Content-Length": str(len(packed))})
     resp = await exchange(wcs, head + packed)
@@ -691,6 +696,7 @@ async def test_gzip_bodies_are_decoded_and_bounded(wcs: Wcs, no_server_errors: N
 async def test_malformed_requests_leave_the_server_up(wcs: Wcs) -> None:
     """Not HTTP at all, or HTTP with invalid bytes: the HTTP layer answers 400 and closes."""
     alice = await wcs.admit("MF", ORGANIZER)
+    conf = alice.conference.encode()
     auth = f"Authorization: Bearer {alice.cookie}\r\n".encode()
     messages = [
         b"\x16\x03\x01\x00\x05hello\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
@@ -698,15 +704,15 @@ async def test_malformed_requests_leave_the_server_up(wcs: Wcs) -> None:
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: x\r\n Folded: y\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
-        b"POST /v1/conferences/MF/items HTTP/1.1\r\nHost: x\r\n" + auth
+        b"POST /v1/conferences/" + conf + b"/items HTTP/1.1\r\nHost: x\r\n" + auth
         + b"X-Item-Name: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n",
     ]
     for message in messages:
         resp = await exchange(wcs, message)
         assert resp is None or resp.status == 400, (message[:60], resp)
     # Bytes above 0x7F in a header value are obs-text, which HTTP still allows.
-    resp = await exchange(wcs, b"GET /v1/conferences/MF/items HTTP/1.1\r\nHost: x\r\n" + auth
-                          + b"X-Obs: \xff\xfe caf\xc3\xa9\r\n\r\n")
+    resp = await exchange(wcs, b"GET /v1/conferences/" + conf + b"/items HTTP/1.1\r\n"
+                          + b"Host: x\r\n" + auth + b"X-Obs: \xff\xfe caf\xc3\xa9\r\n\r\n")
     assert resp is not None and resp.status == 200
     async with wcs.http.get(f"{wcs.url}/healthz") as r:
         assert r.status == 200

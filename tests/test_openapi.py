@@ -35,7 +35,7 @@ from conferencing.api.public import load_openapi
 from .conftest import Wcs
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "conferencing" / "api" / "openapi.json"
-CONF = "K7Q2"  # the document's example conference id: the examples phase hits it too
+CONF = "K7Q2"  # the URI id the organizer creates; the API names it by its public id
 ORGANIZER = "alice@contoso.example"
 SCHEMATHESIS_BUDGET = float(os.environ.get("WEBCONF_SCHEMATHESIS_SECONDS", "30"))
 SCHEMATHESIS_SEED = int(os.environ.get("WEBCONF_SCHEMATHESIS_SEED", "20240611"))
@@ -178,7 +178,7 @@ async def test_channel_answers_are_documented(wcs: Wcs) -> None:
     path = "/v1/conferences/{conf}/channel"
     alice = await wcs.admit("CH1", ORGANIZER)
     other = await wcs.admit("CH2", "bob@contoso.example")
-    url = f"{wcs.url}/v1/conferences/CH1/channel"
+    url = f"{wcs.url}/v1/conferences/{alice.conference}/channel"
     attempts = [
         ({}, url, 401),
         (alice.headers, url, 400),  # a plain GET, not an upgrade
@@ -211,13 +211,14 @@ async def test_channel_answers_are_documented(wcs: Wcs) -> None:
 
 # -- schemathesis against the running WCS ---------------------------------------------------
 
-def schemathesis_config(wcs: Wcs, cookie: str, report_dir: Path) -> dict[str, Any]:
+def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> dict[str, Any]:
     """Everything the run needs, as a schemathesis.toml.
 
-    The cookie is the organizer's of `CONF`; `{conf}` is drawn from a dictionary holding
-    `CONF` three times out of four, so most requests get past authentication while the rest
-    hit other (and invalid) conference ids. Links in the document carry item ids from an
-    upload to its key, content and delete (the stateful phase).
+    The cookie is the organizer's of `CONF`, whose public id is `conf`; `{conf}` is drawn
+    from a dictionary holding `conf` three times out of four, so most requests get past
+    authentication while the rest hit other (and invalid) conference ids. Links in the
+    document carry item ids from an upload to its key, content and delete (the stateful
+    phase).
     """
     accepted_anyway = ["2xx", "3xx", "401", "403", "404", "409", "429"]
     return {
@@ -229,7 +230,7 @@ def schemathesis_config(wcs: Wcs, cookie: str, report_dir: Path) -> dict[str, An
         "request-timeout": 10.0,
         "workers": 1,
         "generation": {"max-examples": 40, "database": "none", "no-shrink": False},
-        "dictionaries": {"conference": {"values": [CONF]}},
+        "dictionaries": {"conference": {"values": [conf]}},
         "parameters": {"path.conf": {"dictionary": "conference", "probability": 0.75}},
         "reports": {"json": {"enabled": True, "path": str(report_dir / "report.json")},
                     "har": {"enabled": True, "path": str(report_dir / "requests.har")}},
@@ -250,7 +251,7 @@ def schemathesis_config(wcs: Wcs, cookie: str, report_dir: Path) -> dict[str, An
     }
 
 
-def status_counts(har_path: Path) -> Counter[tuple[str, str, int]]:
+def status_counts(har_path: Path, public_conf: str) -> Counter[tuple[str, str, int]]:
     har = json.loads(har_path.read_text())
     counts: Counter[tuple[str, str, int]] = Counter()
     for entry in har["log"]["entries"]:
@@ -260,7 +261,7 @@ def status_counts(har_path: Path) -> Counter[tuple[str, str, int]]:
         conf = conf_match.group(1) if conf_match else ""
         shape = re.sub(r"^/v1/conferences/[^/]*", "/v1/conferences/{conf}", path)
         shape = re.sub(r"/items/[^/]+", "/items/{item}", shape)
-        counts[(entry["request"]["method"], shape + (" @CONF" if conf == CONF else ""),
+        counts[(entry["request"]["method"], shape + (" @CONF" if conf == public_conf else ""),
                 entry["response"]["status"])] += 1
     return counts
 
@@ -277,7 +278,8 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
         assert status == 201, body
     report_dir = tmp_path / "report"
     config = tmp_path / "schemathesis.toml"
-    config.write_text(tomli_w.dumps(schemathesis_config(wcs, alice.cookie, report_dir)))
+    config.write_text(tomli_w.dumps(
+        schemathesis_config(wcs, alice.cookie, alice.conference, report_dir)))
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
@@ -294,7 +296,7 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
     output = out.decode(errors="replace")
     assert (report_dir / "report.json").exists(), output[-20000:]
     report = json.loads((report_dir / "report.json").read_text())
-    counts = status_counts(report_dir / "requests.har")
+    counts = status_counts(report_dir / "requests.har", alice.conference)
     summary = "\n".join(f"{n:5d}  {m} {p} -> {s}" for (m, p, s), n in sorted(counts.items()))
     print(f"schemathesis {schemathesis.__version__}: {sum(counts.values())} requests in "
           f"{elapsed:.1f}s (seed {SCHEMATHESIS_SEED})\n{summary}")

@@ -81,7 +81,7 @@ async def test_kill_9_mid_upload_leaves_no_half_item(deployment: Config,
     try:
         assert list((deployment.share_dir / ".tmp").iterdir()) == []
         assert not orphan.exists()
-        async with wcs.http.get(wcs.items_url("CR1"), headers=alice.headers) as resp:
+        async with wcs.http.get(wcs.items_url(alice.conference), headers=alice.headers) as resp:
             assert resp.status == 200
             items = (await resp.json())["items"]
         assert [i["id"] for i in items] == [early_id]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ JOIN_CONTENT_TYPE = "application/vnd.webconf.join+json"
 """Media type of the join body in the focus's 200 OK (docs/protocol.md §2)."""
 
 CONFERENCE_OPAQUE = "app:conf:focus:id:"
-"""Prefix of the conference URI's `opaque` parameter; the conference id follows it."""
+"""Prefix of the conference URI's `opaque` parameter; the conference id follows it. That id
+is the organizer's own (§2.1): the WCS names the conference by a public id of its own."""
 
 ID_PATTERN = r"[A-Za-z0-9._~-]{1,64}"
 """Conference, participant and item ids: URL-safe without escaping, at most 64 characters."""
@@ -47,6 +49,16 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
+def new_id(random_bytes: int) -> str:
+    """A fresh random id of the id grammar (base64url of `random_bytes` random bytes) that
+    never starts with "-", so that it can follow an option on a command line
+    (`webconf fetch --item ID`) without being taken for one."""
+    while True:
+        value = secrets.token_urlsafe(random_bytes)
+        if not value.startswith("-"):
+            return value
+
+
 def conference_uri(organizer: str, conference_id: str, *, scheme: str = "sip") -> str:
     """The conference URI of `organizer` (`user@tenant`) and `conference_id` (§2)."""
     return f"{scheme}:{organizer};gruu;opaque={CONFERENCE_OPAQUE}{conference_id}"
@@ -65,10 +77,11 @@ class JoinBodyError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Admission:
     """A participant the WCS admitted: the join body the focus returns (§2), which is also
-    the internal API's admit answer (§7) with the conference id beside it."""
+    the internal API's admit answer (§7), unchanged."""
 
     conference: str
-    """The conference id."""
+    """The conference's public id, which the WCS assigns (§2.1): what the cookie, the HTTP
+    API and revocations name. Not the id in the conference URI (that is the organizer's)."""
     participant: str
     """The participant id: what a revocation names."""
     role: str
@@ -90,16 +103,14 @@ class Admission:
         return json.dumps(self.to_json()).encode()
 
     @classmethod
-    def from_json(cls, data: Any, *, conference: str | None = None) -> Admission:
-        """Read a join body (or, with `conference` given, an internal admit answer).
+    def from_json(cls, data: Any) -> Admission:
+        """Read a join body or an internal admit answer (the same object).
 
         Every field must be a non-empty string; raises `JoinBodyError` otherwise, with a
         message that never includes the cookie.
         """
         if not isinstance(data, dict):
             raise JoinBodyError("join body is not a JSON object")
-        if conference is not None:
-            data = {**data, "conference": conference}
         values: dict[str, str] = {}
         for name in ("conference", "participant", "role", "cookie", "expires_at",
                      "webconf_url"):

@@ -2,16 +2,18 @@
 
 The TLS layer has already required a client certificate from the deployment CA; these
 handlers trust the caller to have authenticated the SIP user and applied join policy.
+Admit names the conference by the id in its SIP URI (scoped to the organizer, §2.1) and
+answers with the WCS's public id; revoke and end take that public id.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from ..service import ServiceError, valid_id
+from . import strict_json
 from .context import SERVICE
 
 MAX_BODY = 16 * 1024
@@ -27,23 +29,23 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise ServiceError("too_large", "request body too large")
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise ServiceError("bad_request", "body is not valid JSON") from None
+        data = strict_json.loads(raw)  # bounded depth, strict UTF-8: hostile input is a 400
+    except strict_json.JsonError as exc:
+        raise ServiceError("bad_request", f"body is not acceptable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ServiceError("bad_request", "body must be a JSON object")
     return data
 
 
-def _conference_id(request: web.Request) -> str:
-    conference_id = request.match_info["conf"]
+def _conference_id(request: web.Request, name: str = "conf") -> str:
+    conference_id = request.match_info[name]
     if not valid_id(conference_id):
         raise ServiceError("bad_request", "invalid conference id")
     return conference_id
 
 
 async def admit_participant(request: web.Request) -> web.Response:
-    conference_id = _conference_id(request)
+    uri_id = _conference_id(request, "uri_id")
     body = await _json_body(request)
     fields = {}
     for name in ("tenant", "organizer", "user"):
@@ -55,7 +57,7 @@ async def admit_participant(request: web.Request) -> web.Response:
     if not isinstance(role, str):
         raise ServiceError("bad_request", "role must be a string")
     admission = await request.app[SERVICE].admit_participant(
-        conference_id, tenant=fields["tenant"], organizer=fields["organizer"],
+        uri_id, tenant=fields["tenant"], organizer=fields["organizer"],
         user=fields["user"], role=role)
     answer = admission.to_json()
     return web.json_response({name: answer[name] for name in ADMIT_ANSWER_FIELDS}, status=201)
@@ -83,7 +85,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     base = "/internal/v1/conferences/{conf}"
-    app.router.add_post(f"{base}/participants", admit_participant)
+    app.router.add_post("/internal/v1/conferences/{uri_id}/participants", admit_participant)
     app.router.add_delete(f"{base}/participants/{{pid}}", revoke_participant)
     app.router.add_delete(base, end_conference)
     app.router.add_get("/internal/v1/healthz", healthz)

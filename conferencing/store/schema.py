@@ -44,14 +44,19 @@ tenant_keys = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# A conference is its organizer's (docs/protocol.md §2.1): the URI's id is unique only per
+# (tenant, organizer), so no tenant or organizer can take or detect another's ids. `id` is
+# the WCS's own random public id, which the cookie, the HTTP API and the item keys name.
 conferences = Table(
     "conferences",
     metadata,
     Column("id", String(64), primary_key=True),
     Column("tenant", String(255), ForeignKey("tenants.domain"), nullable=False),
     Column("organizer", String(512), nullable=False),
+    Column("uri_id", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
+    UniqueConstraint("tenant", "organizer", "uri_id", name="uq_conferences_uri"),
 )
 
 participants = Table(

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,8 +41,12 @@ class TenantKeyRow:
 @dataclass(frozen=True)
 class ConferenceRow:
     id: str
+    """The WCS's public id: what the cookie, the HTTP API and the item keys name."""
     tenant: str
     organizer: str
+    """`user@tenant`: the conference URI's user part and host."""
+    uri_id: str
+    """The id in the conference URI, unique only per (tenant, organizer) (§2.1)."""
     created_at: float
     ended_at: float | None
 
@@ -87,6 +91,14 @@ class CookieState:
     conference_ended: bool
 
 
+class StoreSchemaError(RuntimeError):
+    """The database was created by an older schema (there are no migrations yet)."""
+
+
+ItemCommit = Literal["committed", "revoked", "conference_ended"]
+"""What `Store.commit_item` did: inserted the row, or refused it and why."""
+
+
 def _row(cls: Any, row: Any) -> Any:
     return cls(**dict(row._mapping))
 
@@ -117,6 +129,14 @@ class Store:
         if create:
             async with engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
+                columns = await conn.run_sync(
+                    lambda sync: {c["name"] for c in inspect(sync).get_columns("conferences")})
+            if "uri_id" not in columns:
+                await engine.dispose()
+                raise StoreSchemaError(
+                    f"the database at {engine.url.render_as_string()} has an older schema "
+                    "(conferences without uri_id) and there are no migrations yet: move it "
+                    "aside and start again")
         return store
 
     async def close(self) -> None:
@@ -165,20 +185,31 @@ class Store:
 
     # -- conferences -------------------------------------------------------------
     async def conference(self, conference_id: str) -> ConferenceRow | None:
+        """The conference of this public id."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(
                 select(conferences).where(conferences.c.id == conference_id))).first()
         return None if row is None else _row(ConferenceRow, row)
 
+    async def conference_by_uri(self, tenant: str, organizer: str,
+                                uri_id: str) -> ConferenceRow | None:
+        """The conference of this organizer's URI id (docs/protocol.md §2.1)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(conferences).where(
+                conferences.c.tenant == tenant, conferences.c.organizer == organizer,
+                conferences.c.uri_id == uri_id))).first()
+        return None if row is None else _row(ConferenceRow, row)
+
     async def create_conference(self, row: ConferenceRow) -> ConferenceRow:
-        """Insert the conference, or return the one a concurrent writer created."""
+        """Insert the conference, or return the one a concurrent writer created for the
+        same (tenant, organizer, uri_id)."""
         try:
             async with self._write() as conn:
                 await conn.execute(insert(conferences).values(**row.__dict__))
             return row
         except IntegrityError:
-            existing = await self.conference(row.id)
-            if existing is None:  # pragma: no cover - the conflict was not on the id
+            existing = await self.conference_by_uri(row.tenant, row.organizer, row.uri_id)
+            if existing is None:  # pragma: no cover - the conflict was on the random id
                 raise
             return existing
 
@@ -267,9 +298,30 @@ class Store:
         return int(result.rowcount or 0)
 
     # -- items ---------------------------------------------------------------------
-    async def insert_item(self, row: ItemRow) -> None:
+    async def commit_item(self, row: ItemRow, *, jti: str) -> ItemCommit:
+        """Insert the item's row only if its presenter may still share: the conference not
+        ended, the presenter's participant row current and its cookie `jti` not revoked.
+
+        The checks and the insert share one transaction, and the conference and participant
+        rows are locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer on SQLite), so a
+        revocation or an end that commits first is seen, and one that commits later finds
+        the item and shreds it with the rest (docs/protocol.md §4.1)."""
         async with self._write() as conn:
+            ended_at = (await conn.execute(
+                select(conferences.c.ended_at).where(conferences.c.id == row.conference_id)
+                .with_for_update())).first()
+            if ended_at is None or ended_at[0] is not None:
+                return "conference_ended"
+            left_at = (await conn.execute(
+                select(participants.c.left_at).where(
+                    participants.c.id == row.presenter_pid,
+                    participants.c.conference_id == row.conference_id,
+                    participants.c.jti == jti).with_for_update())).first()
+            revoked = await conn.scalar(select(exists().where(revoked_cookies.c.jti == jti)))
+            if left_at is None or left_at[0] is not None or revoked:
+                return "revoked"
             await conn.execute(insert(items).values(**row.__dict__))
+        return "committed"
 
     async def item(self, conference_id: str, item_id: str) -> ItemRow | None:
         async with self.engine.connect() as conn:
@@ -320,5 +372,6 @@ class Store:
 
 
 __all__: Sequence[str] = (
-    "ConferenceRow", "CookieState", "ItemRow", "ParticipantRow", "Store", "TenantKeyRow",
+    "ConferenceRow", "CookieState", "ItemCommit", "ItemRow", "ParticipantRow", "Store",
+    "StoreSchemaError", "TenantKeyRow",
 )
