@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from webconf.deploy.config import Config
 from webconf.protocol import conference_uri
 
 from .common import Stack, cpu_seconds, machine, stack
@@ -50,27 +51,14 @@ TARGET_MIB = 2048.0
 FULL_N = 10_000
 
 
-async def _add_users(store_url: str, addresses: list[str]) -> None:
+async def _add_users(cfg: Config, addresses: list[str]) -> None:
     """Add the users in one transaction (adding 10,000 one by one takes half a minute)."""
-    from sqlalchemy import insert
+    from focus.directory import Directory
 
-    from focus.directory import Directory, sip_users
-    from webconf.sip.digest import ha1
-
-    directory = await Directory.open(store_url)
+    directory = await Directory.for_deployment(cfg)
     try:
         await directory.add_user(addresses[0], PASSWORD)  # creates the tenant row
-        now = time.time()
-        rows = []
-        for address in addresses[1:]:
-            user, _, realm = address.partition("@")
-            rows.append({"realm": realm, "username": user,
-                         "ha1_md5": ha1(user, realm, PASSWORD, "MD5"),
-                         "ha1_sha256": ha1(user, realm, PASSWORD, "SHA-256"),
-                         "created_at": now})
-        if rows:
-            async with directory.engine.begin() as conn:
-                await conn.execute(insert(sip_users), rows)
+        await directory.add_new_users([(address, PASSWORD) for address in addresses[1:]])
     finally:
         await directory.close()
 
@@ -154,7 +142,7 @@ def measure(*, participants: int, conference_size: int = 100, workers: int = 4,
     with stack(env=env, tenants=(TENANT,)) as st:
         cfg = st.cfg
         t = time.perf_counter()
-        asyncio.run(_add_users(cfg.store_url, [m.address for m in members]))
+        asyncio.run(_add_users(cfg, [m.address for m in members]))
         say(f"scale: {len(members)} users added in {time.perf_counter() - t:.1f} s")
         time.sleep(1.0)
         result["rss_before"] = st.current_rss()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webconf.protocol import conference_uri
+
 from .common import cpu_seconds
 
 SIPP_SCENARIO = Path(__file__).resolve().parent / "sipp" / "join_auth.xml"
@@ -62,8 +64,12 @@ def sipp(*, port: int, transport: str, calls: int, concurrency: int,
     """Run SIPp's join scenario over TCP (`t1` one connection, `tn` one per call)."""
     workdir = Path(tempfile.mkdtemp(prefix="webconf-sipp-"))
     stats = workdir / "stats.csv"
+    # SIPp's Digest uri defaults to "sip:<remote ip>:<port>"; the focus requires the
+    # Request-URI (docs/protocol.md §2), so name it (SIPp adds the "sip:").
+    auth_uri = conference_uri(f"org@{domain}", conference_id).removeprefix("sip:")
     cmd = ["sipp", f"127.0.0.1:{port}", "-sf", str(SIPP_SCENARIO), "-s", user, "-ap", password,
-           "-key", "domain", domain, "-key", "conf", conference_id, "-t", transport, "-i",
+           "-key", "domain", domain, "-key", "conf", conference_id, "-auth_uri", auth_uri,
+           "-t", transport, "-i",
            "127.0.0.1", "-r", "100000", "-rp", "1000", "-l", str(concurrency), "-m",
            str(calls), "-nostdin", "-trace_stat", "-stf", str(stats), "-fd", "1",
            "-timeout", f"{int(timeout)}s", "-max_socket", str(max(64, concurrency * 4))]

@@ -28,7 +28,7 @@ log = logging.getLogger("webconf.focus")
 
 async def serve(base_dir: Path) -> None:
     cfg = load_config(base_dir)
-    directory = await Directory.open(cfg.store_url)
+    directory = await Directory.for_deployment(cfg)
     wcs = WcsClient(cfg)
     server = FocusServer(cfg, directory, wcs, keys.load_nonce_secret(cfg))
     await server.start()

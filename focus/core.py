@@ -24,8 +24,14 @@ Plan (docs/protocol.md §2): out-of-dialog INVITE -> Digest challenge; with cred
 throttle check (429 before any lookup) -> `LookupCredentials` (input paused) -> verify ->
 tenant policy -> `Admit` (100 Trying first) -> 200 OK with the join body creates a dialog
 (`focus/dialogs.py`: ACCEPTED -> CONFIRMED on ACK -> TERMINATED on BYE or orphan expiry).
-In-dialog requests (To tag present) are matched by (Call-ID, our tag, their tag).
-Settings are fixed at construction.
+In-dialog requests (To tag present) are matched by (Call-ID, our tag, their tag). A
+dialog is bound to its INVITE's connection; a BYE or re-INVITE on another connection is
+challenged and must authenticate as the dialog's user (else 403) before it ends the dialog
+or gets the join body back, and then binds that connection too (agents may move: linphone
+does). An ACK confirms the dialog from anywhere but binds nothing (it cannot be challenged).
+Digest nonces are bound to the connection they are issued on (`Conn.nonce_scope`), and the
+digest-uri must name the Request-URI (docs/protocol.md §2). Settings are fixed at
+construction.
 
 Known limits: INVITE retransmissions are recognised by top Via branch per connection
 (over TLS/TCP a UAC does not retransmit, so this only guards against buggy agents). Input
@@ -216,8 +222,8 @@ class FocusCore:
             self._lookups.pop(state.lookup, None)
         for key in state.dialogs:
             dialog = self._dialogs.get(key)
-            if dialog is not None and dialog.conn_id == conn_id:
-                dialog.orphan(now)
+            if dialog is not None:
+                dialog.unbind(conn_id, now)
         return []
 
     def next_deadline(self) -> float | None:
@@ -347,11 +353,13 @@ class FocusCore:
             return [self._reply(conn, req, 200, headers=[
                 ("Allow", ALLOW), ("Accept", f"application/sdp, {JOIN_CONTENT_TYPE}"),
                 ("Supported", "")])]
-        if req.method == "BYE":
-            return self._bye(conn, req)
-        # INVITE
-        if self._to_tag(req) is not None:
-            return self._reinvite(conn, req)
+        if req.method == "BYE" or self._to_tag(req) is not None:  # BYE, re-INVITE
+            dialog = self._dialog_for(req)
+            if dialog is None:
+                return [self._reply(conn, req, 481)]
+            if conn.id not in dialog.conn_ids:  # another connection: prove the user first
+                return self._challenge_in_dialog(state, req, branch, dialog, now)
+            return self._in_dialog(conn, req, dialog)
         if branch in state.pending:
             return []  # retransmission of an INVITE we are still working on
         return self._invite(state, req, branch, now)
@@ -368,24 +376,40 @@ class FocusCore:
             caller = parse_name_addr(req.headers.get("From") or "").uri
         except SipParseError:
             return [self._final(state, req, branch, 400, "Bad From")]
-        realm = caller.host.lower()
         algorithms = self._algorithms_for(req.headers.get("User-Agent") or "")
+        lookup = AwaitingCredentials(self._ticket(), conn.id, req, branch, caller.host.lower(),
+                                     caller.user or "", algorithms, None)
+        return self._lookup(state, lookup, now)
+
+    def _lookup(self, state: _ConnState, lookup: AwaitingCredentials,
+                now: float) -> list[Output]:
+        """Challenge a request without credentials; else throttle check (429 before any
+        lookup: a locked-out guesser costs no query), then `LookupCredentials`."""
+        req, branch = lookup.request, lookup.branch
         if req.headers.get("Authorization") is None:
-            return [self._challenge(state, req, branch, realm, algorithms, now)]
+            return [self._challenge(state, req, branch, lookup.realm, lookup.algorithms, now)]
         claimed = self._claimed(req)
-        throttle_user = f"{claimed[1]}@{claimed[0]}" if claimed else None
-        wait = self.throttle.check(throttle_user, conn.peer_host, now)
-        if wait is not None:  # before any lookup: a locked-out guesser costs no query
+        lookup.throttle_user = f"{claimed[1]}@{claimed[0]}" if claimed else None
+        wait = self.throttle.check(lookup.throttle_user, state.conn.peer_host, now)
+        if wait is not None:
             retry = str(max(1, int(wait + 0.999)))
             return [self._final(state, req, branch, 429, headers=[("Retry-After", retry)])]
-        lookup = AwaitingCredentials(self._ticket(), conn.id, req, branch, realm,
-                                     caller.user or "", algorithms, throttle_user)
         if claimed is None or not _utf8(claimed[0] + claimed[1]):
             # nothing to look up (no user has a name that is not UTF-8): verify says why
             return self._authenticated(state, lookup, {}, now)
         self._lookups[lookup.ticket] = lookup
         state.lookup = lookup.ticket
         return [LookupCredentials(lookup.ticket, claimed[0], claimed[1], HA1_ALGORITHMS)]
+
+    def _challenge_in_dialog(self, state: _ConnState, req: Request, branch: str,
+                             dialog: Dialog, now: float) -> list[Output]:
+        """A BYE or re-INVITE on a connection its dialog is not bound to: knowing the
+        Call-ID and tags is not enough to end the dialog or get its cookie back; the
+        dialog's user must authenticate here (docs/protocol.md §2)."""
+        algorithms = self._algorithms_for(req.headers.get("User-Agent") or "")
+        lookup = AwaitingCredentials(self._ticket(), state.conn.id, req, branch, dialog.realm,
+                                     dialog.username, algorithms, None, dialog=dialog.key)
+        return self._lookup(state, lookup, now)
 
     def credentials_found(self, ticket: int, credentials: Credentials | None,
                           now: float) -> list[Output]:
@@ -403,23 +427,28 @@ class FocusCore:
 
     def _authenticated(self, state: _ConnState, lookup: AwaitingCredentials,
                        credentials: Credentials, now: float) -> list[Output]:
-        """Verify the INVITE's Digest response with `credentials`, then apply the policy."""
+        """Verify the request's Digest response with `credentials`, then apply the policy
+        (a new INVITE's, or the in-dialog request's)."""
         conn, req, branch = state.conn, lookup.request, lookup.branch
         realm, algorithms, throttle_user = lookup.realm, lookup.algorithms, lookup.throttle_user
         result = digest.verify(
-            req.headers.get("Authorization") or "", method="INVITE", expected_realm=realm,
+            req.headers.get("Authorization") or "", method=req.method,
+            request_uri=str(req.uri), expected_realm=realm,
             ha1_lookup=lambda _user, alg: credentials.get(alg),
             nonce_service=self.nonces, nc_tracker=state.nc_tracker,
-            allowed_algorithms=algorithms, now=now)
-        if result.reason == "stale":
+            allowed_algorithms=algorithms, now=now, scope=conn.nonce_scope)
+        if result.reason in ("stale", "other-connection"):  # right, but use a fresh nonce
             return [self._challenge(state, req, branch, realm, algorithms, now, stale=True)]
         if not result.ok:
             self.throttle.record_failure(throttle_user, conn.peer_host, now)
-            return [
-                Log({"event": "auth.failed", "user": throttle_user, "reason": result.reason,
-                     "peer": conn.peer_host}),
-                self._challenge(state, req, branch, realm, algorithms, now)]
+            failed = Log({"event": "auth.failed", "user": throttle_user,
+                          "reason": result.reason, "peer": conn.peer_host})
+            if result.reason == "uri-mismatch":  # RFC 7616 §3.4.6
+                return [failed, self._final(state, req, branch, 400, "Digest URI Mismatch")]
+            return [failed, self._challenge(state, req, branch, realm, algorithms, now)]
         self.throttle.record_success(throttle_user, conn.peer_host)
+        if lookup.dialog is not None:
+            return self._dialog_authenticated(state, lookup, result.username or "")
         if result.username != lookup.caller_user:
             return [self._final(state, req, branch, 403, "Credentials Do Not Match From")]
         uri = req.uri
@@ -453,9 +482,9 @@ class FocusCore:
         state = self._conns.get(pending.conn.id)
         if state is not None:
             state.pending.pop(pending.branch, None)
-        if admission.conference != pending.conference_id:
-            admission = dataclasses.replace(admission, conference=pending.conference_id)
-        unjoined = Revoke(pending.conference_id, admission.participant, "")
+        # The WCS names the conference by its public id (docs/protocol.md §2.1): the join
+        # body carries it, and revocations name it.
+        unjoined = Revoke(admission.conference, admission.participant, "")
         if pending.cancelled or state is None:
             reason = "cancelled" if pending.cancelled else "connection lost before answer"
             return [dataclasses.replace(unjoined, reason=reason)]
@@ -473,9 +502,9 @@ class FocusCore:
         from_tag = self._from_tag(req) or ""
         dialog = Dialog(
             call_id=req.headers.get("Call-ID") or "", local_tag=pending.to_tag,
-            remote_tag=from_tag, conn_id=pending.conn.id, conference_id=pending.conference_id,
-            participant_id=admission.participant, user=pending.user, role=admission.role,
-            answer=(content_type, body), contact=contact,
+            remote_tag=from_tag, conn_ids={pending.conn.id}, conference_id=pending.conference_id,
+            wcs_conference=admission.conference, participant_id=admission.participant,
+            user=pending.user, role=admission.role, answer=(content_type, body), contact=contact,
             sdp_session_id=pending.sdp_session_id)
         self._dialogs[dialog.key] = dialog
         state.dialogs.add(dialog.key)
@@ -519,38 +548,35 @@ class FocusCore:
 
     # -- in-dialog and other methods ----------------------------------------------------------
     def _ack(self, conn: Conn, req: Request) -> list[Output]:
+        """Confirm the dialog, whichever connection the ACK came on (linphone sends it on a
+        new one, to our Contact). An ACK cannot be challenged (it is never answered), so it
+        binds no connection: only an authenticated BYE or re-INVITE moves a dialog."""
         dialog = self._dialog_for(req)
         if dialog is not None:
             dialog.advance(DialogState.CONFIRMED)
-            self._rebind(dialog, conn)
         return []  # ACKs are never answered
 
-    def _rebind(self, dialog: Dialog, conn: Conn) -> None:
-        """Follow the agent to the connection its latest in-dialog request came on.
-
-        Agents may send ACK, BYE and re-INVITEs to our Contact over a new connection
-        (linphone does) and then drop the first one: the dialog must not be orphaned.
-        """
-        if dialog.conn_id != conn.id:
-            old = self._conns.get(dialog.conn_id)
-            if old is not None:
-                old.dialogs.discard(dialog.key)
-            state = self._conns.get(conn.id)
-            if state is not None:
-                state.dialogs.add(dialog.key)
-        dialog.rebind(conn.id)
-
-    def _bye(self, conn: Conn, req: Request) -> list[Output]:
-        dialog = self._dialog_for(req)
-        if dialog is None:
+    def _dialog_authenticated(self, state: _ConnState, lookup: AwaitingCredentials,
+                              username: str) -> list[Output]:
+        """A BYE or re-INVITE from another connection authenticated: if as the dialog's
+        user, bind the dialog to this connection too and go on; else 403."""
+        conn, req = state.conn, lookup.request
+        dialog = self._dialogs.get(lookup.dialog) if lookup.dialog else None
+        if dialog is None:  # ended while the lookup was out
             return [self._reply(conn, req, 481)]
-        return [self._reply(conn, req, 200), *self._terminate(dialog, "bye")]
+        if username != dialog.username:
+            return [Log({"event": "dialog.refused", "user": lookup.throttle_user,
+                         "conference": dialog.conference_id, "peer": conn.peer_host}),
+                    self._final(state, req, lookup.branch, 403,
+                                "Credentials Do Not Match Dialog")]
+        dialog.bind(conn.id)
+        state.dialogs.add(dialog.key)
+        return self._in_dialog(conn, req, dialog)
 
-    def _reinvite(self, conn: Conn, req: Request) -> list[Output]:
-        dialog = self._dialog_for(req)
-        if dialog is None:
-            return [self._reply(conn, req, 481)]
-        self._rebind(dialog, conn)
+    def _in_dialog(self, conn: Conn, req: Request, dialog: Dialog) -> list[Output]:
+        """A BYE or re-INVITE on a connection the dialog is bound to."""
+        if req.method == "BYE":
+            return [self._reply(conn, req, 200), *self._terminate(dialog, "bye")]
         content_type, body = dialog.answer
         if req.body and _media_type(req) == "application/sdp" and self.settings.answer_sdp:
             dialog.sdp_version += 1
@@ -581,10 +607,11 @@ class FocusCore:
         if not dialog.advance(DialogState.TERMINATED):
             return []
         self._dialogs.pop(dialog.key, None)
-        state = self._conns.get(dialog.conn_id)
-        if state is not None:
-            state.dialogs.discard(dialog.key)
-        return [Revoke(dialog.conference_id, dialog.participant_id, reason),
+        for conn_id in dialog.conn_ids:
+            state = self._conns.get(conn_id)
+            if state is not None:
+                state.dialogs.discard(dialog.key)
+        return [Revoke(dialog.wcs_conference, dialog.participant_id, reason),
                 Log({"event": "leave", "conference": dialog.conference_id,
                      "user": dialog.user, "participant": dialog.participant_id,
                      "reason": reason})]
@@ -644,7 +671,7 @@ class FocusCore:
     def _challenge(self, state: _ConnState, req: Request, branch: str, realm: str,
                    algorithms: Sequence[str], now: float, *, stale: bool = False) -> Send:
         challenges = digest.build_challenges(realm, algorithms, self.nonces, stale=stale,
-                                             now=now)
+                                             now=now, scope=state.conn.nonce_scope)
         return self._final(state, req, branch, 401,
                            headers=[("WWW-Authenticate", c) for c in challenges],
                            to_tag=secrets.token_hex(8))

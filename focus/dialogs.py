@@ -18,10 +18,14 @@ from webconf.sip.message import Request, SipURI
 
 from .events import Conn
 
+DialogKey = tuple[str, str, str]
+"""(Call-ID, our tag, their tag)."""
+
 
 @dataclass
 class AwaitingCredentials:
-    """An authenticated INVITE whose HA1s are being looked up."""
+    """A request with credentials whose HA1s are being looked up: an out-of-dialog INVITE,
+    or a BYE or re-INVITE that came on a connection its dialog is not bound to."""
 
     ticket: int
     conn_id: int
@@ -30,11 +34,13 @@ class AwaitingCredentials:
     realm: str
     """The caller's domain (From host, lower case): the Digest realm."""
     caller_user: str
-    """The From user part, which the Digest username must match."""
+    """The From user part (the dialog's user, in a dialog): the Digest username must match."""
     algorithms: list[str]
     """The algorithms offered to this agent."""
     throttle_user: str | None
     """`user@realm` of the Authorization: the failure throttle's user key."""
+    dialog: DialogKey | None = None
+    """The dialog an in-dialog request authenticates for; None for a new INVITE."""
 
 
 @dataclass
@@ -75,10 +81,6 @@ _TRANSITIONS: dict[DialogState, frozenset[DialogState]] = {
 """The only moves a dialog can make; a repeated ACK keeps a confirmed dialog confirmed."""
 
 
-DialogKey = tuple[str, str, str]
-"""(Call-ID, our tag, their tag)."""
-
-
 @dataclass
 class Dialog:
     """One joined participant's dialog with the focus."""
@@ -86,9 +88,14 @@ class Dialog:
     call_id: str
     local_tag: str
     remote_tag: str
-    conn_id: int
-    """The connection its latest in-dialog request came on (agents may move)."""
+    conn_ids: set[int]
+    """The connections it is bound to: its INVITE's, and each one on which a request
+    authenticated as its user (agents may move, docs/protocol.md §2). A BYE or re-INVITE
+    on any other connection must authenticate first; it is orphaned when the last is gone."""
     conference_id: str
+    """The conference URI's id (the organizer's own, docs/protocol.md §2.1): what logs name."""
+    wcs_conference: str
+    """The WCS's public id of the conference, from its admit answer: what revocations name."""
     participant_id: str
     user: str
     role: str
@@ -119,12 +126,25 @@ class Dialog:
             self.orphaned_at = None
         return True
 
-    def orphan(self, now: float) -> None:
-        """Its connection is gone: start the grace period (once; a later loss keeps it)."""
-        if self.state is not DialogState.TERMINATED and self.orphaned_at is None:
+    @property
+    def realm(self) -> str:
+        """The Digest realm of its user (the tenant domain)."""
+        return self.user.rpartition("@")[2]
+
+    @property
+    def username(self) -> str:
+        """The Digest username of its user (the user part)."""
+        return self.user.rpartition("@")[0]
+
+    def unbind(self, conn_id: int, now: float) -> None:
+        """A connection is gone: once none is left, start the grace period (once)."""
+        self.conn_ids.discard(conn_id)
+        if (not self.conn_ids and self.state is not DialogState.TERMINATED
+                and self.orphaned_at is None):
             self.orphaned_at = now
 
-    def rebind(self, conn_id: int) -> None:
-        """The agent spoke again, maybe on another connection: follow it, stop the grace."""
-        self.conn_id = conn_id
+    def bind(self, conn_id: int) -> None:
+        """Its user authenticated on `conn_id` (or it is the INVITE's): follow the agent
+        there, and stop the grace."""
+        self.conn_ids.add(conn_id)
         self.orphaned_at = None

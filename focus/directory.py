@@ -1,4 +1,4 @@
-"""The tenant directory: who may authenticate to the focus, as Digest HA1 values only.
+"""The tenant directory: who may authenticate to the focus, as sealed Digest HA1s only.
 
 Operations: `Directory.add_user` / `remove_user` / `list_users` for the operator (the
 `webconf user` command below), `lookup_ha1` and `has_tenant` for the focus.
@@ -8,26 +8,33 @@ Plan: two focus-owned tables on their own `MetaData`, in the same database as th
 the conferencing store:
 
     directory_tenants(domain PK, created_at)
-    sip_users(realm -> directory_tenants.domain, username, ha1_md5, ha1_sha256, created_at)
+    sip_users(realm -> directory_tenants.domain, username, ha1_md5_sealed,
+              ha1_sha256_sealed, created_at)
 
 The realm is the tenant domain (lower-case A-label form) and the username the user part of
-`user@domain`, exactly what RFC 3261 Digest hashes (docs/protocol.md §2). The password is hashed the
-moment it is read and exists nowhere else: not in a row, a log line or an exception.
-Portable SQL only (SQLite embedded, PostgreSQL for scale-out).
+`user@domain`, exactly what RFC 3261 Digest hashes (docs/protocol.md §2). The password is
+hashed the moment it is read and exists nowhere else: not in a row, a log line or an
+exception. An HA1 is password-equivalent, so each is sealed under the directory key
+(`keys/sip-directory.key`, focus/ha1_seal.py) before it is written and unsealed only for a
+lookup: a copy of the database alone answers no challenge. Portable SQL only (SQLite
+embedded, PostgreSQL for scale-out).
 
 `lookup_ha1` runs for every authenticated INVITE, so it is served from a small in-process
 cache: both HA1s of a user are kept for `cache_ttl` seconds (a miss for `miss_ttl`, so a
 guesser hammering unknown names costs one query per name per `miss_ttl`), bounded at
-`cache_size` entries, least recently used out first. Weakness: a change made by another
-process (the `webconf user` command, another focus node) is seen only when the entry
-expires, so a removed user or an old password keeps working for up to `cache_ttl` seconds.
-Changes made through this object invalidate its own cache at once.
+`cache_size` entries, least recently used out first; it holds the sealed values, unsealed
+per lookup (microseconds), so no HA1 lingers in clear in the cache. Weakness: a change made
+by another process (the `webconf user` command, another focus node) is seen only when the
+entry expires, so a removed user or an old password keeps working for up to `cache_ttl`
+seconds. Changes made through this object invalidate its own cache at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import re
 import sys
 import time
@@ -40,11 +47,13 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    LargeBinary,
     MetaData,
     String,
     Table,
     delete,
     insert,
+    inspect,
     select,
     update,
 )
@@ -52,10 +61,15 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from webconf import cli_input
-from webconf.deploy.config import ConfigError, load_config
+from webconf.deploy import keys
+from webconf.deploy.config import Config, ConfigError, load_config
 from webconf.deploy.db import open_engine
 from webconf.deploy.pki import normalize_dns_name
 from webconf.sip.digest import ha1
+
+from .ha1_seal import Ha1Seal
+
+log = logging.getLogger("webconf.focus")
 
 metadata = MetaData()
 
@@ -71,16 +85,21 @@ sip_users = Table(
     metadata,
     Column("realm", String(255), ForeignKey("directory_tenants.domain"), primary_key=True),
     Column("username", String(255), primary_key=True),
-    Column("ha1_md5", String(32), nullable=False),
-    Column("ha1_sha256", String(64), nullable=False),
+    Column("ha1_md5_sealed", LargeBinary, nullable=False),
+    Column("ha1_sha256_sealed", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+HA1_COLUMNS = {"MD5": "ha1_md5_sealed", "SHA-256": "ha1_sha256_sealed"}
 
 # RFC 3261 §25.1 `user` without escapes: unreserved / user-unreserved characters.
 _USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/]{1,128}")
 
 class DirectoryError(ValueError):
     """An address the directory cannot accept; the message never holds a password."""
+
+
+class DirectorySchemaError(RuntimeError):
+    """The database holds the directory of an older schema (HA1s in clear)."""
 
 
 def normalize_domain(domain: str) -> str:
@@ -113,16 +132,18 @@ def parse_address(address: str) -> tuple[str, str]:
 @dataclass(slots=True)
 class _Cached:
     expires: float
-    md5: str | None
-    sha256: str | None
+    sealed: dict[str, bytes] | None
+    """Sealed HA1 by algorithm; None: no such user."""
 
 
 class Directory:
     """Async access to the tenant directory tables, with a TTL cache for lookups."""
 
-    def __init__(self, engine: AsyncEngine, *, cache_ttl: float = 5.0, miss_ttl: float = 1.0,
-                 cache_size: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: AsyncEngine, seal: Ha1Seal, *, cache_ttl: float = 5.0,
+                 miss_ttl: float = 1.0, cache_size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
+        self._seal = seal
         self.cache_ttl = cache_ttl
         self.miss_ttl = miss_ttl
         self.cache_size = cache_size
@@ -132,21 +153,37 @@ class Directory:
         """How many lookups reached the database (for tests and metrics)."""
 
     @classmethod
-    async def open(cls, url: str, *, create: bool = True, cache_ttl: float = 5.0,
+    async def open(cls, url: str, key: bytes, *, create: bool = True, cache_ttl: float = 5.0,
                    miss_ttl: float = 1.0, cache_size: int = 10_000,
                    clock: Callable[[], float] = time.monotonic) -> Directory:
-        """Connect to `url` (SQLAlchemy async URL); create the tables unless told not to."""
+        """Connect to `url` (SQLAlchemy async URL) with the directory `key` (32 bytes); create
+        the tables unless told not to. `DirectorySchemaError` for an older directory."""
         engine = open_engine(url, pool_size=5, max_overflow=10)
-        directory = cls(engine, cache_ttl=cache_ttl, miss_ttl=miss_ttl, cache_size=cache_size,
-                        clock=clock)
+        directory = cls(engine, Ha1Seal(key), cache_ttl=cache_ttl, miss_ttl=miss_ttl,
+                        cache_size=cache_size, clock=clock)
         if create:
             try:
                 async with engine.begin() as conn:
                     await conn.run_sync(metadata.create_all)
+                    columns = await conn.run_sync(lambda sync: {
+                        c["name"] for c in inspect(sync).get_columns("sip_users")})
+                if not set(HA1_COLUMNS.values()) <= columns:
+                    raise DirectorySchemaError(
+                        f"the directory in {engine.url.render_as_string()} is of an older "
+                        "schema that kept Digest HA1s in clear: drop its table sip_users (or "
+                        "move the database aside) and add the users again")
             except BaseException:
                 await engine.dispose()
                 raise
         return directory
+
+    @classmethod
+    async def for_deployment(cls, cfg: Config, *, create: bool = True,
+                             cache_ttl: float = 5.0) -> Directory:
+        """The deployment's directory: its store URL and `keys/sip-directory.key` (created
+        on first use if missing). `keys.KeyFileError` if the key cannot be had."""
+        return await cls.open(cfg.store_url, keys.load_directory_key(cfg), create=create,
+                              cache_ttl=cache_ttl)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -160,9 +197,11 @@ class Directory:
             raise DirectoryError("the password is empty")
         ha1_md5 = ha1(username, realm, password, "MD5")
         ha1_sha256 = ha1(username, realm, password, "SHA-256")
+        sealed = {"ha1_md5_sealed": self._seal.seal(realm, username, "MD5", ha1_md5),
+                  "ha1_sha256_sealed": self._seal.seal(realm, username, "SHA-256", ha1_sha256)}
         for attempt in range(3):  # a concurrent writer may create the same rows first
             try:
-                new_tenant = await self._put_user(realm, username, ha1_md5, ha1_sha256)
+                new_tenant = await self._put_user(realm, username, sealed)
                 break
             except IntegrityError:
                 if attempt == 2:
@@ -170,8 +209,7 @@ class Directory:
         self._cache.pop((realm, username), None)
         return new_tenant
 
-    async def _put_user(self, realm: str, username: str, ha1_md5: str, ha1_sha256: str
-                        ) -> bool:
+    async def _put_user(self, realm: str, username: str, sealed: dict[str, bytes]) -> bool:
         now = time.time()
         async with self.engine.begin() as conn:
             new_tenant = await conn.scalar(select(directory_tenants.c.domain).where(
@@ -181,12 +219,25 @@ class Directory:
             changed = await conn.execute(
                 update(sip_users)
                 .where(sip_users.c.realm == realm, sip_users.c.username == username)
-                .values(ha1_md5=ha1_md5, ha1_sha256=ha1_sha256))
+                .values(**sealed))
             if changed.rowcount == 0:
                 await conn.execute(insert(sip_users).values(
-                    realm=realm, username=username, ha1_md5=ha1_md5, ha1_sha256=ha1_sha256,
-                    created_at=now))
+                    realm=realm, username=username, created_at=now, **sealed))
         return new_tenant
+
+    async def add_new_users(self, users: list[tuple[str, str]]) -> None:
+        """Add (address, password) pairs of users that do not exist yet, in one transaction,
+        to tenants that do (the scale bench adds 10,000 this way)."""
+        now = time.time()
+        rows = []
+        for address, password in users:
+            realm, username = parse_address(address)
+            rows.append({"realm": realm, "username": username, "created_at": now, **{
+                column: self._seal.seal(realm, username, alg, ha1(username, realm, password, alg))
+                for alg, column in HA1_COLUMNS.items()}})
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(sip_users), rows)
 
     async def remove_user(self, address: str) -> bool:
         """Delete the user; False if there was none. The tenant row stays."""
@@ -219,9 +270,10 @@ class Directory:
         return found is not None
 
     async def lookup_ha1(self, realm: str, username: str, algorithm: str) -> str | None:
-        """The stored HA1 hex of `username` in `realm` for "MD5" or "SHA-256", or None."""
+        """The HA1 hex of `username` in `realm` for "MD5" or "SHA-256", unsealed; None for
+        no such user, or a stored value that does not unseal as this user's (logged)."""
         alg = algorithm.upper()
-        if alg not in ("MD5", "SHA-256"):
+        if alg not in HA1_COLUMNS:
             raise ValueError(f"unsupported digest algorithm {algorithm!r}")
         key = (realm.lower(), username)
         now = self._clock()
@@ -230,18 +282,25 @@ class Directory:
             entry = await self._fetch(key, now)
         else:
             self._cache.move_to_end(key)
-        return entry.md5 if alg == "MD5" else entry.sha256
+        if entry.sealed is None:
+            return None
+        value = self._seal.unseal(key[0], username, alg, entry.sealed[alg])
+        if value is None:
+            log.warning(json.dumps({"event": "directory.unseal_failed", "realm": key[0],
+                                    "user": username, "algorithm": alg}))
+        return value
 
     async def _fetch(self, key: tuple[str, str], now: float) -> _Cached:
         self.queries += 1
         async with self.engine.connect() as conn:
             row = (await conn.execute(
-                select(sip_users.c.ha1_md5, sip_users.c.ha1_sha256)
+                select(sip_users.c.ha1_md5_sealed, sip_users.c.ha1_sha256_sealed)
                 .where(sip_users.c.realm == key[0], sip_users.c.username == key[1]))).first()
         if row is None:
-            entry = _Cached(now + self.miss_ttl, None, None)
+            entry = _Cached(now + self.miss_ttl, None)
         else:
-            entry = _Cached(now + self.cache_ttl, row.ha1_md5, row.ha1_sha256)
+            entry = _Cached(now + self.cache_ttl, {"MD5": bytes(row.ha1_md5_sealed),
+                                                   "SHA-256": bytes(row.ha1_sha256_sealed)})
         self._cache[key] = entry
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
@@ -297,7 +356,7 @@ def read_password(address: str | None = None) -> str:
     return password
 
 
-async def _run(args: argparse.Namespace, store_url: str) -> list[str]:
+async def _run(args: argparse.Namespace, cfg: Config) -> list[str]:
     """Perform the action; the lines to print. Raises `_UsageError`/`DirectoryError`.
 
     Several addresses use one process and one database connection pool: every address is
@@ -309,7 +368,7 @@ async def _run(args: argparse.Namespace, store_url: str) -> list[str]:
     if command == "add":  # after the addresses are checked
         several = len(addresses) > 1
         passwords = [read_password(a if several else None) for a in addresses]
-    directory = await Directory.open(store_url)
+    directory = await Directory.for_deployment(cfg)
     try:
         if command == "add":
             lines = []
@@ -343,7 +402,10 @@ def run_user(args: argparse.Namespace) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     try:
-        lines = asyncio.run(_run(args, cfg.store_url))
+        lines = asyncio.run(_run(args, cfg))
+    except (keys.KeyFileError, DirectorySchemaError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     except (_UsageError, DirectoryError) as exc:
         for line in exc.done if isinstance(exc, _UsageError) else []:
             print(line)

@@ -9,8 +9,9 @@ effects the edge performs and whose results it feeds back (`LookupCredentials` -
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
 
@@ -28,6 +29,10 @@ class Conn:
     """"TLS" or "TCP": used for the Contact we hand out."""
     tls_version: str | None = None
     """The negotiated protocol ("TLSv1.3", "TLSv1.2"), logged with each join; None on TCP."""
+    nonce_scope: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)
+    """16 random bytes unique to this connection: the Digest nonces issued on it are bound
+    to them, so a captured Authorization does not work on another connection (a connection
+    lives on one focus node; docs/protocol.md §2)."""
 
 
 # -- outputs: bytes -----------------------------------------------------------------------
@@ -93,7 +98,7 @@ class Revoke:
     """End a participation at the WCS (its cookie stops working). Emitted once per admission."""
 
     conference_id: str
-    """The conference of the participation."""
+    """The conference's public id, from the WCS's admit answer (docs/protocol.md §2.1)."""
     participant_id: str
     """The participant id the WCS returned when it admitted the caller."""
     reason: str

@@ -311,7 +311,9 @@ def test_reinvite_keeps_sdp_session_and_bumps_version() -> None:
     assert o2[1] == o_line[1] and int(o2[2]) == int(o_line[2]) + 1
 
 
-def test_ack_on_a_new_connection_moves_the_dialog() -> None:
+def test_a_dialog_follows_its_agent_to_a_new_connection_once_it_authenticates() -> None:
+    # linphone sends ACK, re-INVITE and BYE to our Contact over a new connection. An ACK
+    # binds nothing (it cannot be challenged); an authenticated request does.
     core = make_core(leave_grace_seconds=30)
     [admit] = [o for o in join(core) if isinstance(o, Admit)]
     [ok] = responses(core.admitted(admit.ticket, admission("p1"), NOW))
@@ -319,9 +321,15 @@ def test_ack_on_a_new_connection_moves_the_dialog() -> None:
     second = Conn(7, "127.0.0.1", 40007)
     core.connection_made(second)
     assert feed(core, second, invite(method="ACK", to_tag=to_tag, cseq=2)) == []
+    [challenge] = responses(feed(core, second, invite(to_tag=to_tag, cseq=3, branch="re1")))
+    assert challenge.status == 401
+    auth = answer_challenge(challenge, user="alice", password="alice-pw")
+    [again] = responses(feed(core, second, invite(to_tag=to_tag, cseq=4, branch="re2",
+                                                  auth=auth)))
+    assert again.status == 200 and json.loads(again.body)["participant"] == "p1"
     core.connection_lost(CONN.id, now=100.0)  # the INVITE's connection goes away
     assert core.next_deadline() is None and core.expire(1000.0) == []
-    out = feed(core, second, invite(method="BYE", to_tag=to_tag, cseq=3, branch="z9hG4bKbye"))
+    out = feed(core, second, invite(method="BYE", to_tag=to_tag, cseq=5, branch="z9hG4bKbye"))
     assert [o for o in out if isinstance(o, Revoke)] == [Revoke("K7Q2", "p1", "bye")]
 
 

@@ -91,10 +91,11 @@ def render(method: str, *, branch: str, call_id: str, from_user: str, cseq: int,
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def authorization(user: str, password: str, nonce: str, nc: int = 1) -> str:
+def authorization(user: str, password: str, nonce: str, nc: int = 1,
+                  method: str = "INVITE") -> str:
     key = digest.ha1(user, REALM, password, "SHA-256")
     nc_text = f"{nc:08x}"
-    response = digest.digest_response("SHA-256", key, nonce, nc_text, "c0ffee", "INVITE",
+    response = digest.digest_response("SHA-256", key, nonce, nc_text, "c0ffee", method,
                                       CONF_URI)
     return (f'Authorization: Digest username="{user}", realm="{REALM}", nonce="{nonce}", '
             f'uri="{CONF_URI}", response="{response}", algorithm=SHA-256, qop=auth, '
@@ -112,7 +113,8 @@ invite_spec = st.fixed_dictionaries({
 message_spec = st.one_of(
     invite_spec, invite_spec,
     st.fixed_dictionaries({"kind": st.sampled_from(
-        ["ack", "bye", "reinvite", "cancel", "options", "ping", "retransmit"]),
+        ["ack", "bye", "reinvite", "bye-auth", "reinvite-auth", "cancel", "options", "ping",
+         "retransmit"]),
         "pick": st.integers(0, 7)}),
 )
 send = st.tuples(st.just("send"), st.integers(0, SLOTS - 1), message_spec,
@@ -369,13 +371,15 @@ class Harness:
             user = str(spec["user"])
             extra = ""
             auth = spec["auth"]
-            nonce = digest.NonceService(SECRET).make(REALM, self.now)
+            assert slot.conn is not None
+            scope = slot.conn.nonce_scope  # nonces are bound to their connection
+            nonce = digest.NonceService(SECRET).make(REALM, self.now, scope)
             if auth == "good" or auth == "wrong":
                 password = PASSWORDS.get(user, "x") if auth == "good" else "wrong"
                 extra = authorization(user, password, nonce)
                 slot.last_nonce = (nonce, 1) if auth == "good" else slot.last_nonce
             elif auth == "stale":
-                old = digest.NonceService(SECRET).make(REALM, self.now - 400)
+                old = digest.NonceService(SECRET).make(REALM, self.now - 400, scope)
                 extra = authorization(user, PASSWORDS.get(user, "x"), old)
             elif auth == "replay" and slot.last_nonce is not None:
                 extra = authorization(user, PASSWORDS.get(user, "x"), *slot.last_nonce)
@@ -406,11 +410,19 @@ class Harness:
         common = {"call_id": str(dialog["call_id"]), "from_user": str(dialog["user"]),
                   "to_tag": str(dialog["to_tag"]), "from_tag": str(dialog["from_tag"]),
                   "cseq": int(str(dialog["cseq"]))}
+        extra = ""
+        if kind.endswith("-auth"):  # credentials on this connection: the dialog's user or not
+            assert slot.conn is not None
+            user = str(dialog["user"]) if pick % 2 == 0 else "bob"
+            nonce = digest.NonceService(SECRET).make(REALM, self.now, slot.conn.nonce_scope)
+            method = "BYE" if kind.startswith("bye") else "INVITE"
+            extra = authorization(user, PASSWORDS.get(user, "x"), nonce, method=method)
         if kind == "ack":
             return render("ACK", branch=f"z9hG4bK{n}", **common)  # type: ignore[arg-type]
-        if kind == "bye":
-            return render("BYE", branch=f"z9hG4bK{n}", **common)  # type: ignore[arg-type]
-        return render("INVITE", branch=f"z9hG4bK{n}", body=OFFER,
+        if kind.startswith("bye"):
+            return render("BYE", branch=f"z9hG4bK{n}", extra=extra,
+                          **common)  # type: ignore[arg-type]
+        return render("INVITE", branch=f"z9hG4bK{n}", body=OFFER, extra=extra,
                       content_type="application/sdp", **common)  # type: ignore[arg-type]
 
     # the end ----------------------------------------------------------------------------
@@ -483,7 +495,10 @@ def test_core_fuzz_harness_sees_a_whole_join() -> None:
     harness.do_send(0, good, True, [0.3])
     harness.do_lookup(0, True)
     harness.do_admit(0, "ok")
-    harness.do_send(1, {"kind": "bye", "pick": 0}, True, [])
+    harness.do_send(1, {"kind": "bye", "pick": 0}, True, [])  # another connection: 401
+    assert not harness.revoked and harness.finals[2][-1][2].startswith(b"SIP/2.0 401")
+    harness.do_send(0, {"kind": "bye", "pick": 0}, True, [])
+    assert sorted(harness.revoked.values()) == [1]
     harness.do_send(2, {**good, "user": "bob"}, True, [0.5, 0.9])
     harness.do_lookup(0, True)
     harness.do_admit(0, "ok")
@@ -508,11 +523,11 @@ def test_non_ascii_digest_response_is_a_wrong_password() -> None:
     `hmac.compare_digest` raise TypeError (the connection died unanswered); it is now
     an ordinary failed attempt, answered with a fresh challenge."""
     harness = Harness()
-    nonce = digest.NonceService(SECRET).make(REALM, harness.now)
-    auth = authorization("alice", "alice-pw", nonce).replace('response="', 'response="\u00e9')
     harness.do_open(0)
     conn = harness.slots[0].conn
     assert conn is not None
+    nonce = digest.NonceService(SECRET).make(REALM, harness.now, conn.nonce_scope)
+    auth = authorization("alice", "alice-pw", nonce).replace('response="', 'response="\u00e9')
     [lookup] = harness.core.receive_data(conn.id, render(
         "INVITE", branch="z9hG4bKna", call_id="na", from_user="alice", cseq=1, extra=auth),
         harness.now)

@@ -14,6 +14,7 @@ from clients.sip import ConferenceDialog, SipConnection, SipError
 from focus.directory import Directory
 from webconf.deploy import tls
 from webconf.deploy.config import Config
+from webconf.protocol import valid_id
 from webconf.sip.framing import NeedData, SipFramer
 from webconf.sip.message import Response
 
@@ -25,7 +26,7 @@ USERS = {"alice@contoso.example": "alice-pw", "bob@contoso.example": "bob-pw",
 
 
 async def add_users(cfg: Config) -> None:
-    directory = await Directory.open(cfg.store_url)
+    directory = await Directory.for_deployment(cfg)
     try:
         for address, password in USERS.items():
             await directory.add_user(address, password)
@@ -76,7 +77,9 @@ async def test_join_channel_bye_revokes(stack: Config, version: str) -> None:
     conn, dialog = await join(stack, "alice@contoso.example", version=version)
     assert conn.tls_version == ("TLSv1.2" if version == "1.2" else "TLSv1.3")
     result = await dialog.join()
-    assert result.role == "organizer" and result.conference == "E2E1"
+    # The join body names the conference by the WCS's public id (docs/protocol.md §2.1).
+    assert result.role == "organizer" and valid_id(result.conference)
+    assert result.conference != "E2E1"
     assert result.contact.endswith(";isfocus")
     assert f"127.0.0.1:{stack.focus.sip_port};transport=tls" in result.contact
     assert await items_status(stack, result) == 200
@@ -265,7 +268,7 @@ async def test_unreachable_wcs_gets_503_with_retry_after(deployment: Config) -> 
     deployment.wcs.internal_port = free_port()  # nothing listens there
     deployment.focus.sip_port = 0
     deployment.focus.wcs_timeout_seconds = 2.0
-    directory = await Directory.open(deployment.store_url)
+    directory = await Directory.for_deployment(deployment)
     wcs = WcsClient(deployment)
     server = FocusServer(deployment, directory, wcs, keys.load_nonce_secret(deployment))
     await server.start()

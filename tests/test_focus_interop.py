@@ -193,7 +193,7 @@ async def test_server_logs_negotiated_tls_version_with_join(
         deployment: Config, caplog: pytest.LogCaptureFixture, version: str) -> None:
     from focus.server import FocusServer
 
-    directory = await Directory.open(deployment.store_url)
+    directory = await Directory.for_deployment(deployment)
     await directory.add_user("alice@contoso.example", "alice-pw")
     deployment.focus.sip_port = 0
     server = FocusServer(deployment, directory, StubWcs(),  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from focus.directory import Directory
 from webconf.deploy import tls
 from webconf.deploy.config import Config
 from webconf.deploy.init import init_deployment
+from webconf.protocol import valid_id
 from webconf.sip import digest, digest_client
 from webconf.sip.digest_client import Challenge
 from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
@@ -70,7 +71,7 @@ def raise_fd_limit(wanted: int = 8192) -> None:
 
 
 async def add_users(cfg: Config) -> None:
-    directory = await Directory.open(cfg.store_url)
+    directory = await Directory.for_deployment(cfg)
     try:
         for address, password in USERS.items():
             await directory.add_user(address, password)
@@ -669,7 +670,7 @@ async def join_once(cfg: Config, address: str, conf: str, source: str = HOST) ->
         started = time.monotonic()
         result = await dialog.join()
         elapsed = time.monotonic() - started
-        assert result.conference == conf
+        assert valid_id(result.conference)  # the WCS's public id (docs/protocol.md §2.1)
         assert await dialog.leave() == 200
         return elapsed
     finally:
@@ -943,7 +944,7 @@ async def test_locked_out_source_costs_no_directory_queries(stack: Stack) -> Non
 
     cfg = load_config(stack.cfg.base_dir)
     cfg.focus.sip_port = 0
-    directory = await Directory.open(cfg.store_url)
+    directory = await Directory.for_deployment(cfg)
     wcs = WcsClient(cfg)
     server = FocusServer(cfg, directory, wcs, keys.load_nonce_secret(cfg))
     await server.start()

@@ -41,6 +41,7 @@ import pytest
 from focus.directory import Directory
 from webconf.deploy import tls
 from webconf.deploy.config import Config
+from webconf.protocol import valid_id
 
 from .conftest import ServeProcess
 
@@ -56,7 +57,7 @@ def conference_uri(conf: str) -> str:
 
 # -- the stack ----------------------------------------------------------------------------
 async def add_user(cfg: Config) -> None:
-    directory = await Directory.open(cfg.store_url)
+    directory = await Directory.for_deployment(cfg)
     try:
         await directory.add_user(USER, PASSWORD)
     finally:
@@ -374,11 +375,12 @@ async def test_pjsua2_joins_over_tls12_reads_multipart_and_opens_channel(
             assert m_lines and all(line.split()[1] != "0" for line in m_lines), sdp_answer
             assert "a=inactive" in sdp_answer, sdp_answer
             joined = json.loads(parts["application/vnd.webconf.join+json"])
-            assert joined["conference"] == conf and joined["role"] == "organizer", joined
+            # The join body names the WCS's public id, not the URI's (docs/protocol.md §2.1).
+            assert valid_id(joined["conference"]) and joined["role"] == "organizer", joined
             async with aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg))) as http:
                 ws_url = joined["webconf_url"].replace("https", "wss", 1) + \
-                    f"/v1/conferences/{conf}/channel"
+                    f"/v1/conferences/{joined['conference']}/channel"
                 async with http.ws_connect(ws_url, headers={
                         "Authorization": f"Bearer {joined['cookie']}"}) as ws:
                     welcome = await asyncio.wait_for(ws.receive_json(), 5)

@@ -12,6 +12,7 @@ from webconf.sip.digest import (
     build_challenges,
     digest_response,
     ha1,
+    same_request_uri,
     verify,
 )
 from webconf.sip.message import parse_auth_params
@@ -32,7 +33,7 @@ class Clock:
 class AlwaysOk:
     """A nonce service that accepts the RFC example nonces."""
 
-    def check(self, nonce, realm, now):
+    def check(self, nonce, realm, now, scope=b""):
         return "ok"
 
 
@@ -78,6 +79,7 @@ def test_rfc7616_vectors_through_verify(algorithm, expected):
     result = verify(
         header,
         method="GET",
+        request_uri="/dir/index.html",
         expected_realm=RFC7616["realm"],
         ha1_lookup=lambda user, alg: key if (user, alg) == ("Mufasa", algorithm) else None,
         nonce_service=AlwaysOk(),
@@ -182,6 +184,7 @@ def setup(clock=None):
         return verify(
             header,
             method=method,
+            request_uri=URI,
             expected_realm=REALM,
             ha1_lookup=lookup,
             nonce_service=service,
@@ -338,3 +341,66 @@ def test_source_threshold_is_separate_from_user_threshold() -> None:
     # a guessing source
     assert throttle.check("bob@contoso.example", "10.0.0.1", now[0]) is not None
     assert throttle.check("bob@contoso.example", "10.0.0.2", now[0]) is None
+
+
+# --- issue 15: nonces bound to a connection, digest-uri bound to the Request-URI ----------
+
+
+def test_a_nonce_is_bound_to_the_connection_it_was_issued_on():
+    clock = Clock()
+    service = NonceService(SECRET)
+    here, there = b"h" * 16, b"t" * 16
+    nonce = service.make(REALM, clock.now, here)
+    assert len(nonce) == 43
+    assert service.check(nonce, REALM, clock.now, here) == "ok"
+    assert NonceService(SECRET).check(nonce, REALM, clock.now, here) == "ok"  # another node
+    assert service.check(nonce, REALM, clock.now, there) == "foreign"
+    assert service.check(nonce, REALM, clock.now) == "foreign"
+    assert NonceService(b"x" * 32).check(nonce, REALM, clock.now, here) == "invalid"
+    assert service.check(nonce, "fabrikam.example", clock.now, here) == "invalid"
+    clock.now += 301
+    assert service.check(nonce, REALM, clock.now, here) == "stale"
+
+
+def test_a_right_response_on_another_connection_is_other_connection_not_ok():
+    clock = Clock()
+    service = NonceService(SECRET)
+    (challenge,) = build_challenges(REALM, ["SHA-256"], service, now=clock.now,
+                                    scope=b"h" * 16)
+
+    def check(header, scope):
+        return verify(header, method="INVITE", request_uri=URI, expected_realm=REALM,
+                      ha1_lookup=lookup, nonce_service=service,
+                      nc_tracker=NonceCountTracker(), now=clock.now, scope=scope)
+
+    assert check(answer(challenge), b"h" * 16).ok
+    assert check(answer(challenge), b"t" * 16).reason == "other-connection"
+    assert check(answer(challenge, password="guess"), b"t" * 16).reason == "bad-response"
+
+
+@pytest.mark.parametrize("digest_uri,same", [
+    (URI, True),
+    ("SIP:alice@Contoso.Example;opaque=app:conf:focus:id:K7Q2;gruu", True),
+    ("sip:%61lice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2", True),
+    ("sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q3", False),
+    ("sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:k7q2", False),
+    ("sip:alice@contoso.example;gruu", False),
+    ("sip:alice@contoso.example", False),
+    ("sip:Alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2", False),
+    ("sips:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2", False),
+    ("sip:alice@contoso.example:5061;gruu;opaque=app:conf:focus:id:K7Q2", False),
+    ("sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2;transport=tls", False),
+    ("/dir/index.html", False),
+    ("", False),
+])
+def test_the_digest_uri_must_name_the_request_uri(digest_uri, same):
+    assert same_request_uri(digest_uri, URI) is same
+    clock = Clock()
+    service, check = setup(clock)
+    (challenge,) = build_challenges(REALM, ["SHA-256"], service, now=clock.now)
+    _, p = parse_auth_params(challenge)
+    key = ha1("alice", REALM, "wonderland", "SHA-256")
+    response = digest_response("SHA-256", key, p["nonce"], "00000001", "c0ffee", "INVITE",
+                               digest_uri)
+    header = answer(challenge, uri=f'"{digest_uri}"', response=f'"{response}"')
+    assert check(header).reason == ("ok" if same else "uri-mismatch")

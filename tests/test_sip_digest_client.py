@@ -127,7 +127,7 @@ def test_a_password_or_an_ha1_is_needed() -> None:
 
 def server_verify(value: str, nonces: NonceService, tracker: NonceCountTracker,
                   password: str = "alice-pw", now: float = NOW) -> str:
-    return verify(value, method="INVITE", expected_realm=REALM,
+    return verify(value, method="INVITE", request_uri=URI, expected_realm=REALM,
                   ha1_lookup=lambda user, alg: ha1(user, REALM, password, alg),
                   nonce_service=nonces, nc_tracker=tracker,
                   allowed_algorithms=("SHA-256", "MD5"), now=now).reason

@@ -258,6 +258,7 @@ def test_value_parsers_only_raise_parse_errors(text):
     result = verify(
         text,
         method="INVITE",
+        request_uri="sip:alice@contoso.example",
         expected_realm="contoso.example",
         ha1_lookup=lambda user, alg: "0" * 32,
         nonce_service=NonceService(b"k" * 32),

@@ -37,15 +37,30 @@ class WcsSection:
     max_item_name_bytes: int = 1024
     cookie_ttl_seconds: int = 12 * 3600
     cookie_leeway_seconds: int = 30
-    """Clock skew the cookie verifier allows on `exp`/`nbf`/`iat`."""
+    """Clock skew the cookie verifier allows on `nbf`/`iat`; `exp` is exact (HTTP and the
+    channel both refuse a cookie from `exp` on)."""
     revocation_purge_seconds: float = 300.0
     """How often the WCS drops revocation rows of cookies already refused by their expiry
     (kept 2 x the leeway past `exp`); 0 turns the purge off."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Web origins (`https://host[:port]`) besides `public_url`'s whose pages may use the
+    `webconf_auth` cookie for the channel and state-changing requests."""
     max_channels_per_participant: int = 4
     max_channel_message_bytes: int = 4096
     channel_queue_length: int = 256
     download_chunk_bytes: int = 1024 * 1024
     max_connections: int = 10_000
+    """Open TLS connections per listener; beyond it a new one is closed at once."""
+    tls_handshake_timeout_seconds: float = 10.0
+    header_timeout_seconds: float = 10.0
+    """From the handshake (or a request's first byte) to the end of the request's head."""
+    keepalive_timeout_seconds: float = 75.0
+    """An idle connection between requests is closed after this (never a data channel)."""
+    upload_deadline_seconds: float = 3600.0
+    """An upload's whole body must arrive within this, whatever its rate (408 if not)."""
+    upload_min_bytes_per_second: int = 4096
+    """After the grace below, an upload must average at least this rate (408 if not)."""
+    upload_rate_grace_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
     retain_content_on_end: bool = False
 
@@ -112,6 +127,12 @@ class Config:
     @property
     def certs_dir(self) -> Path:
         return self.base_dir / "certs"
+
+    @property
+    def ca_private_dir(self) -> Path:
+        """Where `init` keeps the CA's private key: apart from `certs/`, which serving
+        nodes read, because no serving node needs it (only issuing certificates does)."""
+        return self.base_dir / "ca-private"
 
     @property
     def keys_dir(self) -> Path:

@@ -6,6 +6,9 @@
                     named by `keys.cookie_signing_kid` signs; every key in the ring verifies.
 - `sip-nonce.key`   32 random bytes: the HMAC secret behind the focus's stateless Digest
                     nonces (every focus node shares it, so any node can verify a nonce).
+- `sip-directory.key` 32 random bytes: the AES-256-GCM key that seals the directory's Digest
+                    HA1s at rest (focus/ha1_seal.py), so a copy of the database alone signs
+                    no one in. Every focus node and `webconf user` use the same one.
 
 Files are created with O_EXCL and mode 0600 in a 0700 directory, and loading refuses any
 file that group or other could read or write: a leaked root key undoes the whole key
@@ -28,6 +31,7 @@ from webconf.deploy.config import Config
 
 SECRET_BYTES = 32
 NONCE_KEY_NAME = "sip-nonce.key"
+DIRECTORY_KEY_NAME = "sip-directory.key"
 MAX_PEM_BYTES = 4096
 """An Ed25519 PKCS#8 PEM is ~120 bytes; anything far bigger is not one of ours."""
 
@@ -52,6 +56,10 @@ def cookie_key_path(cfg: Config, kid: str) -> Path:
 
 def nonce_key_path(cfg: Config) -> Path:
     return cfg.keys_dir / NONCE_KEY_NAME
+
+
+def directory_key_path(cfg: Config) -> Path:
+    return cfg.keys_dir / DIRECTORY_KEY_NAME
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -128,6 +136,8 @@ def create_keys(cfg: Config) -> None:
         add_cookie_key(cfg, cfg.keys.cookie_signing_kid)
     if not nonce_key_path(cfg).exists():
         _write_new_secret(nonce_key_path(cfg), secrets.token_bytes(SECRET_BYTES))
+    if not directory_key_path(cfg).exists():
+        _write_new_secret(directory_key_path(cfg), secrets.token_bytes(SECRET_BYTES))
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -219,3 +229,17 @@ def load_cookie_keys(cfg: Config) -> dict[str, Ed25519PrivateKey]:
 def load_nonce_secret(cfg: Config) -> bytes:
     """The focus's Digest-nonce HMAC secret (the same on every focus node)."""
     return _read_secret(nonce_key_path(cfg))
+
+
+def load_directory_key(cfg: Config) -> bytes:
+    """The key sealing the directory's HA1s. A deployment made before it existed gets it
+    on first use (its keys directory must exist: that is a deployment); two processes
+    racing to create it agree on the one written first (O_EXCL)."""
+    path = directory_key_path(cfg)
+    if not path.exists():
+        _listing(cfg)  # no keys directory: not a deployment, say so
+        try:
+            _write_new_secret(path, secrets.token_bytes(SECRET_BYTES))
+        except KeyFileError:
+            pass  # another process created it first
+    return _read_secret(path)

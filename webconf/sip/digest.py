@@ -2,26 +2,34 @@
 
 Operations: `build_challenges` for a 401, `verify` for the Authorization that follows.
 
-Plan: nonces are stateless so any focus node that shares the secret can verify them:
-    nonce = base64url(timestamp (8 bytes, big-endian seconds) || random (8)
-                      || HMAC-SHA256(secret, timestamp || random || realm)[:16])
-An expired nonce with an otherwise correct response yields "stale" (answer 401 with
-stale=true, and the client retries without asking its user). Replay within a nonce's
-lifetime is caught by `NonceCountTracker`, which remembers the highest nc per nonce for one
-connection; `FailureThrottle` slows password guessing per user and per source address.
-Every secret-dependent comparison uses `hmac.compare_digest`.
+Plan: nonces are stateless so any focus node that shares the secret can verify them, and
+each is bound to the connection ("scope": 16 random bytes the focus gives the connection)
+it was issued on:
+    nonce = base64url(timestamp (6 bytes, big-endian seconds) || random (6)
+                      || HMAC-SHA256(secret, 0 || timestamp || random || realm)[:10]
+                      || HMAC-SHA256(secret, 1 || timestamp || random || realm || scope)[:10])
+The first MAC says the nonce is ours, the second that it belongs to this connection: a
+captured Authorization replayed on another connection is genuine but "foreign", which a
+right response turns into a `stale=true` challenge (the agent retries with a fresh nonce
+without asking its user; a replayer cannot). An expired nonce with an otherwise correct
+response yields "stale" likewise. Replay within one connection is caught by
+`NonceCountTracker`, which remembers the highest nc per nonce for that connection. The
+digest-uri must name the Request-URI (RFC 7616 §3.4.6): the same string, or the same SIP
+URI component by component, so a response made for one conference cannot join another.
+`FailureThrottle` slows password guessing per user and per source address. Every
+secret-dependent comparison uses `hmac.compare_digest`.
 
 Clock: nothing here reads a clock. Every call that needs the time takes `now` (aioquic's
 discipline), so the focus core stays pure and tests step time by hand. Nonces carry wall
 time (`time.time()`: nodes that share the secret must agree on it); the throttle works with
 any clock its caller uses consistently (the focus core passes the same wall time).
 
-Weaknesses: nc tracking is per connection and bounded (a nonce evicted from the tracker, or
-replayed on another connection, is accepted again until it expires); TLS is what keeps
-credentials from being observed in the first place. The digest-uri is not compared with the
-Request-URI (clients normalise it differently); method and nc still bind each response.
-Per-user lockout lets anyone lock a user out for `lockout` seconds by failing on purpose;
-that is the price of stopping distributed guessing against one account.
+Weaknesses: the nc tracker is bounded (a nonce evicted from it could be replayed on its own
+connection, which only that connection's peer can write to); the 80-bit MACs keep the nonce
+at 43 characters and are checked online only. TLS is what keeps credentials from being
+observed in the first place. Per-user lockout lets anyone lock a user out for `lockout`
+seconds by failing on purpose; that is the price of stopping distributed guessing against
+one account.
 """
 
 from __future__ import annotations
@@ -37,16 +45,19 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from .syntax import SipParseError, parse_auth_params, quote
+from .syntax import SipParseError, SipURI, parse_auth_params, parse_uri, quote
 
 # RFC 8760 name -> hashlib name. MD5 stays for agents that know nothing else (RFC 3261).
 _HASHES = {"MD5": "md5", "SHA-256": "sha256"}
 ALGORITHMS = tuple(_HASHES)
 DEFAULT_ALGORITHMS = ("SHA-256", "MD5")
-_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+_STAMP_BYTES, _RANDOM_BYTES, _MAC_BYTES = 6, 6, 10
+_PREFIX_BYTES = _STAMP_BYTES + _RANDOM_BYTES
+_MAX_STAMP = 2 ** (8 * _STAMP_BYTES) - 1
+_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, unpadded
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
 
-NonceStatus: TypeAlias = Literal["ok", "stale", "invalid"]
+NonceStatus: TypeAlias = Literal["ok", "stale", "foreign", "invalid"]
 AuthReason: TypeAlias = Literal[
     "ok",
     "stale",
@@ -54,6 +65,8 @@ AuthReason: TypeAlias = Literal[
     "bad-response",
     "unknown-user",
     "bad-realm",
+    "uri-mismatch",
+    "other-connection",
     "replay",
     "malformed",
     "unsupported-algorithm",
@@ -107,27 +120,38 @@ class NonceService:
         self.max_skew = max_skew
         """How far in the future a nonce may be dated (clock skew between nodes)."""
 
-    def _mac(self, prefix: bytes, realm: str) -> bytes:
-        data = prefix + realm.encode("utf-8", "surrogateescape")
-        return hmac.new(self._secret, data, hashlib.sha256).digest()[:16]
+    def _mac(self, label: int, *parts: bytes) -> bytes:
+        """HMAC over length-prefixed parts (no two inputs encode alike), cut to 10 bytes."""
+        data = bytes([label]) + b"".join(struct.pack(">H", len(p)) + p for p in parts)
+        return hmac.new(self._secret, data, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def make(self, realm: str, now: float) -> str:
-        """A fresh nonce bound to `realm`, dated `now` (wall-clock seconds)."""
-        prefix = struct.pack(">Q", max(0, int(now))) + os.urandom(8)
-        raw = prefix + self._mac(prefix, realm)
+    def make(self, realm: str, now: float, scope: bytes = b"") -> str:
+        """A fresh nonce bound to `realm` and `scope` (the connection), dated `now`
+        (wall-clock seconds)."""
+        stamp = max(0, min(int(now), _MAX_STAMP))
+        prefix = stamp.to_bytes(_STAMP_BYTES, "big") + os.urandom(_RANDOM_BYTES)
+        realm_bytes = realm.encode("utf-8", "surrogateescape")
+        raw = (prefix + self._mac(0, prefix, realm_bytes)
+               + self._mac(1, prefix, realm_bytes, scope))
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
-    def check(self, nonce: str, realm: str, now: float) -> NonceStatus:
-        """Return "ok", "stale" (genuine but older than `lifetime` at `now`) or "invalid"."""
+    def check(self, nonce: str, realm: str, now: float, scope: bytes = b"") -> NonceStatus:
+        """"ok"; "stale" (genuine, this scope, but older than `lifetime` at `now`);
+        "foreign" (genuine and fresh enough, but issued for another scope); or "invalid"."""
         if not _NONCE_RE.fullmatch(nonce):
             return "invalid"
         raw = base64.urlsafe_b64decode(nonce + "=")
-        if not hmac.compare_digest(self._mac(raw[:16], realm), raw[16:]):
+        prefix = raw[:_PREFIX_BYTES]
+        genuine_mac = raw[_PREFIX_BYTES:_PREFIX_BYTES + _MAC_BYTES]
+        scope_mac = raw[_PREFIX_BYTES + _MAC_BYTES:]
+        realm_bytes = realm.encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(self._mac(0, prefix, realm_bytes), genuine_mac):
             return "invalid"
-        (issued,) = struct.unpack(">Q", raw[:8])
-        age = now - issued
+        age = now - int.from_bytes(prefix[:_STAMP_BYTES], "big")
         if age < -self.max_skew:
             return "invalid"
+        if not hmac.compare_digest(self._mac(1, prefix, realm_bytes, scope), scope_mac):
+            return "foreign"
         return "stale" if age > self.lifetime else "ok"
 
 
@@ -139,8 +163,10 @@ def build_challenges(
     opaque: str | None = None,
     *,
     now: float,
+    scope: bytes = b"",
 ) -> list[str]:
-    """One WWW-Authenticate value per algorithm, in the given (preference) order.
+    """One WWW-Authenticate value per algorithm, in the given (preference) order, with
+    nonces bound to `scope` (the connection the challenge is sent on).
 
     RFC 8760 §2.4: a challenge names one algorithm, so offering several means several
     headers, most preferred first (e.g. ("SHA-256", "MD5")).
@@ -151,7 +177,7 @@ def build_challenges(
         if alg is None:
             raise ValueError(f"unsupported digest algorithm {name!r}")
         value = (
-            f"Digest realm={quote(realm)}, nonce={quote(nonce_service.make(realm, now))}, "
+            f"Digest realm={quote(realm)}, nonce={quote(nonce_service.make(realm, now, scope))}, "
             f'algorithm={alg}, qop="auth"'
         )
         if opaque is not None:
@@ -195,23 +221,52 @@ class NonceCountTracker:
         return True
 
 
+def same_request_uri(digest_uri: str, request_uri: str) -> bool:
+    """True when the Authorization's digest-uri names the Request-URI (RFC 7616 §3.4.6,
+    RFC 3261 §22.4): the same string, or, for SIP URIs, the same scheme, user, password,
+    host (any case), port, parameters (in any order; names and the token values of
+    `transport`, `user`, `method` in any case, other values exactly, since a conference id
+    is case-sensitive) and headers. A parameter in one only is a difference: a response
+    made for `opaque=...:id:A` must not join `...:id:B`, nor a URI without one."""
+    if digest_uri == request_uri:
+        return True
+    try:
+        return _uri_key(parse_uri(digest_uri)) == _uri_key(parse_uri(request_uri))
+    except SipParseError:
+        return False
+
+
+_TOKEN_PARAMS = frozenset({"transport", "user", "method"})
+
+
+def _uri_key(uri: SipURI) -> tuple[object, ...]:
+    params = {name: (value.lower() if value is not None and name in _TOKEN_PARAMS else value)
+              for name, value in uri.params.items()}
+    return (uri.scheme, uri.user, uri.password, uri.host.lower(), uri.port, params,
+            uri.headers)
+
+
 def verify(
     auth_header_value: str,
     *,
     method: str,
+    request_uri: str,
     expected_realm: str,
     ha1_lookup: Callable[[str, str], str | None],
     nonce_service: NonceService,
     nc_tracker: NonceCountTracker,
     allowed_algorithms: Collection[str] | None = None,
     now: float,
+    scope: bytes = b"",
 ) -> AuthResult:
-    """Check an Authorization value for a request with this `method`.
+    """Check an Authorization value for a request with this `method` and `request_uri`.
 
     `ha1_lookup(username, algorithm)` returns the stored HA1 hex for that algorithm (in the
     expected realm) or None. `allowed_algorithms`, when given, refuses algorithms that were
     not offered to this client (no downgrade from SHA-256 to MD5). `now` is wall-clock
-    seconds, for the nonce's age.
+    seconds, for the nonce's age; `scope` names the connection the request came on (a
+    nonce issued for another one is "other-connection", like "stale" a reason to challenge
+    again with stale=true when the response is otherwise right).
     """
     try:
         scheme, p = parse_auth_params(auth_header_value)
@@ -236,9 +291,11 @@ def verify(
         return fail("malformed")
     if realm != expected_realm:
         return fail("bad-realm")
-    status = nonce_service.check(nonce, expected_realm, now)
+    status = nonce_service.check(nonce, expected_realm, now, scope)
     if status == "invalid":
         return fail("bad-nonce")
+    if not same_request_uri(uri, request_uri):
+        return fail("uri-mismatch")
     stored = ha1_lookup(username, alg)
     expected = digest_response(alg, stored or "0" * 64, nonce, nc, cnonce, method, uri)
     if stored is None:
@@ -247,6 +304,8 @@ def verify(
     if not hmac.compare_digest(expected.encode(), response.lower().encode(
             "utf-8", "surrogateescape")):
         return fail("bad-response")
+    if status == "foreign":
+        return fail("other-connection")
     if status == "stale":
         return fail("stale")
     if not nc_tracker.accept(nonce, int(nc, 16)):
