@@ -19,7 +19,7 @@ from webconf.deploy.config import load_config
 from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
 
-from .directory import Directory
+from .directory import Directory, DirectorySchemaError
 from .server import FocusServer
 from .wcs_client import WcsClient
 
@@ -28,7 +28,7 @@ log = logging.getLogger("webconf.focus")
 
 async def serve(base_dir: Path) -> None:
     cfg = load_config(base_dir)
-    directory = await Directory.for_deployment(cfg)
+    directory = await Directory.for_deployment(cfg, create=False)  # serve only checks
     wcs = WcsClient(cfg)
     server = FocusServer(cfg, directory, wcs, keys.load_nonce_secret(cfg))
     await server.start()
@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("focus")
     prepare_server_process()  # descriptors and TLS buffers for ~10k connections
     install_fast_loop()  # uvloop when installed (WEBCONF_UVLOOP=0: the stdlib loop)
-    asyncio.run(serve(Path(args[0])))
+    try:
+        asyncio.run(serve(Path(args[0])))
+    except DirectorySchemaError as exc:  # one line naming `webconf db upgrade DIR`
+        print(f"focus: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -43,20 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (
-    Column,
-    Float,
-    ForeignKey,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    delete,
-    insert,
-    inspect,
-    select,
-    update,
-)
+from sqlalchemy import delete, insert, inspect, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -64,32 +51,26 @@ from webconf import cli_input
 from webconf.deploy import keys
 from webconf.deploy.config import Config, ConfigError, load_config
 from webconf.deploy.db import open_engine
+from webconf.deploy.migrate import (
+    SchemaError,
+    SchemaStatus,
+    check,
+    mismatch_message,
+    upgrade,
+    upgrade_hint,
+)
 from webconf.deploy.pki import normalize_dns_name
 from webconf.sip.digest import ha1
 
 from .ha1_seal import Ha1Seal
+from .migrations import SCHEMA
+from .schema import HA1_COLUMNS, directory_tenants, metadata, sip_users
+
+__all__ = ["HA1_COLUMNS", "Directory", "DirectoryError", "DirectorySchemaError",
+           "directory_tenants", "metadata", "sip_users"]
 
 log = logging.getLogger("webconf.focus")
 
-metadata = MetaData()
-
-directory_tenants = Table(
-    "directory_tenants",
-    metadata,
-    Column("domain", String(255), primary_key=True),
-    Column("created_at", Float, nullable=False),
-)
-
-sip_users = Table(
-    "sip_users",
-    metadata,
-    Column("realm", String(255), ForeignKey("directory_tenants.domain"), primary_key=True),
-    Column("username", String(255), primary_key=True),
-    Column("ha1_md5_sealed", LargeBinary, nullable=False),
-    Column("ha1_sha256_sealed", LargeBinary, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-HA1_COLUMNS = {"MD5": "ha1_md5_sealed", "SHA-256": "ha1_sha256_sealed"}
 
 # RFC 3261 §25.1 `user` without escapes: unreserved / user-unreserved characters.
 _USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/]{1,128}")
@@ -98,8 +79,30 @@ class DirectoryError(ValueError):
     """An address the directory cannot accept; the message never holds a password."""
 
 
-class DirectorySchemaError(RuntimeError):
-    """The database holds the directory of an older schema (HA1s in clear)."""
+class DirectorySchemaError(SchemaError):
+    """The focus's tables are behind or ahead of the code (for instance of the schema that
+    kept HA1s in clear, made before migrations); the message is one line."""
+
+
+async def _schema_error(url: str, status: SchemaStatus,
+                        where: str | None) -> DirectorySchemaError:
+    """The error for a refused schema; a directory with HA1s in clear says so."""
+    if status.state == "unversioned":
+        engine = open_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with engine.connect() as conn:
+                columns = await conn.run_sync(lambda sync: {
+                    c["name"] for c in inspect(sync).get_columns("sip_users")})
+        except SQLAlchemyError:
+            columns = set()
+        finally:
+            await engine.dispose()
+        if columns and not set(HA1_COLUMNS.values()) <= columns:
+            return DirectorySchemaError(status, (
+                f"the directory in {_safe_url(url)} is of an older schema that kept Digest "
+                "HA1s in clear: drop its table sip_users (or move the database aside), "
+                f"{upgrade_hint(where)} and add the users again"))
+    return DirectorySchemaError(status, mismatch_message(status, where))
 
 
 def normalize_domain(domain: str) -> str:
@@ -155,27 +158,29 @@ class Directory:
     @classmethod
     async def open(cls, url: str, key: bytes, *, create: bool = True, cache_ttl: float = 5.0,
                    miss_ttl: float = 1.0, cache_size: int = 10_000,
-                   clock: Callable[[], float] = time.monotonic) -> Directory:
-        """Connect to `url` (SQLAlchemy async URL) with the directory `key` (32 bytes); create
-        the tables unless told not to. `DirectorySchemaError` for an older directory."""
-        engine = open_engine(url, pool_size=5, max_overflow=10)
-        directory = cls(engine, Ha1Seal(key), cache_ttl=cache_ttl, miss_ttl=miss_ttl,
-                        cache_size=cache_size, clock=clock)
+                   clock: Callable[[], float] = time.monotonic,
+                   where: str | None = None) -> Directory:
+        """Connect to `url` (SQLAlchemy async URL) with the directory `key` (32 bytes).
+        `create`: migrate the focus's tables to head first (webconf/deploy/migrate.py, the
+        one way they are made); else only check that they are at head, as `serve` does.
+        `DirectorySchemaError` (one line naming `webconf db upgrade`, `where` being the
+        deployment directory) for a schema behind or ahead of the code."""
         if create:
             try:
-                async with engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all)
-                    columns = await conn.run_sync(lambda sync: {
-                        c["name"] for c in inspect(sync).get_columns("sip_users")})
-                if not set(HA1_COLUMNS.values()) <= columns:
-                    raise DirectorySchemaError(
-                        f"the directory in {engine.url.render_as_string()} is of an older "
-                        "schema that kept Digest HA1s in clear: drop its table sip_users (or "
-                        "move the database aside) and add the users again")
-            except BaseException:
-                await engine.dispose()
-                raise
-        return directory
+                await upgrade(url, [SCHEMA])
+            except SchemaError as exc:
+                raise await _schema_error(url, exc.status, where) from None
+        engine = open_engine(url, pool_size=5, max_overflow=10)
+        try:
+            await check(engine, SCHEMA, where)
+        except SchemaError as exc:
+            await engine.dispose()
+            raise await _schema_error(url, exc.status, where) from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, Ha1Seal(key), cache_ttl=cache_ttl, miss_ttl=miss_ttl,
+                   cache_size=cache_size, clock=clock)
 
     @classmethod
     async def for_deployment(cls, cfg: Config, *, create: bool = True,
@@ -183,7 +188,7 @@ class Directory:
         """The deployment's directory: its store URL and `keys/sip-directory.key` (created
         on first use if missing). `keys.KeyFileError` if the key cannot be had."""
         return await cls.open(cfg.store_url, keys.load_directory_key(cfg), create=create,
-                              cache_ttl=cache_ttl)
+                              cache_ttl=cache_ttl, where=str(cfg.base_dir))
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -368,7 +373,7 @@ async def _run(args: argparse.Namespace, cfg: Config) -> list[str]:
     if command == "add":  # after the addresses are checked
         several = len(addresses) > 1
         passwords = [read_password(a if several else None) for a in addresses]
-    directory = await Directory.for_deployment(cfg)
+    directory = await Directory.for_deployment(cfg, create=False)  # `init` migrated it
     try:
         if command == "add":
             lines = []

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import ipaddress
 import os
+import sqlite3
 import ssl
 import stat
 from contextlib import suppress
@@ -142,6 +143,9 @@ def test_second_init_needs_force_and_force_keeps_keys(cfg: Config) -> None:
     {"host": "bad host!"},
     {"sip_port": 70000},
     {"https_port": 8444},  # clashes with the internal port
+    {"database": "postgresql://127.0.0.1/test"},  # not an async driver
+    {"database": "not a url"},
+    {"database": "postgresql+asyncpg://127.0.0.1:1/test"},  # nothing listens: no config left
 ])
 def test_init_rejects_bad_arguments_and_writes_nothing(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(DeployError):
@@ -481,3 +485,16 @@ async def test_tls11_is_refused(cfg: Config) -> None:
     assert version == "TLSv1.1"
     with pytest.raises(Refused):
         await _talk(tls.server_context(cfg, "focus"), _tls11_client(ca_pem))
+
+
+def test_init_database_and_share_land_in_the_config_and_are_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "store.db"
+    db.parent.mkdir()
+    cfg = init_deployment(tmp_path / "dep", database=f"sqlite+aiosqlite:///{db}",
+                          share=str(tmp_path / "mnt" / "share"))
+    assert cfg.store_url == f"sqlite+aiosqlite:///{db}"
+    assert cfg.share_dir == tmp_path / "mnt" / "share" and cfg.share_dir.is_dir()
+    with sqlite3.connect(db) as conn:
+        versions = {table: conn.execute(f"SELECT version_num FROM {table}").fetchone()[0]
+                    for table in ("alembic_version_wcs", "alembic_version_focus")}
+    assert set(versions.values()) == {"0001"}

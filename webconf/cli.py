@@ -1,6 +1,6 @@
 """`webconf`: the one command for operators and meeting clients (docs/protocol.md §7).
 
-Operator commands (`init`, `serve`, `user`) belong to the server wings and are imported
+Operator commands (`init`, `serve`, `db`, `user`) belong to the server wings and are imported
 only when used, so the client commands stay usable from a client-only install and the
 client wing never touches the server's internals.
 """
@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
              "write a new deployment (PKI, keys, webconf.toml, var/)"),
     "serve": ("webconf.deploy.serve", "add_serve_arguments", "run_serve",
               "run the deployment's servers; prints 'ready' when they accept connections"),
+    "db": ("webconf.deploy.dbcmd", "add_db_arguments", "run_db",
+           "migrate the database (webconf db upgrade DIR) or show its schema (status)"),
 }
 OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "user": ("focus.directory", "add_user_arguments", "run_user",

@@ -13,16 +13,25 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import delete, exists, func, insert, inspect, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from webconf.deploy.db import open_engine
+from webconf.deploy.migrate import (
+    SchemaError,
+    SchemaStatus,
+    check,
+    mismatch_message,
+    upgrade,
+    upgrade_hint,
+)
 
+from .migrations import SCHEMA
 from .schema import (
     conferences,
     items,
-    metadata,
     participants,
     revoked_cookies,
     tenant_keys,
@@ -91,8 +100,17 @@ class CookieState:
     conference_ended: bool
 
 
-class StoreSchemaError(RuntimeError):
-    """The database was created by an older schema (there are no migrations yet)."""
+class StoreSchemaError(SchemaError):
+    """The store's tables are behind or ahead of the code; the message is one line."""
+
+
+def _schema_error(url: str, status: SchemaStatus, where: str | None) -> StoreSchemaError:
+    if status.state == "unversioned":
+        shown = make_url(url).render_as_string(hide_password=True)
+        return StoreSchemaError(status, (
+            f"the database at {shown} has an older schema, made before migrations: "
+            f"move it aside and {upgrade_hint(where)}"))
+    return StoreSchemaError(status, mismatch_message(status, where))
 
 
 ItemCommit = Literal["committed", "revoked", "conference_ended"]
@@ -123,21 +141,27 @@ class Store:
             yield conn
 
     @classmethod
-    async def open(cls, url: str, *, create: bool = True) -> Store:
-        engine = open_engine(url)
-        store = cls(engine)
+    async def open(cls, url: str, *, create: bool = True, where: str | None = None) -> Store:
+        """Connect to `url` (SQLAlchemy async URL). `create`: migrate the store's tables to
+        head first (webconf/deploy/migrate.py, the one way they are made); else only check
+        that they are at head, as `serve` does. `StoreSchemaError` (one line naming
+        `webconf db upgrade`, `where` being the deployment directory) for a schema behind
+        or ahead of the code."""
         if create:
-            async with engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-                columns = await conn.run_sync(
-                    lambda sync: {c["name"] for c in inspect(sync).get_columns("conferences")})
-            if "uri_id" not in columns:
-                await engine.dispose()
-                raise StoreSchemaError(
-                    f"the database at {engine.url.render_as_string()} has an older schema "
-                    "(conferences without uri_id) and there are no migrations yet: move it "
-                    "aside and start again")
-        return store
+            try:
+                await upgrade(url, [SCHEMA])
+            except SchemaError as exc:
+                raise _schema_error(url, exc.status, where) from None
+        engine = open_engine(url)
+        try:
+            await check(engine, SCHEMA, where)
+        except SchemaError as exc:
+            await engine.dispose()
+            raise _schema_error(url, exc.status, where) from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -225,14 +249,15 @@ class Store:
             await conn.execute(update(conferences).where(
                 conferences.c.id == conference_id, conferences.c.ended_at.is_(None))
                 .values(ended_at=now))
-            rows = (await conn.execute(select(participants).where(
+            # UPDATE ... RETURNING: exactly the rows this statement marked left. A revocation
+            # that commits meanwhile (PostgreSQL runs writers at once) keeps its own row, so
+            # no cookie is revoked twice (a unique violation).
+            rows = (await conn.execute(update(participants).where(
                 participants.c.conference_id == conference_id,
-                participants.c.left_at.is_(None)))).all()
+                participants.c.left_at.is_(None)).values(left_at=now).returning(
+                *participants.c))).all()
             ended = [_row(ParticipantRow, r) for r in rows]
             if ended:
-                await conn.execute(update(participants).where(
-                    participants.c.conference_id == conference_id,
-                    participants.c.left_at.is_(None)).values(left_at=now))
                 await conn.execute(insert(revoked_cookies), [
                     {"jti": p.jti, "revoked_at": now, "expires_at": p.expires_at}
                     for p in ended])

@@ -6,6 +6,11 @@ that fails half-way leaves no config behind and can simply be run again. Re-runn
 replacing the root key would make every stored item undecryptable. The CA's private key goes
 to `DIR/ca-private/`, not `DIR/certs/`: `serve` never reads it, so a serving node can run
 without it.
+
+The database is migrated to head last of all (webconf/deploy/migrate.py: every schema the
+installed wings register), after the config is written so it sees the store URL `serve`
+will use (a `WEBCONF_STORE_URL` override included); if that fails, the config written is
+taken back.
 """
 
 from __future__ import annotations
@@ -16,10 +21,15 @@ import os
 import sys
 from pathlib import Path
 
-from webconf.deploy import keys, pki
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from webconf.deploy import keys, migrate, pki
 from webconf.deploy.config import CONFIG_NAME, Config, ConfigError, load_config
 
 DEFAULT_TENANT = "contoso.example"
+ASYNC_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+"""The SQLAlchemy async drivers a store URL may name."""
 
 
 class DeployError(Exception):
@@ -58,6 +68,30 @@ def _check_ports(ports: dict[str, int]) -> None:
         raise DeployError(f"ports must differ: {ports}")
 
 
+def _check_database(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DeployError(f"--database {url!r} is not a SQLAlchemy URL") from None
+    if parsed.drivername not in ASYNC_DRIVERS:
+        raise DeployError(f"--database must use one of {', '.join(ASYNC_DRIVERS)} "
+                          f"(got {parsed.drivername})")
+    return url
+
+
+def migrate_database(cfg: Config) -> None:
+    """Bring the deployment's database to head (`webconf db upgrade`); `DeployError`."""
+    schemas = migrate.installed_schemas()
+    try:
+        migrate.upgrade_sync(cfg.store_url, schemas)
+    except migrate.SchemaError as exc:
+        raise DeployError(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        shown = make_url(cfg.store_url).render_as_string(hide_password=True)
+        raise DeployError(f"cannot migrate the database {shown} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
 def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
@@ -72,8 +106,13 @@ def init_deployment(
     internal_port: int = 8444,
     tenants: list[str] | None = None,
     force: bool = False,
+    database: str | None = None,
+    share: str | None = None,
 ) -> Config:
-    """Write a new deployment into `base_dir` and return its config as `serve` will load it."""
+    """Write a new deployment into `base_dir`, migrate its database and return its config
+    as `serve` will load it. `database`: the store's SQLAlchemy async URL (default the
+    embedded SQLite file in `var/`); `share`: the file share's directory (default
+    `var/share`; relative to `base_dir`), a mount every node shares when scaled out."""
     base = Path(base_dir).expanduser().resolve()
     if (base / CONFIG_NAME).exists() and not force:
         raise DeployError(
@@ -86,6 +125,10 @@ def init_deployment(
     cfg.wcs.https_port = https_port
     cfg.wcs.internal_port = internal_port
     cfg.tenants.domains = _normalize_tenants(tenants)
+    if database is not None:
+        cfg.store.url = _check_database(database)
+    if share is not None:
+        cfg.share.path = str(Path(share).expanduser())
     _check_ports({"--sip-port": sip_port, "--https-port": https_port,
                   "--internal-port": internal_port})
 
@@ -97,16 +140,24 @@ def init_deployment(
     _private_dir(cfg.var_dir)
     _private_dir(cfg.share_dir)
     _private_dir(cfg.log_dir)
+    config_path = base / CONFIG_NAME
+    previous = config_path.read_text() if config_path.exists() else None
     cfg.write()
     try:
-        return load_config(base)
-    except ConfigError as exc:  # e.g. a malformed WEBCONF_* override in the environment
+        loaded = load_config(base)
+        migrate_database(loaded)
+    except (ConfigError, DeployError) as exc:  # e.g. a malformed WEBCONF_* override
+        if previous is None:
+            config_path.unlink()
+        else:
+            config_path.write_text(previous)
         raise DeployError(str(exc)) from None
+    return loaded
 
 
 def add_init_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `webconf init` (dests: dir, host, sip_port, https_port, internal_port,
-    tenants, force)."""
+    tenants, database, share, force)."""
     parser.add_argument("dir", type=Path, help="deployment directory to create")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on and name in the certificates "
@@ -117,6 +168,12 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
                         help="internal mTLS API port (8444)")
     parser.add_argument("--tenant", dest="tenants", action="append", metavar="DOMAIN",
                         help=f"tenant domain; repeat for more (default {DEFAULT_TENANT})")
+    parser.add_argument("--database", metavar="URL",
+                        help="the store's SQLAlchemy URL, e.g. postgresql+asyncpg://"
+                             "user@db.example:5432/webconf (default: SQLite in DIR/var)")
+    parser.add_argument("--share", metavar="PATH",
+                        help="the file share's directory, a mount every node shares "
+                             "(default DIR/var/share)")
     parser.add_argument("--force", action="store_true",
                         help="re-initialise an existing deployment (keeps its keys)")
 
@@ -136,6 +193,8 @@ def _summary(cfg: Config) -> str:
         "certificates: keep it off serving nodes)",
         f"  keys          {cfg.keys_dir}   (0600, never share or commit)",
         f"  data          {cfg.var_dir}   (file share {cfg.share_dir})",
+        f"  database      {make_url(cfg.store_url).render_as_string(hide_password=True)}"
+        "   (migrated to head)",
         f"  tenants       {', '.join(cfg.tenants.domains)}",
         f"  SIP focus     sips:{sip_host}:{cfg.focus.sip_port};transport=tls",
         f"  WCS           {cfg.public_url}",
@@ -160,6 +219,8 @@ def run_init(args: argparse.Namespace) -> int:
             internal_port=args.internal_port,
             tenants=args.tenants,
             force=args.force,
+            database=args.database,
+            share=args.share,
         )
     except (DeployError, keys.KeyFileError, ValueError) as exc:
         print(f"webconf init: {exc}", file=sys.stderr)

@@ -1,0 +1,7 @@
+"""Alembic's entry point for this environment: webconf.deploy.migrate does the work."""
+
+from alembic import context
+
+from webconf.deploy.migrate import run_env
+
+run_env(context)

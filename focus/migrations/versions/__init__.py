@@ -1,0 +1,1 @@
+"""Revisions, oldest first (Alembic loads them by file)."""
