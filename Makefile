@@ -1,6 +1,7 @@
 # webconf: one-command set-up on a fresh machine.
 #   make demo   - create .venv, install, run a whole verified meeting (webconf demo)
-#   make test   - create .venv, install, run the whole test suite (what CI runs)
+#   make test   - create .venv, install, run the whole test suite (what CI runs); the store,
+#                 service and API tests run on SQLite and on PostgreSQL (tests/backends.py)
 #   make bench  - benchmarks beside their baselines (Kamailio, nginx); table + bench/results/
 #   make lint   - ruff + mypy --strict (CI runs it before the tests)
 #   make dev    - a dev deployment in .dev/ (PKI, keys, config), then `make serve`
@@ -18,8 +19,8 @@ $(STAMP): pyproject.toml
 		|| $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests drive (baresip, linphonec, SIPp) and the baselines the bench
-# smoke tests run (kamailio, nginx, wrk, h2load); skipped without root/apt.
+# Debian packages the tests drive (baresip, linphonec, SIPp, PostgreSQL's initdb) and the
+# baselines the bench smoke tests run (kamailio, nginx, wrk, h2load); skipped without root/apt.
 sysdeps:
 	bash scripts/system-deps.sh --bench
 

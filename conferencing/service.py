@@ -175,7 +175,8 @@ class ConferenceService:
         if not valid_id(uri_id):
             raise ServiceError("bad_request", "invalid conference id")
         for name, value in (("tenant", tenant), ("organizer", organizer), ("user", user)):
-            if not value or len(value) > 512:
+            # NUL: PostgreSQL text cannot hold it, so no backend stores it (a 400, not a 500).
+            if not value or len(value) > 512 or "\x00" in value:
                 raise ServiceError("bad_request", f"invalid {name}")
         for name, value in (("organizer", organizer), ("user", user)):
             local, at, domain = value.rpartition("@")

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from conferencing.app import WcsServer
+from tests.backends import PgServer, PgUnavailable, selected_backends, start_server
 from webconf.deploy import tls
 from webconf.deploy.config import Config, load_config
 from webconf.deploy.init import init_deployment
@@ -23,12 +24,83 @@ from webconf.deploy.local import ServeProcess, free_port
 TENANTS = ["contoso.example", "fabrikam.example"]
 VECTORS = Path(os.environ.get("WEBCONF_VECTORS") or Path(__file__).resolve().parent / "vectors")
 
+# -- store backends (tests/backends.py) ---------------------------------------------------------
+# A test whose fixtures include `backend` (through `deployment` or `store_url`) runs once per
+# backend, ids `[sqlite]`/`[postgresql]` (`WEBCONF_TEST_BACKENDS` picks), unless it starts
+# `webconf serve` (the `serve` fixture), is marked `sqlite_only`, or lives in a module below.
+# Those stay on SQLite: they drive `webconf serve`/focus subprocesses, SIP user agents or TLS
+# buffers, not the store, whose every path the doubled store/service/API tests cover; doubling
+# them would double the slowest part of the suite for no new coverage.
+SQLITE_ONLY_MODULES = frozenset({
+    "test_serve", "test_parent_death", "test_cli", "test_meeting", "test_real_agents",
+    "test_focus_interop", "test_focus_e2e", "test_hostile_sip", "test_bench_smoke_scale",
+})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: runs on the SQLite backend only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if (module in SQLITE_ONLY_MODULES or "serve" in metafunc.fixturenames
+            or metafunc.definition.get_closest_marker("sqlite_only") is not None):
+        return  # `backend` falls back to sqlite
+    try:
+        backends = selected_backends()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    metafunc.parametrize("backend", backends, indirect=True, ids=list(backends))
+
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Config:
-    """A fresh deployment directory with free ports reserved for a subprocess server."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of this test: "sqlite" or "postgresql"."""
+    name: str = getattr(request, "param", "sqlite")
+    return name
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The PostgreSQL the tests use (a running server, else a throwaway cluster)."""
+    try:
+        server = start_server()
+    except PgUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """`postgresql+asyncpg://...` of an empty database that is this test's alone."""
+    name = pg_server.acquire()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.release(name)
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A store URL of this test's backend: a new SQLite file or a new PostgreSQL database."""
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path / 'webconf.db'}"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Config:
+    """A fresh deployment directory with free ports reserved for a subprocess server, its
+    store on this test's backend (`store.url` in webconf.toml, so subprocesses use it too)."""
+    database = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     return init_deployment(tmp_path / "dep", https_port=free_port(), internal_port=free_port(),
-                           sip_port=free_port(), tenants=TENANTS)
+                           sip_port=free_port(), tenants=TENANTS, database=database)
 
 
 @dataclass

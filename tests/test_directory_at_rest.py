@@ -9,14 +9,17 @@ import shutil
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from focus.core import FocusCore
 from focus.directory import Directory, DirectorySchemaError
 from focus.events import Admit, LookupCredentials, Output
 from webconf.deploy import keys
 from webconf.deploy.config import Config
+from webconf.deploy.db import open_engine
 from webconf.deploy.local import add_users
 from webconf.sip import digest
 from webconf.sip.message import parse_auth_params
@@ -37,11 +40,22 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def row(db: Path, user: str) -> tuple[bytes, bytes]:
-    """What a thief reads from a copy of the database file."""
-    with sqlite3.connect(db) as conn:
-        md5, sha = conn.execute("SELECT ha1_md5_sealed, ha1_sha256_sealed FROM sip_users "
-                                "WHERE username = ?", (user,)).fetchone()
+async def sql(cfg: Config, statement: str, **params: Any) -> Any:
+    """Run one statement on the deployment's database, as someone with access to it (not to
+    the keys) could; the first row, if any."""
+    engine = open_engine(cfg.store_url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(statement), params)
+            return result.first() if result.returns_rows else None
+    finally:
+        await engine.dispose()
+
+
+async def row(cfg: Config, user: str) -> tuple[bytes, bytes]:
+    """What a thief reads from a copy of the database."""
+    md5, sha = await sql(cfg, "SELECT ha1_md5_sealed, ha1_sha256_sealed FROM sip_users "
+                              "WHERE username = :user", user=user)
     return bytes(md5), bytes(sha)
 
 
@@ -77,11 +91,11 @@ async def test_the_stored_value_is_not_the_ha1_and_answers_no_challenge(
         deployment: Config) -> None:
     assert mode(keys.directory_key_path(deployment)) == 0o600  # made by `webconf init`
     add_users(deployment.base_dir, [("alice@contoso.example", PASSWORD)])
-    db = deployment.var_dir / "webconf.db"
-    md5_sealed, sha_sealed = row(db, "alice")
+    md5_sealed, sha_sealed = await row(deployment, "alice")
     ha1_sha = digest.ha1("alice", "contoso.example", PASSWORD, "SHA-256")
     ha1_md5 = digest.ha1("alice", "contoso.example", PASSWORD, "MD5")
     data = b"".join(p.read_bytes() for p in deployment.var_dir.glob("webconf.db*"))
+    data += md5_sealed + sha_sealed  # all there is on PostgreSQL, whose files are not ours
     for secret in (ha1_sha, ha1_md5):
         assert secret.encode() not in data and bytes.fromhex(secret) not in data
     assert sha_sealed.hex() != ha1_sha and md5_sealed.hex() != ha1_md5
@@ -102,11 +116,16 @@ async def test_the_stored_value_is_not_the_ha1_and_answers_no_challenge(
 
 
 async def test_a_database_copy_without_the_keys_unseals_nothing(deployment: Config,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              backend: str) -> None:
     add_users(deployment.base_dir, [("alice@contoso.example", PASSWORD)])
-    stolen = tmp_path / "stolen.db"
-    shutil.copy(deployment.var_dir / "webconf.db", stolen)
-    thief = await Directory.open(f"sqlite+aiosqlite:///{stolen}", b"t" * 32, create=False)
+    if backend == "sqlite":
+        stolen = tmp_path / "stolen.db"
+        shutil.copy(deployment.var_dir / "webconf.db", stolen)
+        stolen_url = f"sqlite+aiosqlite:///{stolen}"
+    else:  # the thief reads the database itself
+        stolen_url = deployment.store_url
+    thief = await Directory.open(stolen_url, b"t" * 32, create=False)
     try:
         for alg in ("MD5", "SHA-256"):
             assert await thief.lookup_ha1("contoso.example", "alice", alg) is None
@@ -118,11 +137,10 @@ async def test_a_row_moved_to_another_user_or_column_does_not_unseal(
         deployment: Config) -> None:
     add_users(deployment.base_dir, [("alice@contoso.example", PASSWORD),
                                     ("bob@contoso.example", "bob-pw")])
-    db = deployment.var_dir / "webconf.db"
-    md5_sealed, sha_sealed = row(db, "alice")
-    with sqlite3.connect(db) as conn:  # the attacker can write the database, not read keys
-        conn.execute("UPDATE sip_users SET ha1_md5_sealed = ?, ha1_sha256_sealed = ? "
-                     "WHERE username = 'bob'", (md5_sealed, sha_sealed))
+    md5_sealed, sha_sealed = await row(deployment, "alice")
+    # the attacker can write the database, not read keys
+    await sql(deployment, "UPDATE sip_users SET ha1_md5_sealed = :md5, ha1_sha256_sealed = :sha "
+              "WHERE username = 'bob'", md5=md5_sealed, sha=sha_sealed)
     directory = await Directory.for_deployment(deployment, create=False)
     try:
         for alg in ("MD5", "SHA-256"):
@@ -130,9 +148,8 @@ async def test_a_row_moved_to_another_user_or_column_does_not_unseal(
             assert await directory.lookup_ha1("contoso.example", "alice", alg) is not None
     finally:
         await directory.close()
-    with sqlite3.connect(db) as conn:  # alice's two columns swapped
-        conn.execute("UPDATE sip_users SET ha1_md5_sealed = ?, ha1_sha256_sealed = ? "
-                     "WHERE username = 'alice'", (sha_sealed, md5_sealed))
+    await sql(deployment, "UPDATE sip_users SET ha1_md5_sealed = :md5, "  # columns swapped
+              "ha1_sha256_sealed = :sha WHERE username = 'alice'", md5=sha_sealed, sha=md5_sealed)
     directory = await Directory.for_deployment(deployment, create=False)
     try:
         for alg in ("MD5", "SHA-256"):
@@ -141,6 +158,7 @@ async def test_a_row_moved_to_another_user_or_column_does_not_unseal(
         await directory.close()
 
 
+@pytest.mark.sqlite_only  # SQLite's files; PostgreSQL's are the server's
 async def test_database_files_are_0600(deployment: Config) -> None:
     add_users(deployment.base_dir, [("alice@contoso.example", PASSWORD)])
     directory = await Directory.for_deployment(deployment)

@@ -33,8 +33,8 @@ def db_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def directory(tmp_path: Path):
-    d = await Directory.open(db_url(tmp_path), KEY)
+async def directory(store_url: str):
+    d = await Directory.open(store_url, KEY)
     try:
         yield d
     finally:
@@ -114,6 +114,7 @@ async def test_rejects_bad_input(directory: Directory) -> None:
     assert await directory.list_users() == []
 
 
+@pytest.mark.sqlite_only  # reads the database files
 async def test_no_password_bytes_in_the_database(tmp_path: Path) -> None:
     directory = await Directory.open(db_url(tmp_path), KEY)
     old, new = "first-Secret-4242", "second-Secret-9191 ✓"
@@ -133,16 +134,16 @@ async def test_no_password_bytes_in_the_database(tmp_path: Path) -> None:
     assert ha1("alice", "contoso.example", new, "SHA-256").encode() not in data
 
 
-async def test_shares_the_database_with_the_wcs_store(tmp_path: Path) -> None:
-    store = await Store.open(db_url(tmp_path))
-    directory = await Directory.open(db_url(tmp_path), KEY)
+async def test_shares_the_database_with_the_wcs_store(store_url: str) -> None:
+    store = await Store.open(store_url)
+    directory = await Directory.open(store_url, KEY)
     try:
         assert await directory.add_user("alice@contoso.example", "pw") is True
         assert await store.tenant_key("contoso.example") is None  # separate tables
     finally:
         await directory.close()
         await store.close()
-    reopened = await Directory.open(db_url(tmp_path), KEY, create=False)
+    reopened = await Directory.open(store_url, KEY, create=False)
     try:
         assert await reopened.list_users() == ["alice@contoso.example"]
     finally:
@@ -151,9 +152,9 @@ async def test_shares_the_database_with_the_wcs_store(tmp_path: Path) -> None:
 
 # -- the lookup cache -------------------------------------------------------------------------
 
-async def test_cache_hits_expiry_and_misses(tmp_path: Path) -> None:
+async def test_cache_hits_expiry_and_misses(store_url: str) -> None:
     clock = FakeClock()
-    url = db_url(tmp_path)
+    url = store_url
     focus = await Directory.open(url, KEY, cache_ttl=5.0, miss_ttl=1.0, clock=clock)
     operator = await Directory.open(url, KEY)  # another process, e.g. `webconf user`
     try:
@@ -194,8 +195,8 @@ async def test_cache_hits_expiry_and_misses(tmp_path: Path) -> None:
         await operator.close()
 
 
-async def test_cache_is_bounded(tmp_path: Path) -> None:
-    directory = await Directory.open(db_url(tmp_path), KEY, cache_size=3)
+async def test_cache_is_bounded(store_url: str) -> None:
+    directory = await Directory.open(store_url, KEY, cache_size=3)
     try:
         for i in range(10):
             await directory.lookup_ha1("contoso.example", f"user{i}", "MD5")

@@ -63,7 +63,7 @@ PARENT = textwrap.dedent("""
 # A pytest run whose fixture serves a deployment, like tests/test_serve.py's.
 FIXTURE_TEST = textwrap.dedent("""
     import json, os, time
-    from tests.conftest import deployment, serve  # noqa: F401 - the fixtures
+    from tests.conftest import backend, deployment, serve  # noqa: F401 - the fixtures
 
     def test_hangs(deployment, serve):
         serve.start()

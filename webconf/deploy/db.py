@@ -25,12 +25,30 @@ PRIVATE_MODE = 0o600
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
+PG_CONNECT_TIMEOUT_SECONDS = 10.0
+"""How long asyncpg may take to open a connection (its default is 60 s)."""
+PG_POOL_TIMEOUT_SECONDS = 10.0
+"""How long a request waits for a pooled connection before it fails."""
+PG_POOL_RECYCLE_SECONDS = 1800
+"""Connections are replaced after this age, before a firewall or balancer in the way
+drops them while idle."""
+
+
 def open_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
+    """The engine of `url`. On PostgreSQL each process holds up to `pool_size +
+    max_overflow` connections per engine (the WCS's store, the focus's directory), so the
+    server's `max_connections` must cover every node's processes. Each checkout is
+    pre-pinged: a connection the server or a failover closed is replaced, not handed out.
+    There is no single-writer lock there (the store takes SQLite's itself)."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
+                      pool_timeout=PG_POOL_TIMEOUT_SECONDS,
+                      pool_recycle=PG_POOL_RECYCLE_SECONDS)
+        if make_url(url).get_driver_name() == "asyncpg":
+            kwargs["connect_args"] = {"timeout": PG_CONNECT_TIMEOUT_SECONDS}
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         path = sqlite_path(url)
