@@ -9,7 +9,8 @@ their connections at `wcs.max_connections` (`conferencing.listener`).
 
 `python -m conferencing DIR` runs it in the foreground, prints `wcs ready ...` once both
 listeners accept connections, and on SIGTERM/SIGINT stops accepting, closes data channels,
-drains in-flight requests (up to `wcs.shutdown_grace_seconds`) and exits.
+drains in-flight requests (up to `wcs.shutdown_grace_seconds`, or what `webconf serve` left
+of it after stopping the focus) and exits.
 
 While it runs, a background task drops the revocation rows of cookies that their `exp`
 already refuses (every `wcs.revocation_purge_seconds`), so `revoked_cookies` stays as large
@@ -36,6 +37,7 @@ from webconf.deploy.capacity import prepare_server_process
 from webconf.deploy.config import Config, load_config
 from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
+from webconf.deploy.serve import drain_seconds, read_restarts
 
 from .api import internal, public
 from .api.context import CHANNELS, METRICS, SERVICE
@@ -48,8 +50,13 @@ from .metrics import Metrics
 from .service import ConferenceService
 from .share import FileShare
 from .store import Store
+from .store.store import StoreSchemaError
 
 log = logging.getLogger("webconf.wcs")
+STRAGGLER_SECONDS = 0.25
+"""After `stop`'s drain (`wcs.shutdown_grace_seconds`), how long aiohttp gives a handler that
+is still running before it cancels it, and then the cancelled handler to end (so twice this
+at most): the drain was the grace, this is not a second one."""
 
 
 def build_public_app(service: ConferenceService, metrics: Metrics,
@@ -105,7 +112,8 @@ class WcsServer:
 
     async def start(self) -> None:
         cfg = self.cfg
-        store = await Store.open(cfg.store_url)
+        # `init` / `webconf db upgrade` make the schema; serving only checks it is at head.
+        store = await Store.open(cfg.store_url, create=False, where=str(cfg.base_dir))
         share = FileShare(cfg.share_dir)
         share.prepare()
         cookie_keys = keys.load_cookie_keys(cfg)
@@ -113,24 +121,24 @@ class WcsServer:
                                   ttl_seconds=cfg.wcs.cookie_ttl_seconds,
                                   leeway_seconds=cfg.wcs.cookie_leeway_seconds)
         metrics = Metrics()
+        metrics.report_restarts(lambda: read_restarts(cfg))  # our supervisor's, if any
         self.service = ConferenceService(
             cfg, store, share, cookies, keys.load_root_keys(cfg),
             EventHub(queue_length=cfg.wcs.channel_queue_length), metrics)
         swept = await self.service.sweep_share()
         if swept["temp"] or swept["orphan"]:
             log.info(json.dumps({"event": "share.sweep", **swept}))
-        grace = cfg.wcs.shutdown_grace_seconds
         self.guards = {name: ConnectionGuard(
             name, max_connections=cfg.wcs.max_connections,
             header_timeout_seconds=cfg.wcs.header_timeout_seconds)
             for name in ("public", "internal")}
         public_runner = web.AppRunner(
             build_public_app(self.service, metrics, self.in_flight, self.guards["public"]),
-            access_log=None, shutdown_timeout=grace, max_field_size=8190,
+            access_log=None, shutdown_timeout=STRAGGLER_SECONDS, max_field_size=8190,
             keepalive_timeout=cfg.wcs.keepalive_timeout_seconds)
         internal_runner = web.AppRunner(
             build_internal_app(self.service, self.in_flight, self.guards["internal"]),
-            access_log=None, shutdown_timeout=grace,
+            access_log=None, shutdown_timeout=STRAGGLER_SECONDS,
             keepalive_timeout=cfg.wcs.keepalive_timeout_seconds)
         for runner in (public_runner, internal_runner):
             await runner.setup()
@@ -169,7 +177,8 @@ class WcsServer:
                 await site.stop()
         if self.service is not None:
             self.service.events.close_all("shutdown")
-        await self.in_flight.wait_idle(self.cfg.wcs.shutdown_grace_seconds)
+        await self.in_flight.wait_idle(drain_seconds(self.cfg))  # the grace, or what the
+        # node's stop left of it after the focus (webconf/deploy/serve.py)
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()
@@ -222,5 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare_server_process()  # descriptors and TLS buffers for ~10k connections
     cfg = load_config(Path(args[0]))
     install_fast_loop()
-    asyncio.run(serve_forever(cfg))
+    try:
+        asyncio.run(serve_forever(cfg))
+    except StoreSchemaError as exc:  # one line naming `webconf db upgrade DIR`
+        print(f"wcs: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0

@@ -1,10 +1,20 @@
 """Prometheus metrics of one WCS process, in a registry of its own (so several apps can
-live in one test process without colliding)."""
+live in one test process without colliding).
+
+One family is not this process's own: `webconf_restarts{component}`, the restarts that the
+`webconf serve` supervisor made of each server process of the node (the WCS's included, which
+is why it cannot be counted in memory). It is read at each scrape from what the supervisor
+publishes (`report_restarts`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _SECONDS_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300)
 
@@ -36,8 +46,34 @@ class Metrics:
             "Revoked-cookie rows dropped once their cookies had expired",
             registry=self.registry)
 
+    def report_restarts(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Expose `read()` (component -> restarts) as `webconf_restarts` at each scrape."""
+        self.registry.register(_RestartsCollector(read))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RestartsCollector(Collector):
+    """Reads the restart counts when scraped, so a restart made after this process started
+    (the focus's) shows at once."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self.read = read
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily("webconf_restarts",
+                                 "Restarts of each server process of this node by its supervisor",
+                                 labels=["component"])
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for component, count in sorted(self.read().items()):
+            family.add_metric([component], count)
+        return [family]
 
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "Metrics"]

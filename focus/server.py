@@ -138,6 +138,17 @@ class FocusServer:
         self._revoke_workers = [asyncio.create_task(self._revoke_worker())
                                 for _ in range(REVOKE_WORKERS)]
 
+    @property
+    def revoke_budget_seconds(self) -> float:
+        """How long `stop` waits for the WCS to confirm the open dialogs' revocations.
+
+        `webconf serve` stops the focus before the WCS, and the whole node within
+        `wcs.shutdown_grace_seconds`: the focus takes at most half of it (one DELETE per
+        dialog, `REVOKE_WORKERS` at a time, normally milliseconds), the WCS drains in the rest.
+        """
+        return min(self.cfg.focus.wcs_timeout_seconds * 4,
+                   self.cfg.wcs.shutdown_grace_seconds / 2)
+
     async def stop(self) -> None:
         """Stop accepting, end every participation at the WCS, close connections."""
         for server in self.servers:
@@ -151,8 +162,8 @@ class FocusServer:
             outputs += self._core.expire(float("inf"))
         for revoke in (o for o in outputs if isinstance(o, Revoke)):
             self._revokes.put_nowait(revoke)
-        try:  # every participation ends at the WCS before we exit, within reason
-            async with asyncio.timeout(self.cfg.focus.wcs_timeout_seconds * 4):
+        try:  # every participation ends at the WCS before we exit, within our half of
+            async with asyncio.timeout(self.revoke_budget_seconds):  # the node's grace
                 await self._revokes.join()
         except TimeoutError:
             log.error(json.dumps({"event": "revoke.unfinished",
