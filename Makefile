@@ -32,11 +32,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/webconf demo
 
+# Most tests wait on sockets and child processes, so they run in 3 workers (one module per
+# worker: module-scoped servers stay shared); the ones that measure time or load (timeouts,
+# floods, benches, process deaths) run alone afterwards, so a busy neighbour cannot skew them.
+SERIAL_TESTS = tests/test_hostile_sip.py tests/test_digest_replay_live.py \
+	tests/test_wcs_listener_limits.py tests/test_upload_revocation.py \
+	tests/test_revocation_purge.py tests/test_supervisor.py tests/test_parent_death.py \
+	tests/test_real_agents.py tests/test_bench_smoke_http.py tests/test_bench_smoke_sip.py \
+	tests/test_bench_smoke_scale.py
+
 test: $(STAMP) sysdeps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile \
+		$(foreach f,$(SERIAL_TESTS),--ignore=$(f))
+	$(PY) -m pytest -q -p no:cacheprovider $(SERIAL_TESTS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -x -m "not slow"
+	$(PY) -m pytest -q -x -p no:cacheprovider -n 3 --dist loadfile -m "not slow"
 
 # ruff over every Python file we ship or run; mypy --strict (pyproject) over the packages and bench/.
 lint: $(STAMP)
