@@ -46,8 +46,10 @@ test: $(STAMP) sysdeps
 		$(foreach f,$(SERIAL_TESTS),--ignore=$(f))
 	$(PY) -m pytest -q -p no:cacheprovider $(SERIAL_TESTS)
 
+# The inner loop: SQLite only, no slow tests, none of the timing/load files above.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -x -p no:cacheprovider -n 3 --dist loadfile -m "not slow"
+	WEBCONF_TEST_BACKENDS=sqlite $(PY) -m pytest -q -x -p no:cacheprovider -n 3 \
+		--dist loadfile -m "not slow" $(foreach f,$(SERIAL_TESTS),--ignore=$(f))
 
 # ruff over every Python file we ship or run; mypy --strict (pyproject) over the packages and bench/.
 lint: $(STAMP)
