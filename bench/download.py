@@ -26,7 +26,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -43,7 +42,16 @@ from webconf.deploy import tls
 from webconf.deploy.config import Config
 from webconf.protocol import Admission
 
-from .common import Stack, children, cpu_seconds, free_port, median, stack, standalone
+from .common import (
+    Stack,
+    children,
+    cpu_seconds,
+    free_port,
+    median,
+    stack,
+    standalone,
+    stop_baseline,
+)
 from .report import Row
 
 CONFERENCE = "BENCH"
@@ -205,13 +213,7 @@ def nginx(cfg: Config, blob: Path, host: str = "127.0.0.1") -> Iterator[Nginx]:
             time.sleep(0.05)
         yield Nginx(f"https://{host}:{port}/blob", proc.pid)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_baseline(proc, 15)
         shutil.rmtree(prefix, ignore_errors=True)
 
 

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import children
+from .common import children, free_port, stop_baseline
 
 KAMAILIO_TEMPLATES = Path(__file__).resolve().parent / "kamailio"
 KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
@@ -56,19 +55,6 @@ def _fill(template: Path, values: dict[str, str]) -> str:
     return text
 
 
-def _free_port_pair() -> tuple[int, int]:
-    ports = []
-    socks = []
-    for _ in range(2):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(int(s.getsockname()[1]))
-    for s in socks:
-        s.close()
-    return ports[0], ports[1]
-
-
 @contextlib.contextmanager
 def kamailio(certs_dir: Path, *, tcp_children: int, children_udp: int = 1,
              max_connections: int = 8192) -> Iterator[Kamailio]:
@@ -76,7 +62,7 @@ def kamailio(certs_dir: Path, *, tcp_children: int, children_udp: int = 1,
     workdir = Path(tempfile.mkdtemp(prefix="webconf-kamailio-"))
     run_dir = workdir / "run"
     run_dir.mkdir()
-    tls_port, tcp_port = _free_port_pair()
+    tls_port, tcp_port = free_port(), free_port()
     (workdir / "tls.cfg").write_text(_fill(KAMAILIO_TEMPLATES / "tls.cfg.tmpl", {
         "CERT": str(certs_dir / "focus.pem"), "KEY": str(certs_dir / "focus.key")}))
     modules = os.environ.get("KAMAILIO_MODULES", KAMAILIO_MODULES)
@@ -106,12 +92,6 @@ def kamailio(certs_dir: Path, *, tcp_children: int, children_udp: int = 1,
                 time.sleep(0.1)
         yield kam
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_baseline(proc, 10)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
