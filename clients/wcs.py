@@ -40,8 +40,10 @@ from webconf.events import (
     ItemShared,
     Ping,
     Pong,
+    Resumed,
     Revoked,
     Welcome,
+    event_seq,
     parse_event,
 )
 from webconf.protocol import valid_id
@@ -347,9 +349,13 @@ class Channel:
 
     `end_reason` is None while running, then "revoked", "conference.ended", "unauthorized"
     (a reconnect was refused: the cookie is no longer valid) or "closed" (`close()`).
-    After a reconnect the stream continues with a `{"type": "channel.reconnected"}` event
-    and synthetic `item.shared`/`item.removed` events (marked `"synthetic": true`) for what
-    changed meanwhile. `pong` replies to our keep-alives are not passed on.
+    A reconnect resumes after the last `seq` seen (`?after=`, docs/protocol.md §4.3): the
+    stream continues with a `{"type": "channel.reconnected", "resumed": true}` event and
+    then every event missed meanwhile, as sent. When the WCS can no longer replay them it
+    sends a full welcome instead, and the stream continues with `channel.reconnected`
+    (`"resumed": false`) and synthetic `item.shared`/`item.removed` events (marked
+    `"synthetic": true`) for what changed meanwhile. No event is passed on twice (by seq,
+    and items by id). `pong` replies to our keep-alives are not passed on.
     """
 
     def __init__(self, session: WcsSession, *, ping_interval: float = PING_INTERVAL,
@@ -362,6 +368,8 @@ class Channel:
         self.end_reason: str | None = None
         self.reconnects = 0
         self.welcome: dict[str, Any] = {}
+        self.seq: int | None = None
+        """The seq of the newest event seen (None before the welcome): where to resume."""
         self._seen: set[str] = set()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pinger: asyncio.Task[None] | None = None
@@ -378,13 +386,17 @@ class Channel:
                       stable_after=stable_after)
         channel.welcome = await channel._open()
         channel._seen = {_item_id(entry) for entry in channel.welcome.get("items", [])}
+        channel.seq = event_seq(channel.welcome) or 0
         return channel
 
     async def _open(self) -> dict[str, Any]:
-        """One connect attempt: handshake, then the welcome frame."""
+        """One connect attempt: handshake, then the welcome (or `resumed`) frame."""
+        url = self.session.channel_url
+        if self.seq is not None:
+            url += f"?after={self.seq}"
         try:
             ws = await asyncio.wait_for(self.session.http.ws_connect(
-                self.session.channel_url, headers=self.session.auth_headers,
+                url, headers=self.session.auth_headers,
                 ssl=self.session.ssl, heartbeat=None, autoping=True,
                 max_msg_size=MAX_CHANNEL_MESSAGE), CONNECT_TIMEOUT)
         except aiohttp.WSServerHandshakeError as exc:
@@ -402,7 +414,7 @@ class Channel:
         except BaseException:
             await ws.close()
             raise
-        if not isinstance(hello, dict) or not _is_welcome(hello):
+        if not isinstance(hello, dict) or not _is_hello(hello, resuming=self.seq is not None):
             await ws.close()
             raise WcsError(0, "network", f"channel opened without a welcome ({msg.type!r})")
         self._ws = ws
@@ -442,6 +454,8 @@ class Channel:
                 if exc.status in (401, 403):
                     self.end_reason = "unauthorized"
                     return None
+                if exc.status == 400:
+                    self.seq = None  # a seq this conference never had: start afresh
                 continue
             if not self._closing.is_set():
                 return welcome
@@ -450,9 +464,15 @@ class Channel:
         return None
 
     def _diff(self, welcome: dict[str, Any]) -> list[dict[str, Any]]:
-        """Synthetic events turning what the consumer saw into what the new welcome lists."""
+        """Synthetic events turning what the consumer saw into what the new welcome lists;
+        after a `resumed` hello only the reconnect marker (the missed events follow)."""
+        if welcome.get("type") == Resumed.TYPE:
+            return [{"type": "channel.reconnected", "reconnects": self.reconnects,
+                     "resumed": True}]
+        self.seq = event_seq(welcome) or 0
         entries = {_item_id(entry): entry for entry in welcome.get("items", [])}
-        out: list[dict[str, Any]] = [{"type": "channel.reconnected", "reconnects": self.reconnects}]
+        out: list[dict[str, Any]] = [{"type": "channel.reconnected",
+                                      "reconnects": self.reconnects, "resumed": False}]
         for item_id in sorted(self._seen - entries.keys()):
             out.append({"type": "item.removed", "item": {"id": item_id}, "synthetic": True})
         for item_id, entry in entries.items():
@@ -515,6 +535,12 @@ class Channel:
             return None
         if isinstance(event, Pong):
             return None
+        assert isinstance(data, dict)  # parse_event accepted it
+        seq = event_seq(data)
+        if seq is not None:
+            if self.seq is not None and seq <= self.seq:
+                return None  # replayed and also pushed: passed on once
+            self.seq = seq
         if isinstance(event, ItemShared):
             if event.entry.item_id in self._seen:
                 return None
@@ -524,7 +550,6 @@ class Channel:
         elif isinstance(event, (Revoked, ConferenceEnded)):
             # The close that follows is final even if its frame gets lost (1006).
             self._final_hint = event.TYPE
-        assert isinstance(data, dict)  # parse_event accepted it
         return data
 
     async def close(self) -> None:
@@ -541,12 +566,13 @@ class Channel:
         await self.close()
 
 
-def _is_welcome(data: dict[str, Any]) -> bool:
-    """True for a well-formed `welcome` (docs/protocol.md §4)."""
+def _is_hello(data: dict[str, Any], *, resuming: bool) -> bool:
+    """True for a well-formed `welcome`, or when `resuming`, `resumed` (docs/protocol.md §4)."""
     try:
-        return isinstance(parse_event(data), Welcome)
+        event = parse_event(data)
     except EventError:
         return False
+    return isinstance(event, Welcome) or (resuming and isinstance(event, Resumed))
 
 
 def _item_id(entry: dict[str, Any]) -> str:

@@ -12,8 +12,11 @@ only between a delivery and the pump draining it) and at most one waiter future,
 an `asyncio.Queue` (three deques, ~2.4 KB each idle), and the hub counts channels per
 participant so the per-participant channel cap is checked without scanning a conference.
 
-This hub is per process. Scale-out replaces `publish` with a database NOTIFY whose
-listener calls `deliver` on each node; the subscriber side stays the same.
+This hub is per process and holds no history: every event reaches it from the database's
+event log through the node's `EventFeed` (eventlog.py), numbered by its `seq`. A subscription
+keeps the seq of the last event its channel sent (`cursor`) and skips anything not newer,
+so an event that reaches it both by a replay (`?after=`, the welcome's item list) and live
+is sent once.
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from webconf.events import ChannelEvent
 
 CLOSE = object()
 """Sentinel queued after a final event: the channel closes once it has sent it."""
@@ -36,15 +38,19 @@ class Subscription:
     overflowed: bool = False
     closed: bool = False
     close_reason: str = ""
+    cursor: int = 0
+    """The seq of the newest event this channel has (welcome, replay or push)."""
+    on_unsubscribe: Callable[[Subscription], None] | None = field(default=None, repr=False)
+    """Told once when the channel lets go (the feed stops tracking an empty conference)."""
     _hub: EventHub | None = field(default=None, repr=False)
-    _pending: deque[str | object] | None = field(default=None, repr=False)
+    _pending: deque[tuple[int, str] | object] | None = field(default=None, repr=False)
     _waiter: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def qsize(self) -> int:
         """Events queued and not yet taken by `next()` (the close sentinel included)."""
         return len(self._pending) if self._pending is not None else 0
 
-    def _put(self, item: str | object) -> None:
+    def _put(self, item: tuple[int, str] | object) -> None:
         if self._pending is None:
             self._pending = deque()
         self._pending.append(item)
@@ -66,8 +72,13 @@ class Subscription:
                 if item is CLOSE:
                     self.closed = True
                     return None
-                assert isinstance(item, str)
-                return item
+                assert isinstance(item, tuple)
+                seq: int = item[0]
+                message: str = item[1]
+                if seq <= self.cursor:
+                    continue  # already in the welcome or the replay
+                self.cursor = seq
+                return message
             if self.closed:
                 return None
             waiter = asyncio.get_running_loop().create_future()
@@ -82,6 +93,8 @@ class Subscription:
         if self._hub is not None:
             self._hub._remove(self)
             self._hub = None
+            if self.on_unsubscribe is not None:
+                self.on_unsubscribe(self)
 
 
 class EventHub:
@@ -105,14 +118,17 @@ class EventHub:
     def active(self) -> int:
         return sum(len(s) for s in self._by_conference.values())
 
-    def publish(self, conference_id: str, event: ChannelEvent, *,
-                participant_id: str | None = None, final: bool = False) -> None:
-        """Queue `event` for the conference's channels (or one participant's)."""
-        self.deliver(conference_id, json.dumps(event.to_json(), separators=(",", ":")),
-                     participant_id=participant_id, final=final)
+    def conference_ids(self) -> list[str]:
+        """The conferences with a channel on this process."""
+        return list(self._by_conference)
 
-    def deliver(self, conference_id: str, message: str, *, participant_id: str | None = None,
-                final: bool = False) -> None:
+    def has(self, conference_id: str) -> bool:
+        return conference_id in self._by_conference
+
+    def deliver(self, conference_id: str, seq: int, message: str, *,
+                participant_id: str | None = None, final: bool = False) -> None:
+        """Queue event `seq` (serialized) for the conference's channels (or one
+        participant's)."""
         subs = self._by_conference.get(conference_id)
         if not subs:
             return
@@ -125,7 +141,9 @@ class EventHub:
             if sub.qsize() >= self.queue_length:
                 self._cut_off(sub, "subscriber too slow")
                 continue
-            sub._put(message)
+            if seq <= sub.cursor:
+                continue
+            sub._put((seq, message))
             if final:
                 sub._put(CLOSE)
                 sub.closed = True

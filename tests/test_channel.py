@@ -267,11 +267,12 @@ async def test_participant_joined_and_left(wcs: Wcs) -> None:
                               role="presenter")
         joined = await recv_json(ws)
         assert joined == {"type": "participant.joined", "participant": {
-            "id": bob.pid, "user": "bob@contoso.example", "role": "presenter"}}
+            "id": bob.pid, "user": "bob@contoso.example", "role": "presenter"}, "seq": 2}
         assert await wcs.revoke(bob) == 204
         left = await recv_json(ws)
+        # seq 3 is bob's own `revoked`: addressed to bob's channels only.
         assert left == {"type": "participant.left", "participant": {
-            "id": bob.pid, "user": "bob@contoso.example", "role": "presenter"}}
+            "id": bob.pid, "user": "bob@contoso.example", "role": "presenter"}, "seq": 4}
         # Another conference's roster never shows up here.
         await wcs.admit("P2", "zed@contoso.example")
         await assert_silent(ws)
@@ -364,7 +365,7 @@ async def test_conference_ended_closes_every_socket(wcs: Wcs) -> None:
         assert await wcs.end("E1") == 204
         for ws in sockets:
             event = await recv_type(ws, "conference.ended")
-            assert event == {"type": "conference.ended"}
+            assert event == {"type": "conference.ended", "seq": 4}  # 3 joins, then the end
             code = await expect_close(ws)
             assert code == 1000
         for who in people:
@@ -518,8 +519,8 @@ async def test_slow_subscriber_is_cut_off(wcs: Wcs) -> None:
     hub = wcs.server.service.events
     # Queue more events than the subscriber's queue holds before the pump can run.
     for i in range(hub.queue_length + 10):
-        hub.publish(alice.conference,
-                    ParticipantJoined(Who(id=str(i), user="u", role="attendee")))
+        hub.deliver(alice.conference, 1000 + i, json.dumps(
+            ParticipantJoined(Who(id=str(i), user="u", role="attendee")).to_json()))
     code = await expect_close(ws, skip_text=True)
     assert code == 1013
     await wait_for(lambda: subscriptions(wcs, alice) == 0)

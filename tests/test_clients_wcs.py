@@ -11,6 +11,7 @@ import copy
 import hashlib
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -450,12 +451,15 @@ def test_backoff_and_close_classification() -> None:
         assert final_close_reason(code, reason) is None
 
 
-async def test_channel_reconnects_across_a_restart(deployment: Config) -> None:
+@pytest.mark.parametrize("log_kept", [True, False], ids=["resumed", "welcome"])
+async def test_channel_reconnects_across_a_restart(deployment: Config, log_kept: bool) -> None:
     """Node 1 restarts while node 2 (same database and share) changes the items.
 
-    The channel must reconnect to node 1, turn the new welcome into exactly the missed
-    changes, keep delivering live events, and end as "unauthorized" once a reconnect is
-    refused because the participant was revoked while the socket was down.
+    The channel must reconnect to node 1 and resume after its last seq: with the log
+    still holding the missed events, they arrive as sent, in order (`resumed`); with the
+    log trimmed meanwhile, the new welcome is turned into exactly the missed changes. It
+    keeps delivering live events, and ends as "unauthorized" once a reconnect is refused
+    because the participant was revoked while the socket was down.
     """
     cfg = deployment
     cfg.wcs.https_port = cfg.wcs.internal_port = 0
@@ -484,15 +488,26 @@ async def test_channel_reconnects_across_a_restart(deployment: Config) -> None:
         fresh = await restart_node1()
         second = await a2.upload(_stream_of(b"B" * 2000), name="b.txt", size=2000)
         await a2.delete(first["id"])
+        if not log_kept:
+            assert node2.service is not None
+            assert await node2.service.trim_events(time.time() + 10**9) > 0
         await fresh.start()
         running.insert(0, fresh)
 
-        assert (await next_event(events, "channel.reconnected"))["reconnects"] == 1
-        removed = await next_event(events, "item.removed", "item.shared")
-        assert removed == {"type": "item.removed", "item": {"id": first["id"]},
-                           "synthetic": True}
-        shared = await next_event(events, "item.removed", "item.shared")
-        assert shared["item"]["id"] == second["id"] and shared["synthetic"] is True
+        reconnected = await next_event(events, "channel.reconnected")
+        assert reconnected["reconnects"] == 1 and reconnected["resumed"] is log_kept
+        if log_kept:  # the missed events themselves, in their order, with their seqs
+            shared = await next_event(events, "item.removed", "item.shared")
+            assert shared["item"]["id"] == second["id"] and "synthetic" not in shared
+            removed = await next_event(events, "item.removed", "item.shared")
+            assert removed == {"type": "item.removed", "item": {"id": first["id"]},
+                               "seq": shared["seq"] + 1}
+        else:
+            removed = await next_event(events, "item.removed", "item.shared")
+            assert removed == {"type": "item.removed", "item": {"id": first["id"]},
+                               "synthetic": True}
+            shared = await next_event(events, "item.removed", "item.shared")
+            assert shared["item"]["id"] == second["id"] and shared["synthetic"] is True
         assert b64url_decode(shared["key"]) == (await b1.item_key(second["id"]))[0]
         third = await a1.upload(_stream_of(b"C" * 10), name="c.txt", size=10)
         live = await next_event(events, "item.shared", "item.removed")

@@ -497,4 +497,4 @@ def test_init_database_and_share_land_in_the_config_and_are_migrated(tmp_path: P
     with sqlite3.connect(db) as conn:
         versions = {table: conn.execute(f"SELECT version_num FROM {table}").fetchone()[0]
                     for table in ("alembic_version_wcs", "alembic_version_focus")}
-    assert set(versions.values()) == {"0001"}
+    assert versions == {"alembic_version_wcs": "0002", "alembic_version_focus": "0001"}

@@ -72,10 +72,10 @@ def test_db_upgrade_and_status_commands(deployment: Config) -> None:
     base = str(deployment.base_dir)
     status = run("-m", "webconf", "db", "status", base)
     assert status.returncode == 0, status.stderr
-    assert "wcs: current (database at 0001, code at 0001)" in status.stdout
+    assert "wcs: current (database at 0002, code at 0002)" in status.stdout
     upgraded = run("-m", "webconf", "db", "upgrade", base)  # init migrated: a no-op
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "wcs: already at 0001" in upgraded.stdout
+    assert "wcs: already at 0002" in upgraded.stdout
     assert "focus: already at 0001" in upgraded.stdout
 
 
@@ -141,5 +141,7 @@ def test_concurrent_upgrades_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     texts = "".join(out for out, _ in outputs)
-    assert texts.count("empty -> 0001") == 2 and texts.count("already at 0001") == 2
+    assert texts.count("wcs: empty -> 0002") + texts.count("wcs: already at 0002") == 2
+    assert texts.count("focus: empty -> 0001") + texts.count("focus: already at 0001") == 2
+    assert texts.count("empty -> ") == 2  # one run made both schemas, the other waited
     assert asyncio.run(migrate.status(pg_url, [WCS, FOCUS]))[0].state == "current"

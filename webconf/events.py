@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeAlias
 __all__ = [
     "FINAL_EVENTS", "ChannelEvent", "ConferenceEnded", "EventError", "ItemRemoved",
     "ItemShared", "Participant", "ParticipantJoined", "ParticipantLeft", "Ping", "Pong",
-    "Revoked", "SharedItem", "UnknownEvent", "Welcome", "parse_event",
+    "Resumed", "Revoked", "SharedItem", "UnknownEvent", "Welcome", "event_seq", "parse_event",
 ]
 
 
@@ -108,10 +108,12 @@ class Welcome:
     """This participant's role."""
     items: tuple[SharedItem, ...]
     """Every item in the conference now, with its key."""
+    seq: int = 0
+    """The seq of the newest event the item list reflects: resume from here (§4.3)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.TYPE, "conference": self.conference,
-                "participant": self.participant, "role": self.role,
+                "participant": self.participant, "role": self.role, "seq": self.seq,
                 "items": [entry.to_json() for entry in self.items]}
 
     @classmethod
@@ -122,7 +124,34 @@ class Welcome:
         return cls(conference=_str(data, "conference", cls.TYPE),
                    participant=_str(data, "participant", cls.TYPE),
                    role=_str(data, "role", cls.TYPE),
-                   items=tuple(SharedItem.from_json(e, cls.TYPE) for e in raw_items))
+                   items=tuple(SharedItem.from_json(e, cls.TYPE) for e in raw_items),
+                   seq=event_seq(data) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """First message of a channel opened with `?after=N` while the log still holds every
+    event after N: those events follow, then live ones (§4.3). No item list."""
+
+    TYPE: ClassVar[str] = "resumed"
+    conference: str
+    participant: str
+    role: str
+    seq: int
+    """The N the channel resumes after."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "conference": self.conference,
+                "participant": self.participant, "role": self.role, "seq": self.seq}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Resumed:
+        seq = event_seq(data)
+        if seq is None:
+            raise EventError("resumed lacks an integer 'seq'", event_type=cls.TYPE)
+        return cls(conference=_str(data, "conference", cls.TYPE),
+                   participant=_str(data, "participant", cls.TYPE),
+                   role=_str(data, "role", cls.TYPE), seq=seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +290,13 @@ class UnknownEvent:
         return self.data
 
 
-ChannelEvent: TypeAlias = (Welcome | ItemShared | ItemRemoved | ParticipantJoined
+def event_seq(data: dict[str, Any]) -> int | None:
+    """A message's `seq` (every event but `pong` has one, §4.3); None when absent."""
+    seq = data.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None
+
+
+ChannelEvent: TypeAlias = (Welcome | Resumed | ItemShared | ItemRemoved | ParticipantJoined
                            | ParticipantLeft | Revoked | ConferenceEnded | Ping | Pong
                            | UnknownEvent)
 """Any channel message, either direction."""
@@ -270,7 +305,7 @@ FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
 """Types after which the WCS closes the channel: no reconnect will be admitted."""
 
 _PARSERS: dict[str, Any] = {cls.TYPE: cls.from_json for cls in (
-    Welcome, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft, Revoked,
+    Welcome, Resumed, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft, Revoked,
     ConferenceEnded, Ping, Pong)}
 
 

@@ -9,6 +9,10 @@ oversized frame gets 1009 (aiohttp enforces `max_msg_size`). A browser's upgrade
 the `webconf_auth` cookie must come from one of our own origins (`context.authenticate`).
 A revoked or ended participant gets its final event and then a close; a cookie that
 expires closes the channel at `exp`.
+
+Every event carries its `seq` in the conference's event log (docs/protocol.md §4.3), and
+the welcome the seq its item list reflects. `?after=N` resumes a channel: while the log
+still holds every event after N, a `resumed` frame and those events replace the welcome.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from webconf.events import Ping, Pong, Welcome
+from webconf.events import Ping, Pong, Resumed, Welcome
 
 from ..events import Subscription
-from ..service import ServiceError
+from ..service import Principal, ServiceError
 from . import strict_json
 from .context import CHANNELS, METRICS, SERVICE, authenticate
 
@@ -34,9 +38,22 @@ FLOOD_MAX_MESSAGES = 20
 CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
 CHANNEL_MAX_DEPTH = 4
 """A ping is one flat object; anything nested deeper is abuse."""
+MAX_SEQ_DIGITS = 18
+
+
+def _after(request: web.Request) -> int | None:
+    """The `after` query parameter: None, or a non-negative integer (else a 400)."""
+    raw = request.query.getall("after", [])
+    if not raw:
+        return None
+    if len(raw) > 1 or not raw[0].isascii() or not raw[0].isdigit() or (
+            len(raw[0]) > MAX_SEQ_DIGITS):
+        raise ServiceError("bad_request", "after must be one non-negative integer")
+    return int(raw[0])
 
 
 async def channel(request: web.Request) -> web.StreamResponse:
+    after = _after(request)
     who = await authenticate(request)
     service = request.app[SERVICE]
     cfg = service.cfg.wcs
@@ -49,12 +66,17 @@ async def channel(request: web.Request) -> web.StreamResponse:
                                autoping=True)
     if not ws.can_prepare(request).ok:
         raise ServiceError("bad_request", "expected a WebSocket upgrade")
-    # Subscribe before reading the item list so no share can fall between the two.
-    sub = service.events.subscribe(who.conference_id, who.participant_id)
+    # Subscribe before reading the item list (or the log) so no event can fall between.
+    sub = await service.feed.subscribe(who.conference_id, who.participant_id)
     try:
-        # A revocation or end that committed while we authenticated published its final
-        # event before this subscription existed; check again now that none can be missed.
+        # A revocation or end that committed while we authenticated was delivered before
+        # this subscription existed; check again now that none can be missed.
         await authenticate(request)
+        replay = False
+        if after is not None:
+            last, replay = await service.store.log_holds(who.conference_id, after)
+            if after > last:
+                raise ServiceError("bad_request", "after is beyond the conference's last event")
     except BaseException:
         sub.unsubscribe()
         raise
@@ -63,11 +85,23 @@ async def channel(request: web.Request) -> web.StreamResponse:
     metrics.active_channels.inc()
     try:
         await ws.prepare(request)
-        items = await service.items_with_keys(who)
-        await ws.send_str(json.dumps(Welcome(
-            conference=who.conference_id, participant=who.participant_id, role=who.role,
-            items=tuple(items)).to_json()))
-        await _serve(ws, sub, who.claims.expires_at)
+        if replay and after is not None:
+            ended = await _replay(ws, sub, request, who, after)
+        else:
+            # The seq first, then the items: an event in between is then both in the list
+            # and pushed (the client de-duplicates by item id), never in neither.
+            seq = (await service.store.last_seqs([who.conference_id])).get(
+                who.conference_id, 0)
+            items = await service.items_with_keys(who)
+            sub.cursor = max(sub.cursor, seq)
+            await ws.send_str(json.dumps(Welcome(
+                conference=who.conference_id, participant=who.participant_id, role=who.role,
+                items=tuple(items), seq=seq).to_json()))
+            ended = None
+        if ended is not None:
+            await ws.close(code=ended[0], message=ended[1])
+        else:
+            await _serve(ws, sub, who.claims.expires_at)
     finally:
         sub.unsubscribe()
         request.app[CHANNELS].discard(ws)
@@ -75,6 +109,37 @@ async def channel(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def _replay(ws: web.WebSocketResponse, sub: Subscription, request: web.Request,
+                  who: Principal, after: int) -> tuple[int, bytes] | None:
+    """Send `resumed` and the logged events after `after` (this participant's and the
+    conference's); the close to make if one of them was final for us, else None."""
+    service = request.app[SERVICE]
+    await ws.send_str(json.dumps(Resumed(
+        conference=who.conference_id, participant=who.participant_id, role=who.role,
+        seq=after).to_json()))
+    cursor = after
+    while True:
+        rows = await service.store.events_after(who.conference_id, cursor)
+        for row in rows:
+            cursor = row.seq
+            if row.participant_id not in (None, who.participant_id):
+                continue
+            message = await service.render_event(row)
+            if message is not None:
+                await ws.send_str(message)
+            sub.cursor = max(sub.cursor, row.seq)
+            if row.final:
+                return _final_close(row.type)
+        if not rows:
+            return None
+
+
+def _final_close(event_type: str) -> tuple[int, bytes]:
+    if event_type == "conference.ended":
+        return WSCloseCode.OK, b"conference ended"
+    return CLOSE_REVOKED, b"revoked"
 
 
 async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int) -> None:
@@ -116,10 +181,8 @@ async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: async
             return CLOSE_REVOKED, b"cookie expired"
         if message is None:
             reason = sub.close_reason
-            if reason == "conference.ended":
-                return WSCloseCode.OK, b"conference ended"
-            if reason == "revoked":
-                return CLOSE_REVOKED, b"revoked"
+            if reason in ("conference.ended", "revoked"):
+                return _final_close(reason)
             if sub.overflowed:
                 return WSCloseCode.TRY_AGAIN_LATER, b"too slow"
             return WSCloseCode.GOING_AWAY, b"server shutting down"

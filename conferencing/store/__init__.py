@@ -1,7 +1,9 @@
 """Metadata store (SQLAlchemy Core, async)."""
 
+from .log import EventRow, NewEvent
 from .store import ConferenceRow, CookieState, ItemRow, ParticipantRow, Store, TenantKeyRow
 
 __all__ = [
-    "ConferenceRow", "CookieState", "ItemRow", "ParticipantRow", "Store", "TenantKeyRow",
+    "ConferenceRow", "CookieState", "EventRow", "ItemRow", "NewEvent", "ParticipantRow",
+    "Store", "TenantKeyRow",
 ]

@@ -56,6 +56,9 @@ conferences = Table(
     Column("uri_id", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("ended_at", Float, nullable=True),
+    # The seq of the conference's newest event (conference_events): bumped in the
+    # transaction that appends one, so its row lock orders the log (docs/protocol.md §4.4).
+    Column("last_seq", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("tenant", "organizer", "uri_id", name="uq_conferences_uri"),
 )
 
@@ -71,7 +74,11 @@ participants = Table(
     Column("joined_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("left_at", Float, nullable=True),
+    # The focus process ("node/incarnation") holding the participant's SIP dialog: its
+    # lease (focus_nodes) going stale revokes the participant. NULL: admitted by no focus.
+    Column("focus_node", String(128), nullable=True),
     Index("ix_participants_conference", "conference_id"),
+    Index("ix_participants_focus_node", "focus_node"),
 )
 
 items = Table(
@@ -103,4 +110,33 @@ revoked_cookies = Table(
     Column("expires_at", Float, nullable=False),
     # The periodic purge deletes by expiry (docs/protocol.md §3); created with the table.
     Index("ix_revoked_cookies_expires", "expires_at"),
+)
+
+# The per-conference event log (docs/protocol.md §4.4): one row per change clients hear of,
+# written in the transaction of the change, numbered 1, 2, 3... per conference without gaps.
+# `payload` is the event's JSON without its seq and never holds a key: an `item.shared` row
+# names the item, and the delivering node unwraps its key from `items`.
+conference_events = Table(
+    "conference_events",
+    metadata,
+    Column("conference_id", String(64), ForeignKey("conferences.id"), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", String(32), nullable=False),
+    # Only this participant's channels get the event (NULL: the whole conference).
+    Column("participant_id", String(64), nullable=True),
+    # The event ends its recipients' channels (revoked, conference.ended).
+    Column("final", Boolean, nullable=False),
+    Column("payload", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_conference_events_created", "created_at"),
+)
+
+# Focus leases (docs/protocol.md §7.4): each focus process heartbeats here through the
+# internal API; a row older than focus.node_timeout_seconds revokes its participants.
+focus_nodes = Table(
+    "focus_nodes",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
 )

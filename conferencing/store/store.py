@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,9 +28,13 @@ from webconf.deploy.migrate import (
     upgrade_hint,
 )
 
+from . import log
+from .log import EventRow, NewEvent
 from .migrations import SCHEMA
 from .schema import (
+    conference_events,
     conferences,
+    focus_nodes,
     items,
     participants,
     revoked_cookies,
@@ -58,6 +62,8 @@ class ConferenceRow:
     """The id in the conference URI, unique only per (tenant, organizer) (§2.1)."""
     created_at: float
     ended_at: float | None
+    last_seq: int = 0
+    """The seq of its newest logged event (log.py)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class ParticipantRow:
     joined_at: float
     expires_at: float
     left_at: float | None
+    focus_node: str | None = None
+    """The focus lease ("node.incarnation") holding the participant's dialog."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,9 @@ def _schema_error(url: str, status: SchemaStatus, where: str | None) -> StoreSch
 ItemCommit = Literal["committed", "revoked", "conference_ended"]
 """What `Store.commit_item` did: inserted the row, or refused it and why."""
 
+EventHook = Callable[[str, int], None]
+"""Told (conference id, seq) after a transaction that appended events commits."""
+
 
 def _row(cls: Any, row: Any) -> Any:
     return cls(**dict(row._mapping))
@@ -127,6 +138,12 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self.on_commit: EventHook | None = None
+        """This node's event feed: woken at once by its own writes (others', by NOTIFY)."""
+
+    def _announce(self, conference_id: str, seq: int) -> None:
+        if seq and self.on_commit is not None:
+            self.on_commit(conference_id, seq)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -242,10 +259,13 @@ class Store:
             await conn.execute(update(conferences).where(conferences.c.id == conference_id)
                                .values(ended_at=None))
 
-    async def end_conference(self, conference_id: str, now: float) -> list[ParticipantRow]:
+    async def end_conference(self, conference_id: str, now: float,
+                             events: Sequence[NewEvent] = ()) -> list[ParticipantRow]:
         """Mark the conference ended and every active participant left, revoking their
-        cookies in the same transaction. Returns the participants it ended."""
+        cookies and appending `events` in the same transaction. Returns the participants
+        it ended."""
         async with self._write() as conn:
+            await log.lock_conference(conn, conference_id)
             await conn.execute(update(conferences).where(
                 conferences.c.id == conference_id, conferences.c.ended_at.is_(None))
                 .values(ended_at=now))
@@ -261,12 +281,18 @@ class Store:
                 await conn.execute(insert(revoked_cookies), [
                     {"jti": p.jti, "revoked_at": now, "expires_at": p.expires_at}
                     for p in ended])
+            seq = await log.append(conn, conference_id, events, now)
+        self._announce(conference_id, seq)
         return ended
 
     # -- participants ----------------------------------------------------------------
-    async def add_participant(self, row: ParticipantRow) -> None:
+    async def add_participant(self, row: ParticipantRow,
+                              events: Sequence[NewEvent] = ()) -> None:
         async with self._write() as conn:
+            await log.lock_conference(conn, row.conference_id)
             await conn.execute(insert(participants).values(**row.__dict__))
+            seq = await log.append(conn, row.conference_id, events, row.joined_at)
+        self._announce(row.conference_id, seq)
 
     async def participant(self, pid: str) -> ParticipantRow | None:
         async with self.engine.connect() as conn:
@@ -281,13 +307,17 @@ class Store:
                 participants.c.left_at.is_(None)).order_by(participants.c.joined_at))).all()
         return [_row(ParticipantRow, r) for r in rows]
 
-    async def revoke_participant(self, conference_id: str, pid: str,
-                                 now: float) -> ParticipantRow | None:
-        """Mark the participant left and its cookie revoked, atomically.
+    async def revoke_participant(
+            self, conference_id: str, pid: str, now: float,
+            events: Callable[[ParticipantRow], Sequence[NewEvent]] = lambda _: (),
+    ) -> ParticipantRow | None:
+        """Mark the participant left and its cookie revoked, and append `events(it)`,
+        atomically.
 
         Returns the participant if this call revoked it, None if unknown or already gone.
         """
         async with self._write() as conn:
+            await log.lock_conference(conn, conference_id)
             # One statement finds and marks the participant (RETURNING: SQLite >= 3.35 and
             # PostgreSQL); the revocation row follows in the same transaction.
             row = (await conn.execute(update(participants).where(
@@ -299,6 +329,8 @@ class Store:
             p: ParticipantRow = _row(ParticipantRow, row)
             await conn.execute(insert(revoked_cookies).values(
                 jti=p.jti, revoked_at=now, expires_at=p.expires_at))
+            seq = await log.append(conn, conference_id, events(p), now)
+        self._announce(conference_id, seq)
         return p
 
     async def cookie_state(self, jti: str, conference_id: str) -> CookieState:
@@ -323,7 +355,8 @@ class Store:
         return int(result.rowcount or 0)
 
     # -- items ---------------------------------------------------------------------
-    async def commit_item(self, row: ItemRow, *, jti: str) -> ItemCommit:
+    async def commit_item(self, row: ItemRow, *, jti: str,
+                          events: Sequence[NewEvent] = ()) -> ItemCommit:
         """Insert the item's row only if its presenter may still share: the conference not
         ended, the presenter's participant row current and its cookie `jti` not revoked.
 
@@ -346,6 +379,8 @@ class Store:
             if left_at is None or left_at[0] is not None or revoked:
                 return "revoked"
             await conn.execute(insert(items).values(**row.__dict__))
+            seq = await log.append(conn, row.conference_id, events, row.created_at)
+        self._announce(row.conference_id, seq)
         return "committed"
 
     async def item(self, conference_id: str, item_id: str) -> ItemRow | None:
@@ -361,14 +396,19 @@ class Store:
                 items.c.created_at, items.c.id))).all()
         return [_row(ItemRow, r) for r in rows]
 
-    async def delete_item(self, conference_id: str, item_id: str) -> ItemRow | None:
-        """Delete the item's row, and with it the wrapped DEK (the crypto-shred)."""
+    async def delete_item(self, conference_id: str, item_id: str, now: float,
+                          events: Sequence[NewEvent] = ()) -> ItemRow | None:
+        """Delete the item's row, and with it the wrapped DEK (the crypto-shred), and
+        append `events`."""
         async with self._write() as conn:
+            await log.lock_conference(conn, conference_id)
             row = (await conn.execute(select(items).where(
                 items.c.id == item_id, items.c.conference_id == conference_id))).first()
             if row is None:
                 return None
             await conn.execute(delete(items).where(items.c.id == item_id))
+            seq = await log.append(conn, conference_id, events, now)
+        self._announce(conference_id, seq)
         deleted: ItemRow = _row(ItemRow, row)
         return deleted
 
@@ -378,6 +418,88 @@ class Store:
                 select(items).where(items.c.conference_id == conference_id))).all()
             await conn.execute(delete(items).where(items.c.conference_id == conference_id))
         return [_row(ItemRow, r) for r in rows]
+
+    # -- the event log (log.py) --------------------------------------------------------
+    async def events_after(self, conference_id: str, after: int,
+                           limit: int = 256) -> list[EventRow]:
+        """The conference's logged events with seq > `after`, oldest first, at most `limit`."""
+        async with self.engine.connect() as conn:
+            return await log.rows_after(conn, conference_id, after, limit)
+
+    async def last_seqs(self, conference_ids: Sequence[str]) -> dict[str, int]:
+        """The newest seq of each of these conferences (unknown ones are left out)."""
+        out: dict[str, int] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(conference_ids), 500):
+                batch = list(conference_ids[start:start + 500])
+                rows = (await conn.execute(select(conferences.c.id, conferences.c.last_seq)
+                                           .where(conferences.c.id.in_(batch)))).all()
+                out.update({r.id: int(r.last_seq) for r in rows})
+        return out
+
+    async def log_holds(self, conference_id: str, after: int) -> tuple[int, bool]:
+        """(the conference's last seq, whether the log still holds every event after
+        `after`): what a channel resuming from `after` needs to know."""
+        async with self.engine.connect() as conn:
+            last = int(await conn.scalar(select(conferences.c.last_seq).where(
+                conferences.c.id == conference_id)) or 0)
+            if after >= last:
+                return last, after == last
+            held = int(await conn.scalar(select(func.count()).select_from(
+                conference_events).where(conference_events.c.conference_id == conference_id,
+                                         conference_events.c.seq > after)) or 0)
+        return last, held == last - after
+
+    async def trim_events(self, before: float) -> int:
+        """Drop logged events older than `before` (the retention); return how many went."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(conference_events).where(conference_events.c.created_at < before))
+        return int(result.rowcount or 0)
+
+    # -- focus leases ------------------------------------------------------------------
+    async def heartbeat_focus_node(self, name: str, now: float) -> None:
+        """Create or renew the lease of focus process `name`."""
+        async with self._write() as conn:
+            renewed = await conn.execute(update(focus_nodes).where(
+                focus_nodes.c.name == name).values(heartbeat_at=now))
+            if not renewed.rowcount:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(insert(focus_nodes).values(
+                            name=name, started_at=now, heartbeat_at=now))
+                except IntegrityError:  # a concurrent first heartbeat made it
+                    pass
+
+    async def claim_stale_focus_nodes(self, before: float) -> list[str]:
+        """Delete and return the leases whose last heartbeat is before `before`. One
+        statement, so of several WCS nodes claiming at once each lease goes to one."""
+        async with self._write() as conn:
+            rows = (await conn.execute(delete(focus_nodes).where(
+                focus_nodes.c.heartbeat_at < before).returning(focus_nodes.c.name))).all()
+        return [r.name for r in rows]
+
+    async def drop_focus_node(self, name: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(delete(focus_nodes).where(focus_nodes.c.name == name))
+
+    async def leaseless_participants(self, joined_before: float) -> list[ParticipantRow]:
+        """Active participants admitted by a focus (before `joined_before`) whose lease
+        row does not exist: orphans of an interrupted expiry, or of a focus that died
+        before its first renewal."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(participants).where(
+                participants.c.focus_node.is_not(None), participants.c.left_at.is_(None),
+                participants.c.joined_at < joined_before,
+                ~exists().where(focus_nodes.c.name == participants.c.focus_node)))).all()
+        return [_row(ParticipantRow, r) for r in rows]
+
+    async def focus_node_participants(self, name: str) -> list[ParticipantRow]:
+        """The active participants whose dialogs the focus process `name` holds."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(participants).where(
+                participants.c.focus_node == name, participants.c.left_at.is_(None)))).all()
+        return [_row(ParticipantRow, r) for r in rows]
 
     async def blob_ids(self) -> set[str]:
         async with self.engine.connect() as conn:
@@ -397,6 +519,7 @@ class Store:
 
 
 __all__: Sequence[str] = (
-    "ConferenceRow", "CookieState", "ItemCommit", "ItemRow", "ParticipantRow", "Store",
+    "ConferenceRow", "CookieState", "EventRow", "ItemCommit", "ItemRow", "NewEvent",
+    "ParticipantRow", "Store",
     "StoreSchemaError", "TenantKeyRow",
 )
