@@ -44,16 +44,20 @@ from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
 from .api.peer import focus_client_only
 from .cookies import CookieAuthority
+from .eventlog import PgListener
 from .events import EventHub
+from .leases import expire_focus_leases
 from .listener import ConnectionGuard, GuardedSite
 from .metrics import Metrics
 from .service import ConferenceService
-from .share import FileShare
+from .share import FileShare, sweep_age
 from .store import Store
 from .store.store import StoreSchemaError
 
 log = logging.getLogger("webconf.wcs")
 STRAGGLER_SECONDS = 0.25
+LISTENER_START_SECONDS = 5.0
+"""How long startup waits for the NOTIFY connection before serving on the poll alone."""
 """After `stop`'s drain (`wcs.shutdown_grace_seconds`), how long aiohttp gives a handler that
 is still running before it cancels it, and then the cancelled handler to end (so twice this
 at most): the drain was the grace, this is not a second one."""
@@ -107,6 +111,10 @@ class WcsServer:
     internal_port: int = 0
     in_flight: InFlight = field(default_factory=InFlight)
     purge_task: asyncio.Task[None] | None = None
+    event_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    """The event log's poller, trimmer and (PostgreSQL) NOTIFY listener (eventlog.py)."""
+    lease_task: asyncio.Task[None] | None = None
+    """Revokes the participants of dead focus processes (`conferencing.leases`)."""
     guards: dict[str, ConnectionGuard] = field(default_factory=dict)
     """Each listener's connection cap and head timer (`conferencing.listener`)."""
 
@@ -125,7 +133,11 @@ class WcsServer:
         self.service = ConferenceService(
             cfg, store, share, cookies, keys.load_root_keys(cfg),
             EventHub(queue_length=cfg.wcs.channel_queue_length), metrics)
-        swept = await self.service.sweep_share()
+        self.event_tasks = await _start_event_tasks(self.service)
+        # Other nodes or workers may write into the share right now (a PostgreSQL store):
+        # spare what may be their uploads in progress (conferencing/share.py).
+        swept = await self.service.sweep_share(min_age_seconds=sweep_age(
+            cfg.wcs.upload_deadline_seconds, shared=not cfg.store_url.startswith("sqlite")))
         if swept["temp"] or swept["orphan"]:
             log.info(json.dumps({"event": "share.sweep", **swept}))
         self.guards = {name: ConnectionGuard(
@@ -147,7 +159,7 @@ class WcsServer:
         public_site = GuardedSite(
             public_runner, cfg.server.host, cfg.wcs.https_port,
             ssl_context=tls.server_context(cfg, "wcs"), guard=self.guards["public"],
-            handshake_timeout_seconds=handshake)
+            handshake_timeout_seconds=handshake, reuse_port=cfg.wcs.reuse_port)
         await public_site.start()
         self.https_port = _bound_port(public_runner)
         if cfg.wcs.https_port == 0:
@@ -155,7 +167,8 @@ class WcsServer:
         internal_site = GuardedSite(
             internal_runner, cfg.server.host, cfg.wcs.internal_port,
             ssl_context=tls.server_context(cfg, "wcs", require_client_cert=True),
-            guard=self.guards["internal"], handshake_timeout_seconds=handshake)
+            guard=self.guards["internal"], handshake_timeout_seconds=handshake,
+            reuse_port=cfg.wcs.reuse_port)
         await internal_site.start()
         self.internal_port = _bound_port(internal_runner)
         if cfg.wcs.internal_port == 0:
@@ -164,14 +177,30 @@ class WcsServer:
             self.purge_task = asyncio.create_task(
                 _purge_revocations(self.service, cfg.wcs.revocation_purge_seconds),
                 name="wcs-revocation-purge")
+        self.lease_task = asyncio.create_task(
+            expire_focus_leases(self.service, cfg.focus.node_timeout_seconds),
+            name="wcs-focus-leases")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close."""
+        for task in self.event_tasks:
+            task.cancel()
+        for task in self.event_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.event_tasks.clear()
+        if self.service is not None:
+            await self.service.feed.close()
         if self.purge_task is not None:
             self.purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.purge_task
             self.purge_task = None
+        if self.lease_task is not None:
+            self.lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.lease_task
+            self.lease_task = None
         for runner in self.runners:
             for site in list(runner.sites):
                 await site.stop()
@@ -184,6 +213,38 @@ class WcsServer:
         self.runners.clear()
         if self.service is not None:
             await self.service.store.close()
+
+
+async def _start_event_tasks(service: ConferenceService) -> list[asyncio.Task[None]]:
+    """Start delivery from the event log: the poller and the trimmer, and on PostgreSQL
+    the NOTIFY listener, connected before we serve (bounded: the poll covers a slow one)."""
+    cfg = service.cfg.wcs
+    tasks = [asyncio.create_task(service.feed.run_poller(), name="wcs-events-poll"),
+             asyncio.create_task(_trim_events(service), name="wcs-events-trim")]
+    if service.store.engine.dialect.name == "postgresql":
+        listener = PgListener(service.cfg.store_url, service.feed,
+                              keepalive_seconds=cfg.event_listener_keepalive_seconds)
+        service.feed.listener = listener
+        tasks.append(asyncio.create_task(listener.run(), name="wcs-events-listen"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LISTENER_START_SECONDS):
+                await listener.connected.wait()
+    return tasks
+
+
+async def _trim_events(service: ConferenceService) -> None:
+    """Trim the event log to its retention, every tenth of it (at most hourly)."""
+    interval = min(3600.0, max(1.0, service.cfg.wcs.event_retention_seconds / 10))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            trimmed = await service.trim_events(time.time())
+        except Exception as exc:
+            log.warning(json.dumps({"event": "events.trim_failed",
+                                    "error": type(exc).__name__}))
+        else:
+            if trimmed:
+                log.info(json.dumps({"event": "events.trimmed", "rows": trimmed}))
 
 
 async def _purge_revocations(service: ConferenceService, interval_seconds: float) -> None:

@@ -45,6 +45,10 @@ class Metrics:
             "webconf_revocations_purged",
             "Revoked-cookie rows dropped once their cookies had expired",
             registry=self.registry)
+        self.focus_leases_expired = Counter(
+            "webconf_focus_leases_expired",
+            "Focus leases this process found stale and whose participants it revoked",
+            registry=self.registry)
 
     def report_restarts(self, read: Callable[[], Mapping[str, int]]) -> None:
         """Expose `read()` (component -> restarts) as `webconf_restarts` at each scrape."""

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -31,6 +32,7 @@ from webconf import protocol
 from webconf.crypto.cobblestone import Encryptor, item_context
 from webconf.deploy.config import Config
 from webconf.events import (
+    ChannelEvent,
     ConferenceEnded,
     ItemRemoved,
     ItemShared,
@@ -45,10 +47,11 @@ from webconf.protocol import Admission
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
 from .etags import EtagMinter
+from .eventlog import EventFeed
 from .events import EventHub
 from .metrics import Metrics
 from .share import FileShare, ShareError
-from .store import ConferenceRow, ItemRow, ParticipantRow, Store
+from .store import ConferenceRow, EventRow, ItemRow, NewEvent, ParticipantRow, Store
 
 CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}"
                              r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"\\]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
@@ -113,6 +116,17 @@ def new_conference_id() -> str:
     return protocol.new_id(16)
 
 
+def _log(event: ChannelEvent, *, participant_id: str | None = None,
+         final: bool = False) -> NewEvent:
+    """The log row of a channel event (store/log.py); it must hold no key."""
+    return NewEvent(type=str(event.to_json()["type"]), payload=_json(event.to_json()),
+                    participant_id=participant_id, final=final)
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -127,6 +141,10 @@ class ConferenceService:
         self.root_keys = root_keys
         self.root_key_version = cfg.keys.root_key_version
         self.events = events
+        self.feed = EventFeed(store, events, self.render_event,
+                              poll_seconds=cfg.wcs.event_poll_seconds)
+        """The one path from the event log to this process's channels."""
+        store.on_commit = self.feed.wake
         self.metrics = metrics
         self.etags = EtagMinter(root_keys[self.root_key_version])
         """Keyed ETags: a blob id on the share must not show through (docs/protocol.md §4.1)."""
@@ -165,7 +183,8 @@ class ConferenceService:
 
     # -- participants (internal API) ----------------------------------------------------
     async def admit_participant(self, uri_id: str, *, tenant: str, organizer: str,
-                                user: str, role: str) -> Admission:
+                                user: str, role: str,
+                                focus_node: str | None = None) -> Admission:
         """Admit `user` to `organizer`'s conference `uri_id` (the id in its SIP URI).
 
         Conferences are scoped by (tenant, organizer, uri_id) (docs/protocol.md §2.1, §7.2):
@@ -212,35 +231,93 @@ class ConferenceService:
             role=effective_role, now=now)
         await self.store.add_participant(ParticipantRow(
             id=pid, conference_id=conference_id, tenant=tenant, user=user, role=effective_role,
-            jti=claims.jti, joined_at=now, expires_at=float(claims.expires_at), left_at=None))
-        self.events.publish(conference_id, ParticipantJoined(Participant(
-            id=pid, user=user, role=effective_role)))
+            jti=claims.jti, joined_at=now, expires_at=float(claims.expires_at), left_at=None,
+            focus_node=focus_node), events=[_log(ParticipantJoined(Participant(
+                id=pid, user=user, role=effective_role)))])
         return Admission(conference=conference_id, participant=pid, role=effective_role,
                          cookie=cookie, expires_at=rfc3339(claims.expires_at),
                          webconf_url=self.cfg.public_url)
 
     async def revoke_participant(self, conference_id: str, participant_id: str) -> bool:
         """Revoke the participant's cookie and close its channels; False if unknown."""
-        p = await self.store.revoke_participant(conference_id, participant_id, time.time())
+        def events(p: ParticipantRow) -> list[NewEvent]:
+            return [_log(Revoked(reason="left"), participant_id=p.id, final=True),
+                    _log(ParticipantLeft(Participant(id=p.id, user=p.user, role=p.role)))]
+
+        p = await self.store.revoke_participant(conference_id, participant_id, time.time(),
+                                                events)
         if p is None:
             existing = await self.store.participant(participant_id)
             return existing is not None and existing.conference_id == conference_id
-        self.events.publish(conference_id, Revoked(reason="left"),
-                            participant_id=participant_id, final=True)
-        self.events.publish(conference_id, ParticipantLeft(Participant(
-            id=p.id, user=p.user, role=p.role)))
         return True
 
     async def end_conference(self, conference_id: str) -> bool:
         conf = await self.store.conference(conference_id)
         if conf is None:
             return False
-        await self.store.end_conference(conference_id, time.time())
+        await self.store.end_conference(conference_id, time.time(),
+                                        [_log(ConferenceEnded(), final=True)])
         if not await self.store.tenant_retains_content(conf.tenant):
             for row in await self.store.delete_items(conference_id):
                 await self.share.remove(row.blob_id)
-        self.events.publish(conference_id, ConferenceEnded(), final=True)
         return True
+
+    # -- focus leases (docs/protocol.md §7) ------------------------------------------
+    async def heartbeat_focus_node(self, name: str) -> None:
+        await self.store.heartbeat_focus_node(name, time.time())
+
+    async def release_focus_node(self, name: str) -> None:
+        """A focus stopping cleanly (its dialogs already ended) drops its lease."""
+        await self.store.drop_focus_node(name)
+
+    async def expire_focus_leases(self, now: float, timeout_seconds: float, *,
+                                  stale_before: float | None = None) -> dict[str, int]:
+        """Revoke the participants of every focus process whose heartbeat is older than
+        `timeout_seconds` (or `stale_before`): a dead focus leaves no live cookie behind.
+        Each stale lease is claimed by exactly one WCS; returns {lease: participants
+        revoked}.
+
+        Also revoked: participants whose lease row is gone (a WCS died between claiming a
+        lease and revoking all of its participants) or never came (their focus's first
+        renewal failed), once they were admitted longer ago than the timeout."""
+        before = now - timeout_seconds if stale_before is None else stale_before
+        out: dict[str, int] = {}
+        claimed = await self.store.claim_stale_focus_nodes(before)
+        for name in claimed:
+            out[name] = await self._revoke_all(
+                await self.store.focus_node_participants(name))
+        for p in await self.store.leaseless_participants(before):
+            node = p.focus_node or ""
+            out[node] = out.get(node, 0) + await self._revoke_all([p])
+        return out
+
+    async def _revoke_all(self, participants: list[ParticipantRow]) -> int:
+        revoked = 0
+        for p in participants:
+            if await self.revoke_participant(p.conference_id, p.id):
+                revoked += 1
+        return revoked
+
+    # -- the event log ----------------------------------------------------------------
+    async def render_event(self, row: EventRow) -> str | None:
+        """The channel message of a log row, with its seq. An `item.shared` row names only
+        its item: the key is unwrapped now, from `items`; an item deleted since is skipped
+        (its `item.removed` follows in the log)."""
+        payload = json.loads(row.payload)
+        if row.type == ItemShared.TYPE:
+            item = await self.store.item(row.conference_id, str(payload["item"]["id"]))
+            if item is None:
+                return None
+            key = await self._unwrap(item)
+            payload = ItemShared(SharedItem(
+                item=self._item_view(item, key.dek, key.context), key=b64url(key.dek),
+                context=b64url(key.context))).to_json()
+        payload["seq"] = row.seq
+        return _json(payload)
+
+    async def trim_events(self, now: float) -> int:
+        """Drop log rows past the retention (`wcs.event_retention_seconds`)."""
+        return await self.store.trim_events(now - self.cfg.wcs.event_retention_seconds)
 
     # -- authentication -------------------------------------------------------------
     async def authenticate(self, token: str | None, conference_id: str) -> Principal:
@@ -324,10 +401,7 @@ class ConferenceService:
         except BaseException:
             await self.share.remove(writer.blob_id)
             raise
-        view = self._item_view(row, dek, context)
-        self.events.publish(who.conference_id, ItemShared(SharedItem(
-            item=view, key=b64url(dek), context=b64url(context))))
-        return view
+        return self._item_view(row, dek, context)
 
     async def _commit_item(self, who: Principal, row: ItemRow) -> None:
         """Record the item only if `who` may still share now, not just when the upload
@@ -335,7 +409,10 @@ class ConferenceService:
         (docs/protocol.md §4.1). The store checks both in the transaction of the insert."""
         if self.cookies.expired(who.claims.expires_at):  # the rule `verify` applies (§3)
             raise ServiceError("unauthorized", "token expired")
-        outcome = await self.store.commit_item(row, jti=who.claims.jti)
+        # The log row names the item only: no key in the log (or in a NOTIFY).
+        outcome = await self.store.commit_item(row, jti=who.claims.jti, events=[NewEvent(
+            type=ItemShared.TYPE, payload=_json({"type": ItemShared.TYPE,
+                                                 "item": {"id": row.id}}))])
         if outcome == "revoked":
             raise ServiceError("unauthorized", "cookie revoked")
         if outcome == "conference_ended":
@@ -374,11 +451,11 @@ class ConferenceService:
         row = await self._item(who, item_id)
         if who.role != "organizer" and row.presenter_pid != who.participant_id:
             raise ServiceError("forbidden", "presenters may delete only their own items")
-        deleted = await self.store.delete_item(who.conference_id, item_id)
+        deleted = await self.store.delete_item(who.conference_id, item_id, time.time(),
+                                               [_log(ItemRemoved(item_id))])
         if deleted is None:
             raise ServiceError("not_found", "unknown item")
         await self.share.remove(deleted.blob_id)
-        self.events.publish(who.conference_id, ItemRemoved(item_id))
 
     async def _item(self, who: Principal, item_id: str) -> ItemRow:
         if not valid_id(item_id):

@@ -9,6 +9,13 @@ answer fed back with `credentials_found`. Effects that wait on the WCS (`Admit`,
 run as tasks so a slow WCS never stalls a connection, and CANCEL/BYE can arrive while a
 join is in flight.
 
+The lease (DESIGN §8): `start` renews this process's focus lease at the WCS once before it
+returns (so a lease exists before the first admission, which names it) and then every
+`focus.heartbeat_seconds`; a WCS node revokes the participants of a lease left stale for
+`focus.node_timeout_seconds`, so a focus killed with its dialogs leaves no live cookie. A
+failed renewal is logged once per outage and retried at the next beat. A clean `stop`
+releases the lease once every participation it held was revoked (else it lets it go stale).
+
 Bounds: total and per-source connection caps (over them, the connection is closed at
 once); a header timeout from the first byte of a message to its complete head (slowloris);
 an idle timeout for connections without dialogs; the framer's 64 KiB message cap; the TLS
@@ -85,6 +92,12 @@ class FocusServer:
         """Revocations not yet confirmed by the WCS (at most one per dialog ever admitted
         and not yet revoked, so bounded by the connection caps)."""
         self._revoke_workers: list[asyncio.Task[None]] = []
+        self.lease_name: str | None = getattr(self.wcs, "lease_name", None)
+        """This process's focus lease (`WcsClient.lease_name`); None for a stand-in WCS
+        client without leases (some tests), which then gets no heartbeats."""
+        self._lease_task: asyncio.Task[None] | None = None
+        self._lease_down_since: float | None = None
+        """Monotonic start of the current renewal outage (None: the last renewal worked)."""
 
     @property
     def core(self) -> FocusCore:
@@ -137,6 +150,11 @@ class FocusServer:
         self._timer_task = asyncio.create_task(self._timers())
         self._revoke_workers = [asyncio.create_task(self._revoke_worker())
                                 for _ in range(REVOKE_WORKERS)]
+        if self.lease_name is not None:
+            renewed = await self._renew_lease()
+            log.info(json.dumps({"event": "lease.start", "lease": self.lease_name,
+                                 "renewed": renewed}))
+            self._lease_task = asyncio.create_task(self._keep_lease(), name="focus-lease")
 
     @property
     def revoke_budget_seconds(self) -> float:
@@ -162,18 +180,22 @@ class FocusServer:
             outputs += self._core.expire(float("inf"))
         for revoke in (o for o in outputs if isinstance(o, Revoke)):
             self._revokes.put_nowait(revoke)
+        revoked_all = True
         try:  # every participation ends at the WCS before we exit, within our half of
             async with asyncio.timeout(self.revoke_budget_seconds):  # the node's grace
                 await self._revokes.join()
         except TimeoutError:
+            revoked_all = False
             log.error(json.dumps({"event": "revoke.unfinished",
                                   "pending": self._revokes.qsize()}))
         for worker in self._revoke_workers:
             worker.cancel()
         if self._timer_task is not None:
             self._timer_task.cancel()
+        admitting = any(not task.done() for task in self._tasks)  # may have reached the WCS
         for task in list(self._tasks):
             task.cancel()
+        await self._end_lease(release=revoked_all and not admitting)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
@@ -352,6 +374,71 @@ class FocusServer:
                 await asyncio.wait_for(self._timer_wakeup.wait(), delay)
             self._run(self.core.expire(time.time()))
 
+    # -- the lease ----------------------------------------------------------------------------
+    @property
+    def _lease_call_timeout(self) -> float:
+        """A renewal that takes longer than half the lease timeout is as good as lost."""
+        f = self.cfg.focus
+        return min(f.wcs_timeout_seconds, f.node_timeout_seconds / 2)
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease every `focus.heartbeat_seconds`, start to start."""
+        interval = self.cfg.focus.heartbeat_seconds
+        due = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            due = max(due + interval, time.monotonic())  # no burst after a stall
+            await self._renew_lease()
+
+    async def _renew_lease(self) -> bool:
+        """One renewal: True if the WCS confirmed it. Logs the start and the end of an
+        outage, never each failed beat."""
+        try:
+            await self.wcs.heartbeat(timeout=self._lease_call_timeout)
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the lease loop goes on
+            if self._lease_down_since is None:
+                self._lease_down_since = time.monotonic()
+                log.warning(json.dumps({"event": "lease.renew_failed", "lease": self.lease_name,
+                                        "error": _failure(exc)}))
+            return False
+        if self._lease_down_since is not None:
+            outage = time.monotonic() - self._lease_down_since
+            self._lease_down_since = None
+            # Longer than the timeout: a WCS may have revoked our participants meanwhile.
+            level = (logging.WARNING if outage >= self.cfg.focus.node_timeout_seconds
+                     else logging.INFO)
+            log.log(level, json.dumps({"event": "lease.renewed", "lease": self.lease_name,
+                                       "outage_seconds": round(outage, 3)}))
+        return True
+
+    async def _end_lease(self, *, release: bool) -> None:
+        """Stop renewing; release the lease only when none of its participants can be left
+        (otherwise it goes stale and a WCS node revokes them)."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
+        if self.lease_name is None or not release:
+            return
+        try:
+            await self.wcs.release(timeout=min(self.cfg.focus.wcs_timeout_seconds, 1.0))
+        except Exception as exc:  # noqa: BLE001 - best effort: it goes stale instead
+            log.warning(json.dumps({"event": "lease.release_failed", "lease": self.lease_name,
+                                    "error": _failure(exc)}))
+        else:
+            log.info(json.dumps({"event": "lease.released", "lease": self.lease_name}))
+
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+
+def _failure(exc: BaseException) -> str:
+    """A log-safe account of a failed lease call: the WCS client's own reasons carry no
+    secrets (no body is ever quoted); anything else is named by its type only."""
+    if isinstance(exc, WcsUnavailable):
+        return exc.reason
+    if isinstance(exc, WcsRefused):
+        return f"{exc.status} {exc.code}"
+    return type(exc).__name__

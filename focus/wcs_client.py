@@ -1,11 +1,19 @@
 """The focus's client of the WCS internal API (docs/protocol.md §4): mTLS, pooled, bounded.
 
 Operations: `admit` (mint a cookie; creates the conference when the organizer is first),
-`revoke` (BYE: the cookie stops working), `end`, `close`.
+`revoke` (BYE: the cookie stops working), `end`, `heartbeat` and `release` (this focus
+process's lease, below), `close`.
+
+The lease (DESIGN §8, focus leases): each client speaks for one focus process, named by
+its lease `<node>.<incarnation>` (`lease_name`), a fresh random incarnation per process, so
+that a restarted focus, whose dialogs died with its predecessor, never renews the
+predecessor's lease. Every admission carries that name (`focus_node`); the focus renews it
+with `heartbeat`, and a WCS node revokes the participants of a lease left to go stale.
 
 Plan: one `aiohttp.ClientSession` for the process, created on first use inside the running
 loop, over a keep-alive pool of up to 100 TLS connections authenticated with the
-focus's client certificate (`certs/focus-client.*`) and trusting only the deployment CA.
+focus's client certificate (`certs/focus-client.*`) and trusting only the deployment CA
+(plus one connection of its own for the lease).
 Every call is bounded by `focus.wcs_timeout_seconds` in total, connect and TLS handshake
 included, and fails one of two ways the SIP layer can map directly:
 
@@ -23,8 +31,11 @@ is idempotent at the WCS, so it alone is retried once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import re
+import secrets
 from types import TracebackType
 from typing import Any
 
@@ -34,13 +45,26 @@ from webconf.deploy.config import Config
 from webconf.deploy.tls import client_context
 from webconf.protocol import ID_RE, Admission, JoinBodyError
 
-__all__ = ["Admission", "WcsClient", "WcsRefused", "WcsUnavailable"]
+__all__ = ["Admission", "WcsClient", "WcsRefused", "WcsUnavailable", "new_lease_name"]
 
 log = logging.getLogger("webconf.focus.wcs")
 
 REVOKE_RETRY_DELAY = 0.2
 """Seconds before the one retry of a revoke that found the WCS unavailable."""
 _BASE = "/internal/v1/conferences"
+_NODES = "/internal/v1/focus-nodes"
+LEASE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""A focus lease name (docs/protocol.md §7), matched with `fullmatch`."""
+
+
+def new_lease_name(cfg: Config) -> str:
+    """`<node>.<incarnation>`: the node's name and 6 random bytes in base64url (8 characters
+    of `[A-Za-z0-9_-]`), new for every focus process."""
+    incarnation = base64.urlsafe_b64encode(secrets.token_bytes(6)).decode("ascii")
+    name = f"{cfg.node_name}.{incarnation}"
+    if not LEASE_RE.fullmatch(name):  # node_name is sanitized; this is a guard, not a path
+        raise ValueError(f"invalid lease name {name!r}")
+    return name
 
 
 class WcsRefused(Exception):
@@ -71,26 +95,42 @@ def _check_id(kind: str, value: str) -> None:
 class WcsClient:
     """One pooled mTLS session to the WCS internal API; `close()` it on shutdown."""
 
-    def __init__(self, cfg: Config, *, timeout: float | None = None) -> None:
+    def __init__(self, cfg: Config, *, timeout: float | None = None,
+                 lease_name: str | None = None) -> None:
         self.base_url = cfg.internal_url
         self.timeout = cfg.focus.wcs_timeout_seconds if timeout is None else timeout
+        self.lease_name = new_lease_name(cfg) if lease_name is None else lease_name
+        """This focus process's lease, recorded with each admission (`focus_node`)."""
+        if not LEASE_RE.fullmatch(self.lease_name):
+            raise ValueError("invalid lease name")
         # Built now, so a missing or unreadable client certificate fails at startup.
         self._ssl = client_context(cfg, client_cert="focus-client")
         self._session: aiohttp.ClientSession | None = None
+        self._lease_session: aiohttp.ClientSession | None = None
+        """The lease's own connection: a renewal never queues behind a burst of admits for
+        the pool (a lease that misses its timeout costs every participant of the focus)."""
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit, keepalive_timeout=30.0)
+        return aiohttp.ClientSession(
+            base_url=self.base_url, connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            headers={"User-Agent": "webconf-focus"}, raise_for_status=False)
+
+    def _client(self, *, lease: bool = False) -> aiohttp.ClientSession:
+        if lease:
+            if self._lease_session is None or self._lease_session.closed:
+                self._lease_session = self._new_session(1)
+            return self._lease_session
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=100, keepalive_timeout=30.0)
-            self._session = aiohttp.ClientSession(
-                base_url=self.base_url, connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"User-Agent": "webconf-focus"}, raise_for_status=False)
+            self._session = self._new_session(100)
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._lease_session):
+            if session is not None:
+                await session.close()
+        self._session = self._lease_session = None
 
     async def __aenter__(self) -> WcsClient:
         return self
@@ -106,7 +146,8 @@ class WcsClient:
         id). The admission names the conference by the WCS's public id (docs/protocol.md §2.1),
         which revocations then use."""
         _check_id("conference", conference_id)
-        body = {"tenant": tenant, "organizer": organizer, "user": user, "role": role}
+        body = {"tenant": tenant, "organizer": organizer, "user": user, "role": role,
+                "focus_node": self.lease_name}
         status, data = await self._call("POST", f"{_BASE}/{conference_id}/participants", body)
         if status != 201:
             raise self._unexpected("admit", status)
@@ -136,6 +177,23 @@ class WcsClient:
         status, _ = await self._call("DELETE", f"{_BASE}/{conference_id}", missing_ok=True)
         return self._deleted("end", status)
 
+    async def heartbeat(self, *, timeout: float | None = None) -> None:
+        """Renew this process's lease (the WCS creates it on the first one). Silent on
+        failure (`WcsUnavailable`/`WcsRefused`): the caller logs an outage once, not every
+        beat. `timeout` bounds this call below the lease's timeout."""
+        status, _ = await self._call("PUT", f"{_NODES}/{self.lease_name}", timeout=timeout,
+                                     quiet=True, lease=True)
+        if status != 204:
+            raise WcsUnavailable(f"WCS heartbeat: unexpected status {status}", status)
+
+    async def release(self, *, timeout: float | None = None) -> None:
+        """Drop this process's lease at a clean stop, once none of its participants is
+        left (best effort: a lease that is not released just goes stale)."""
+        status, _ = await self._call("DELETE", f"{_NODES}/{self.lease_name}", timeout=timeout,
+                                     missing_ok=True, quiet=True, lease=True)
+        if status not in (204, 404):
+            raise WcsUnavailable(f"WCS release: unexpected status {status}", status)
+
     # -- plumbing ---------------------------------------------------------------------------
     def _deleted(self, what: str, status: int) -> bool:
         if status == 204:
@@ -149,30 +207,37 @@ class WcsClient:
         log.warning("WCS %s: unexpected status %d", what, status)
         return WcsUnavailable(f"WCS {what}: unexpected status {status}", status)
 
+    @staticmethod
+    def _down(reason: str, status: int | None, quiet: bool) -> WcsUnavailable:
+        if not quiet:
+            log.warning("%s", reason)
+        return WcsUnavailable(reason, status)
+
     async def _call(self, method: str, path: str, body: dict[str, str] | None = None, *,
-                    missing_ok: bool = False) -> tuple[int, Any]:
+                    missing_ok: bool = False, timeout: float | None = None,
+                    quiet: bool = False, lease: bool = False) -> tuple[int, Any]:
         """(status, parsed JSON or None) for a 2xx (and a 404 if `missing_ok`); raises
-        WcsRefused / WcsUnavailable otherwise."""
-        session = self._client()
+        WcsRefused / WcsUnavailable otherwise. `timeout` overrides the client's for this
+        call; `quiet` leaves logging a failure to the caller; `lease`: on the lease's own
+        connection."""
+        session = self._client(lease=lease)
+        limit = self.timeout if timeout is None else timeout
         try:
             # aiohttp's total timeout covers connect, TLS and the body; the outer one is a
             # guard against any step it does not bound (a stuck TLS shutdown, say).
-            async with asyncio.timeout(self.timeout + 0.5):
-                async with session.request(method, path, json=body) as resp:
+            async with asyncio.timeout(limit + 0.5):
+                async with session.request(method, path, json=body,
+                                           timeout=aiohttp.ClientTimeout(total=limit)) as resp:
                     status = resp.status
                     raw = await resp.read()
         except TimeoutError:
-            reason = f"WCS {method} {path}: no answer within {self.timeout:g} s"
-            log.warning("%s", reason)
-            raise WcsUnavailable(reason) from None
+            reason = f"WCS {method} {path}: no answer within {limit:g} s"
+            raise self._down(reason, None, quiet) from None
         except (aiohttp.ClientError, OSError) as exc:
             reason = f"WCS {method} {path}: {type(exc).__name__}: {exc}"
-            log.warning("%s", reason)
-            raise WcsUnavailable(reason) from None
+            raise self._down(reason, None, quiet) from None
         if status >= 500 or status in (408, 429):
-            reason = f"WCS {method} {path}: {status}"
-            log.warning("%s", reason)
-            raise WcsUnavailable(reason, status)
+            raise self._down(f"WCS {method} {path}: {status}", status, quiet)
         if status == 404 and missing_ok:
             return status, None
         if status >= 400:

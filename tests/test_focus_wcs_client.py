@@ -285,4 +285,6 @@ async def test_sends_the_client_certificate(deployment: Config) -> None:
     assert SECRET_COOKIE not in repr(admission)
     peercert, body = seen
     assert peercert  # the mTLS handshake carried the focus-client certificate
+    lease = body.pop("focus_node")  # this focus process's lease (docs/protocol.md §7.4)
+    assert isinstance(lease, str) and lease.startswith(deployment.node_name + ".")
     assert body == {"tenant": CONTOSO, "organizer": ALICE, "user": ALICE, "role": "attendee"}

@@ -9,6 +9,8 @@ Relative paths in the file are relative to the deployment directory.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +19,9 @@ from typing import Any
 import tomli_w
 
 CONFIG_NAME = "webconf.toml"
+MAX_NODE_NAME = 100
+"""Leaves room for `.<incarnation>` within a lease name's 128 characters."""
+_NODE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass
@@ -25,6 +30,10 @@ class ServerSection:
     """Address every listener binds to (loopback by default)."""
     public_host: str = ""
     """Host name clients use to reach us; defaults to `host`."""
+    node: str = ""
+    """This node's name among the nodes sharing one database (`webconf serve --node`,
+    `WEBCONF_SERVER_NODE`); empty: the host name. Characters outside `[A-Za-z0-9._-]` become
+    `-` (`Config.node_name`)."""
 
 
 @dataclass
@@ -63,6 +72,18 @@ class WcsSection:
     upload_rate_grace_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
     retain_content_on_end: bool = False
+    reuse_port: bool = False
+    """Bind both listeners with SO_REUSEPORT, so that several WCS processes share their
+    ports; `webconf serve --workers N` sets it for its workers (WEBCONF_WCS_REUSE_PORT)."""
+    event_poll_seconds: float = 1.0
+    """How often a WCS compares each conference it has channels for with the event log:
+    the safety net behind NOTIFY (a lost wake is caught up within this)."""
+    event_retention_seconds: float = 3600.0
+    """Log rows older than this are trimmed; a channel resuming from before gets a
+    full welcome instead of a replay."""
+    event_listener_keepalive_seconds: float = 5.0
+    """How often the NOTIFY connection is checked (PostgreSQL), and so how soon a silently
+    dropped one is replaced."""
 
 
 @dataclass
@@ -85,6 +106,11 @@ class FocusSection:
     auth_failures_per_source: int = 50
     """The same for a source address, higher: one NAT may hide many users."""
     wcs_timeout_seconds: float = 5.0
+    node_timeout_seconds: float = 15.0
+    """A focus whose lease was not renewed for this long is dead: a WCS node revokes the
+    participants it admitted (DESIGN §8, focus leases)."""
+    heartbeat_seconds: float = 3.0
+    """How often a focus renews its lease; must be below `node_timeout_seconds`."""
 
 
 @dataclass
@@ -149,6 +175,14 @@ class Config:
     @property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
+
+    @property
+    def node_name(self) -> str:
+        """`server.node` (else the host name) reduced to `[A-Za-z0-9._-]`, at most
+        `MAX_NODE_NAME` characters, so that `<node>.<incarnation>` is a valid lease name."""
+        raw = self.server.node or socket.gethostname()
+        name = _NODE_UNSAFE.sub("-", raw)[:MAX_NODE_NAME].strip(".")
+        return name or "node"
 
     @property
     def public_host(self) -> str:
@@ -271,4 +305,14 @@ def load_config(base_dir: str | os.PathLike[str], *, env: dict[str, str] | None 
             if env_key in env:
                 setattr(section, f.name, _coerce(env[env_key], default, env_key))
         setattr(cfg, section_name, section)
+    _check(cfg)
     return cfg
+
+
+def _check(cfg: Config) -> None:
+    """Settings that are each well-typed but wrong together."""
+    f = cfg.focus
+    if not 0 < f.heartbeat_seconds < f.node_timeout_seconds:
+        raise ConfigError(
+            f"focus.heartbeat_seconds ({f.heartbeat_seconds:g}) must be above 0 and below "
+            f"focus.node_timeout_seconds ({f.node_timeout_seconds:g})")
