@@ -1,3 +1,15 @@
+"""`python -m conferencing DIR`: the WCS (conferencing/app.py). A database out of reach at
+startup is one line on stderr and exit 2, no traceback: `webconf serve` shows that line."""
+
+import sys
+
+from webconf.deploy.db import DatabaseUnavailable
+
 from .app import main
 
-raise SystemExit(main())
+try:
+    code = main()
+except DatabaseUnavailable as exc:
+    print(f"wcs: {exc}", file=sys.stderr, flush=True)
+    code = 2
+raise SystemExit(code)

@@ -16,6 +16,11 @@ request's head, and it has no connection cap (docs/protocol.md §4). `GuardedSit
 - idle: aiohttp's own `keepalive_timeout` (`wcs.keepalive_timeout_seconds`) closes a
   connection that waits for its next request. A connection whose handler runs (an upload,
   a data channel) is never idle, so data channels are not cut.
+
+With `reuse_port` (`wcs.reuse_port`, set by `webconf serve --workers N`) the listening
+socket takes SO_REUSEPORT: the N worker processes each bind the same port and the kernel
+spreads new connections over them; one that dies drops out of the group, so the others
+take every new connection while the supervisor restarts it. The cap is per process.
 """
 
 from __future__ import annotations
@@ -150,12 +155,14 @@ class GuardedSite(web.BaseSite):
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  ssl_context: ssl.SSLContext, guard: ConnectionGuard,
-                 handshake_timeout_seconds: float, backlog: int = 1024) -> None:
+                 handshake_timeout_seconds: float, backlog: int = 1024,
+                 reuse_port: bool = False) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._guard = guard
         self._handshake_timeout = handshake_timeout_seconds
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -171,4 +178,4 @@ class GuardedSite(web.BaseSite):
         self._server = await loop.create_server(
             lambda: _Connection(guard, server), self._host, self._port,
             ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout)
+            ssl_handshake_timeout=self._handshake_timeout, reuse_port=self._reuse_port or None)

@@ -9,6 +9,15 @@ fsync the blob's directory; only then does the caller commit the metadata row. A
 before the rename leaves a temp file, a crash after it leaves a blob without a row: the
 startup sweep removes both.
 
+Several writers (nodes, workers) may share one share directory. Their names cannot collide:
+temp and blob names are 128 random bits, and a temp file is created with O_EXCL. What one
+process sees as a leftover may be another's write in progress, though: a temp file being
+filled, or a blob renamed into place whose row is not committed yet. So a sweep of a
+shared share spares every file younger than `sweep_age` (`wcs.upload_deadline_seconds`,
+which bounds an upload, plus `SWEEP_MARGIN_SECONDS` for its row's commit); only a single
+process (SQLite, one node) sweeps everything at startup. Files that vanish under a sweep
+(another process renamed, removed or swept them) are skipped.
+
 No blocking file call runs in the event loop. The cold paths (a blob's writes, its fsync,
 rename and removal) go through aiofiles' worker pool. `stream()`, the download hot path,
 is hand-made: it copies a chunk that is already in the page cache in the event loop
@@ -23,6 +32,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -37,6 +47,16 @@ WRITE_BUFFER = 1024 * 1024
 READ_POOL_BYTES = 16 * 1024 * 1024
 """Read buffers `stream()` keeps for reuse (beyond that they are freed after the request)."""
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+SWEEP_MARGIN_SECONDS = 600.0
+"""Beyond the upload deadline: how long a shared share's sweep leaves an unreferenced file
+alone, for the writer that renamed it into place to commit its row."""
+
+
+def sweep_age(upload_deadline_seconds: float, *, shared: bool) -> float:
+    """The `min_age_seconds` of a startup sweep: 0 for a share only this process writes;
+    else older than any upload still in progress (its last write is at most the deadline
+    after its start) plus the margin for its row."""
+    return upload_deadline_seconds + SWEEP_MARGIN_SECONDS if shared else 0.0
 
 
 class ShareError(Exception):
@@ -221,30 +241,53 @@ class FileShare:
               min_age_seconds: float = 0.0) -> dict[str, int]:
         """Remove temp files and blobs without a metadata row (run at startup).
 
-        `min_age_seconds` spares files younger than that, for a share used by several nodes
-        where another node may be between its rename and its row commit.
+        `min_age_seconds` spares files last written more recently than that, for a share
+        used by several processes, where another one may be writing a temp file or be
+        between its rename and its row commit (`sweep_age`). `known_blob_ids` must be read
+        before the sweep starts: a row committed later is younger than the cutoff.
         """
         known = set(known_blob_ids)
         cutoff = time.time() - min_age_seconds
         removed = {"temp": 0, "orphan": 0}
-        if self.tmp_dir.is_dir():
-            for entry in self.tmp_dir.iterdir():
-                if entry.is_file() and entry.stat().st_mtime <= cutoff:
-                    entry.unlink(missing_ok=True)
-                    removed["temp"] += 1
-        for first in self.root.iterdir() if self.root.is_dir() else ():
+        for entry in _entries(self.tmp_dir):
+            if _older(entry, cutoff) and _unlink(entry):
+                removed["temp"] += 1
+        for first in _entries(self.root):
             if first.name == TMP_DIR or not first.is_dir():
                 continue
-            for second in first.iterdir():
+            for second in _entries(first):
                 if not second.is_dir():
                     continue
-                for blob in second.iterdir():
-                    if blob.name in known:
-                        continue
-                    if blob.stat().st_mtime <= cutoff:
-                        blob.unlink(missing_ok=True)
+                for blob in _entries(second):
+                    if blob.name not in known and _older(blob, cutoff) and _unlink(blob):
                         removed["orphan"] += 1
         return removed
+
+
+def _entries(directory: Path) -> list[Path]:
+    """The entries of `directory`; none when it is missing (or was removed meanwhile)."""
+    try:
+        return list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    """A regular file last written at `cutoff` or before; False if it is gone already."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_mtime <= cutoff
+
+
+def _unlink(path: Path) -> bool:
+    """Remove `path`; False if another process renamed or removed it first."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 async def _write_all(file: AsyncFileIO, data: memoryview) -> None:

@@ -1,7 +1,9 @@
 """`python -m focus DIR`: run the SIP focus of a deployment in the foreground.
 
 Prints `focus ready ...` once the SIP listener accepts connections; on SIGTERM/SIGINT it
-stops accepting, ends every open participation at the WCS and exits.
+stops accepting, ends every open participation at the WCS and exits. A schema behind or
+ahead of the code, or a database out of reach, is one line on stderr and exit 2, no
+traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from webconf.deploy import keys
 from webconf.deploy.capacity import prepare_server_process
 from webconf.deploy.config import load_config
+from webconf.deploy.db import DatabaseUnavailable
 from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
 
@@ -56,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     install_fast_loop()  # uvloop when installed (WEBCONF_UVLOOP=0: the stdlib loop)
     try:
         asyncio.run(serve(Path(args[0])))
-    except DirectorySchemaError as exc:  # one line naming `webconf db upgrade DIR`
-        print(f"focus: {exc}", file=sys.stderr, flush=True)
+    except (DirectorySchemaError, DatabaseUnavailable) as exc:  # one line (a schema's
+        print(f"focus: {exc}", file=sys.stderr, flush=True)  # names `webconf db upgrade`)
         return 2
     return 0
 

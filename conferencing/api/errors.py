@@ -2,7 +2,9 @@
 
 Every error leaves as `{"error": {"code", "message"}}` with the right status, whatever
 raised it: a `ServiceError`, an aiohttp HTTP exception (unknown route, wrong method, body
-too large), or a bug (500, logged with a traceback, never with request secrets).
+too large), the database out of reach (503 `unavailable` with Retry-After, no traceback: the
+engine logs the outage once, webconf/deploy/db.py), or a bug (500, logged with a traceback,
+never with request secrets).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+
+from webconf.deploy.db import RETRY_AFTER_SECONDS, is_unavailable
 
 from ..metrics import Metrics
 from ..service import ServiceError
@@ -131,7 +135,12 @@ def make_middlewares(metrics: Metrics | None, in_flight: InFlight | None = None
             # are not gzip): the client's error, and its framing can no longer be trusted.
             status = 400
             return await _send_and_close(request, json_error(400, "malformed request body"))
-        except Exception:
+        except Exception as exc:
+            if is_unavailable(exc):  # an outage: the client retries, the engine logged it
+                status = 503
+                return json_error(503, "the database is unavailable, retry later",
+                                  code="unavailable",
+                                  headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
             log.exception("unhandled error on %s %s", request.method, route_name(request))
             return json_error(500, "internal server error")
         finally:

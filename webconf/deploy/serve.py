@@ -3,8 +3,17 @@
 Each component is a real child process (`python -m <module> DIR`) that prints
 `<name> ready ...` on stdout once it accepts connections; its stderr (JSON log lines) goes
 to `DIR/var/log/<name>.log`. The supervisor prints `webconf ready ...` only when every
-component is ready. A component that fails to start the first time ends `serve` (exit 1):
-that is a broken deployment, not a crash.
+component is ready. A component that fails to start the first time ends `serve`: that is a
+broken deployment, not a crash (exit 2 when the child exited 2, i.e. a configuration,
+schema or database it cannot start with, else 1). A database that cannot be reached is
+found before any child starts: one line, exit 2.
+
+Nodes and workers (issue 10, §8). `--node NAME` names the node (`WEBCONF_SERVER_NODE` for
+the children: the focus's lease name). `--workers N` runs N WCS processes, `wcs-1` ...
+`wcs-N` (their logs, restarts and metrics labels), on the same public and internal ports
+(`wcs.reuse_port`, SO_REUSEPORT); each is supervised on its own. That needs PostgreSQL,
+through which the workers share events like separate nodes: with SQLite (one process)
+`--workers` above 1 is refused.
 
 Restarts (like nginx's master). A child that dies while the node runs is restarted on the
 same ports after a `Backoff` delay, and the restart is logged on stderr and counted in the
@@ -12,7 +21,9 @@ state file `DIR/var/run/supervisor.json`, which the WCS exposes as the gauge
 `webconf_restarts{component=...}` on /metrics (`read_restarts`). A file rather than an
 environment variable, because the WCS must also report the restarts of the focus, which it
 outlives. More than `--max-restarts` restarts of one component within `--restart-window`
-seconds is a crash loop: `serve` says so in one line and exits 1. A restarted focus has lost
+seconds is a crash loop: `serve` says so in one line and exits 1, except while the database
+cannot be reached (a child that exits 2 and a failed probe): an outage is waited out with
+the same backoff, however long it lasts. A restarted focus has lost
 its in-memory dialogs; their cookies stay valid at the WCS until their `exp` (the focus
 leases of issue 10 revoke them).
 
@@ -47,6 +58,7 @@ from typing import Any
 
 from ..retry import Backoff
 from .config import Config, ConfigError, load_config
+from .db import DatabaseUnavailable, open_engine
 from .lifetime import die_with_parent
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -58,12 +70,24 @@ RESTART_WINDOW_SECONDS = 60.0
 """Default of `--restart-window`; a child that stayed up this long also resets its backoff."""
 STATE_FILE = Path("run") / "supervisor.json"
 """Under `DIR/var`: the supervisor's pid and restart counts, read by the WCS's /metrics."""
+MAX_WORKERS = 64
+"""`--workers` above this is refused: more processes than any machine's cores, and each
+holds its own database pool (`webconf.deploy.db.open_engine`)."""
 
 
 @dataclass(frozen=True)
 class Component:
     name: str
+    """Its log file, restart count and metrics label: `wcs`, `wcs-2`, `focus`."""
     module: str
+    label: str = ""
+    """The word its ready line starts with (`wcs` for every WCS worker); default `name`."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment added for this child."""
+
+    @property
+    def ready_word(self) -> str:
+        return self.label or self.name
 
 
 def _last_line(path: Path, limit: int = 4096) -> str:
@@ -87,9 +111,14 @@ class StartFailed(Exception):
         """Its exit status, or None when it was killed for not becoming ready in time."""
 
 
-def components() -> list[Component]:
+def components(workers: int = 1) -> list[Component]:
     """The processes of one node, in start order (they stop in reverse: the focus first)."""
-    parts = [Component("wcs", "conferencing")]
+    if workers == 1:
+        parts = [Component("wcs", "conferencing")]
+    else:
+        shared = (("WEBCONF_WCS_REUSE_PORT", "1"),)
+        parts = [Component(f"wcs-{i}", "conferencing", "wcs", shared)
+                 for i in range(1, workers + 1)]
     if importlib.util.find_spec("focus.__main__") is not None:
         parts.append(Component("focus", "focus"))
     return parts
@@ -133,9 +162,11 @@ class Supervisor:
     """One node's children: start, watch, restart with backoff, stop in order."""
 
     def __init__(self, cfg: Config, *, max_restarts: int = MAX_RESTARTS,
-                 restart_window_seconds: float = RESTART_WINDOW_SECONDS) -> None:
+                 restart_window_seconds: float = RESTART_WINDOW_SECONDS,
+                 workers: int = 1) -> None:
         self.cfg = cfg
-        self.parts = components()
+        self.workers = workers
+        self.parts = components(workers)
         self.max_restarts = max_restarts
         self.restart_window_seconds = restart_window_seconds
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -172,12 +203,14 @@ class Supervisor:
                 line = await self._start(part)
             except StartFailed as exc:
                 _say(str(exc))
-                return 1
+                return 2 if exc.returncode == 2 else 1
             if line is None:  # stopping
                 return 0
             print(line, flush=True)
+        workers = f" workers={self.workers}" if self.workers > 1 else ""
         print(f"webconf ready https={self.cfg.public_url} sip=sips:{self.cfg.public_host}:"
-              f"{self.cfg.focus.sip_port} dir={self.cfg.base_dir}", flush=True)
+              f"{self.cfg.focus.sip_port} dir={self.cfg.base_dir} node={self.cfg.node_name}"
+              f"{workers}", flush=True)
         while not self.stopping.is_set():
             dead = await self._wait_for_death()
             for part in dead:
@@ -230,11 +263,22 @@ class Supervisor:
                 line = await self._start(part)
             except StartFailed as exc:
                 code = exc.returncode
+                if code == 2 and await self._database_down(name):
+                    recent.pop()  # an outage, not a crash loop: retried until it ends
                 continue
             if line is not None:
                 _say(f"{name} restarted (restart {self.restarts[name]}): {line}")
             break
         return True
+
+    async def _database_down(self, name: str) -> bool:
+        """True (and said) when the database cannot be reached: why `name` exited 2."""
+        try:
+            await probe_database(self.cfg.store_url)
+        except DatabaseUnavailable as exc:
+            _say(f"{name} cannot start: {exc}; retrying until it is back")
+            return True
+        return False
 
     def _write_state(self) -> None:
         """Replace the state file at once, so the WCS never reads half of it."""
@@ -259,6 +303,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", part.module, str(self.cfg.base_dir),
                 stdout=asyncio.subprocess.PIPE, stderr=log_fd, stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, **dict(part.env)},
                 preexec_fn=die_with_parent(signal.SIGTERM))  # see lifetime.py
         finally:
             os.close(log_fd)
@@ -292,31 +337,42 @@ class Supervisor:
                 raise StartFailed(f"{part.name} exited with {code} before it was ready"
                                   f"{': ' + said if said else ''}; see {log_path}", code)
             text = line.decode(errors="replace").strip()
-            if text.startswith(f"{part.name} ready"):
-                return text
+            if text.startswith(f"{part.ready_word} ready"):
+                return part.name + text[len(part.ready_word):]  # `wcs-2 ready ...`
 
     async def _stop_all(self) -> None:
-        """SIGTERM each child in reverse start order and wait for it, all within the grace
-        plus `STOP_MARGIN_SECONDS`; SIGKILL whatever is left at that deadline."""
+        """SIGTERM the children in reverse start order and wait for them, all within the
+        grace plus `STOP_MARGIN_SECONDS`; SIGKILL whatever is left at that deadline. The
+        WCS workers stop together, after the focus."""
         loop = asyncio.get_running_loop()
         grace = self.cfg.wcs.shutdown_grace_seconds
         budget = grace + STOP_MARGIN_SECONDS
         deadline = loop.time() + budget
         self.drain_until = time.time() + grace  # the WCS drains in what the focus left
         self._write_state()
+        stages: list[list[Component]] = []
         for part in reversed(self.parts):
-            proc = self.procs.get(part.name)
-            if proc is None or proc.returncode is not None:
-                continue
+            if stages and stages[-1][0].module == part.module:
+                stages[-1].append(part)
+            else:
+                stages.append([part])
+        for stage in stages:
+            await asyncio.gather(*(self._stop_one(part, deadline, budget) for part in stage))
+
+    async def _stop_one(self, part: Component, deadline: float, budget: float) -> None:
+        proc = self.procs.get(part.name)
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(proc.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            _say(f"{part.name} did not stop within {budget:g} s; killed")
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                _say(f"{part.name} did not stop within {budget:g} s; killed")
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                proc.kill()
+            await proc.wait()
 
 
 def _say(text: str) -> None:
@@ -325,6 +381,12 @@ def _say(text: str) -> None:
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="deployment directory made by `webconf init`")
+    parser.add_argument("--node", metavar="NAME",
+                        help="this node's name among the nodes of one database (sets "
+                             "WEBCONF_SERVER_NODE; default: server.node, else the host name)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="WCS processes sharing the public and internal ports "
+                             "(SO_REUSEPORT; PostgreSQL only; default 1)")
     parser.add_argument("--max-restarts", type=int, default=MAX_RESTARTS, metavar="N",
                         help="restarts of one server process allowed within the window before "
                              f"serve gives up (default {MAX_RESTARTS})")
@@ -333,16 +395,51 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the crash-loop window (default {RESTART_WINDOW_SECONDS:g})")
 
 
+class UsageError(Exception):
+    """Arguments that do not fit the deployment; the message is one line."""
+
+
+def check_workers(cfg: Config, workers: int) -> None:
+    """`UsageError` unless this deployment can run `workers` WCS processes."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
+    if workers == 1:
+        return
+    if cfg.store_url.startswith("sqlite"):
+        raise UsageError(f"--workers {workers} needs a PostgreSQL store: SQLite serves one "
+                         "process (see `webconf init --database`)")
+    if cfg.wcs.https_port == 0 or cfg.wcs.internal_port == 0:
+        raise UsageError(f"--workers {workers} needs fixed wcs.https_port and "
+                         "wcs.internal_port, not 0")
+
+
+async def probe_database(url: str) -> None:
+    """Open one connection and close it: `DatabaseUnavailable` (one line) if the database
+    cannot be reached, before any child starts. SQLite: nothing to reach."""
+    if url.startswith("sqlite"):
+        return
+    engine = open_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with engine.connect():
+            pass
+    finally:
+        await engine.dispose()
+
+
 async def _supervise(args: argparse.Namespace) -> int:
+    if args.node is not None:  # before the config is read: it is `server.node`
+        os.environ["WEBCONF_SERVER_NODE"] = args.node
     cfg = load_config(args.dir)
+    check_workers(cfg, args.workers)
+    await probe_database(cfg.store_url)
     supervisor = Supervisor(cfg, max_restarts=args.max_restarts,
-                            restart_window_seconds=args.restart_window)
+                            restart_window_seconds=args.restart_window, workers=args.workers)
     return await supervisor.run()
 
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_supervise(args))
-    except ConfigError as exc:
+    except (ConfigError, UsageError, DatabaseUnavailable) as exc:
         print(f"webconf serve: {exc}", file=sys.stderr)
         return 2
