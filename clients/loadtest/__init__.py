@@ -3,8 +3,11 @@
 Target: by default a fresh deployment in a temp dir (`init_deployment` on free loopback ports,
 users added to the tenant directory, `webconf serve` as a subprocess, always stopped and
 removed at the end); `--dir DIR` an existing deployment whose servers already run (its
-load-test users are added for the run and removed after); or `--focus HOST:PORT --ca FILE
---password-env VAR --user-pattern 'user{i}@domain'` a remote focus whose users exist.
+load-test users are added for the run and removed after), with `--focus HOST:PORT` joined
+through that address instead (a load balancer in front of DIR's nodes); or `--focus
+HOST:PORT --ca FILE --password-env VAR --user-pattern 'user{i}@domain'` alone, a remote
+focus whose users exist. HTTP and the data channels always go to the join answer's
+`webconf_url` (`wcs.public_url`: the balancer's, in a scaled-out deployment).
 
 Scenario, per conference m (tenant-wide conference id `LOAD<m>`): the organizer joins first
 and creates the conference; the participants (spread over the conferences) join with at

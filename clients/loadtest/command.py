@@ -54,13 +54,14 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `webconf loadtest`."""
     target = parser.add_argument_group(
         "target", "default: a fresh deployment in a temp dir, removed afterwards")
-    where = target.add_mutually_exclusive_group()
-    where.add_argument("--dir", type=Path, metavar="DIR",
-                       help="an existing deployment whose servers already run (`webconf serve "
-                            "DIR`); load-test users are added for the run and removed after")
-    where.add_argument("--focus", metavar="HOST:PORT",
-                       help="a remote focus whose users exist; needs --ca, --password-env "
-                            "and --user-pattern (no RSS then)")
+    target.add_argument("--dir", type=Path, metavar="DIR",
+                        help="an existing deployment whose servers already run (`webconf serve "
+                             "DIR`); load-test users are added for the run and removed after")
+    target.add_argument("--focus", metavar="HOST:PORT",
+                        help="where to send the joins: alone, a remote focus whose users exist "
+                             "(needs --ca, --password-env and --user-pattern; no RSS then); "
+                             "with --dir, the load balancer in front of DIR's nodes (HTTP "
+                             "goes wherever the join answers send it)")
     target.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate (with --focus)")
     target.add_argument("--password-env", metavar="VAR",
                         help="environment variable holding the users' password (with --focus)")
@@ -110,12 +111,13 @@ def _target(args: argparse.Namespace, plan: Plan, say: Callable[[str], None]
     remote_only = {"--ca": args.ca, "--password-env": args.password_env,
                    "--user-pattern": args.user_pattern,
                    "--organizer-pattern": args.organizer_pattern}
-    if args.focus is None:
+    if args.focus is None or args.dir is not None:
         given = [flag for flag, value in remote_only.items() if value is not None]
         if given:
-            raise LoadtestError(f"{', '.join(given)} only go with --focus")
+            raise LoadtestError(f"{', '.join(given)} only go with --focus alone")
         if args.dir is not None:
-            return existing_deployment(plan, args.dir, args.tenant, say)
+            return existing_deployment(plan, args.dir, args.tenant, say,
+                                       focus=_focus_address(args.focus))
         return own_deployment(plan, args.tenant or DEFAULT_TENANT, say)
     missing = [flag for flag in ("--ca", "--password-env", "--user-pattern")
                if remote_only[flag] is None]
@@ -126,14 +128,20 @@ def _target(args: argparse.Namespace, plan: Plan, say: Callable[[str], None]
     password = os.environ.get(args.password_env)
     if not password:
         raise LoadtestError(f"environment variable {args.password_env} is not set")
-    try:
-        FocusAddress.parse(args.focus)
-    except ValueError:
-        raise LoadtestError(f"--focus {args.focus!r} is not HOST:PORT") from None
+    _focus_address(args.focus)
     if not args.ca.is_file():
         raise LoadtestError(f"--ca {args.ca}: no such file")
     return remote_target(plan, args.focus, args.ca, password, args.user_pattern,
                          args.organizer_pattern)
+
+
+def _focus_address(text: str | None) -> FocusAddress | None:
+    if text is None:
+        return None
+    try:
+        return FocusAddress.parse(text)
+    except ValueError:
+        raise LoadtestError(f"--focus {text!r} is not HOST:PORT") from None
 
 
 async def _main(args: argparse.Namespace, plan: Plan, live: Live) -> dict[str, Any]:

@@ -70,8 +70,11 @@ async def own_deployment(plan: Plan, tenant: str, say: Callable[[str], None]
 
 @contextlib.asynccontextmanager
 async def existing_deployment(plan: Plan, base_dir: Path, tenant: str | None,
-                              say: Callable[[str], None]) -> AsyncIterator[Target]:
-    """A deployment whose servers run already: add this run's users, remove them after."""
+                              say: Callable[[str], None], *, focus: FocusAddress | None = None
+                              ) -> AsyncIterator[Target]:
+    """A deployment whose servers run already: add this run's users, remove them after.
+    `focus`: where the joins go instead of DIR's own focus, e.g. the load balancer in front
+    of the nodes that share DIR's database (the users added here are theirs too)."""
     import tomllib
 
     base = base_dir.expanduser().resolve()
@@ -103,8 +106,10 @@ async def existing_deployment(plan: Plan, base_dir: Path, tenant: str | None,
     except UserCommandError as exc:
         raise LoadtestError(f"cannot add the users: {exc.stderr.strip()}") from None
     try:
-        yield Target(description=f"deployment {base}",
-                     focus=FocusAddress(host, int(focus_cfg.get("sip_port", 5061))),
+        own = FocusAddress(host, int(focus_cfg.get("sip_port", 5061)))
+        yield Target(description=f"deployment {base}" + (f" through {focus.host}:{focus.port}"
+                                                         if focus is not None else ""),
+                     focus=focus or own,
                      ca=base / "certs" / "ca.pem", password=password, organizers=organizers,
                      participants=participants,
                      conference_ids=[f"LOAD{m}-{run}" for m in range(plan.conferences)],
