@@ -26,6 +26,7 @@ MODULES = {
     "upload": "bench.upload",
     "fanout": "bench.fanout",
     "scale": "bench.scale",
+    "scaleout": "bench.scaleout",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -161,3 +161,81 @@ def standalone(prog: str, doc: str | None, run: Any) -> None:
     for r in rows:
         print(r.metric, r.detail)
 
+
+
+# -- PostgreSQL (the scale-out benches) -----------------------------------------------------
+PG_SERVER = ("127.0.0.1", 5432, "postgres", "test")
+"""host, port, user, admin database of the PostgreSQL server the scale-out rows run on by
+default (the one the tests use: trust auth on loopback)."""
+PG_ENV = "WEBCONF_BENCH_PG"
+"""Another server: `postgresql://USER@HOST:PORT/ADMIN_DB` (trust auth; the smoke test
+points it at the tests' server, which may be a throwaway cluster)."""
+
+
+def pg_server() -> tuple[str, int, str, str]:
+    """(host, port, user, admin database): `$WEBCONF_BENCH_PG` if set, else `PG_SERVER`."""
+    raw = os.environ.get(PG_ENV, "").strip()
+    if not raw:
+        return PG_SERVER
+    from urllib.parse import urlsplit
+
+    url = urlsplit(raw)
+    if url.scheme != "postgresql" or not url.hostname or not url.path.strip("/"):
+        raise ValueError(f"{PG_ENV}={raw!r}: expected postgresql://USER@HOST:PORT/DATABASE")
+    return (url.hostname, url.port or 5432, url.username or "postgres", url.path.strip("/"))
+
+
+def _pg_admin(sql: str) -> list[Any]:
+    """One statement on the admin database, on a private event loop (callers are sync or
+    in a thread); its rows."""
+    import asyncio
+
+    import asyncpg
+
+    host, port, user, admin_db = pg_server()
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(host=host, port=port, user=user, database=admin_db,
+                                     timeout=5)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def pg_missing() -> str | None:
+    """Why no PostgreSQL bench can run here (no server answers), or None."""
+    try:
+        _pg_admin("SELECT 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means: no server to bench on
+        host, port, user, admin_db = pg_server()
+        return (f"no PostgreSQL at {host}:{port} (user {user}, database {admin_db}; "
+                f"{PG_ENV} names another): {type(exc).__name__}: {exc}")
+    return None
+
+
+def pg_backend_pids(database_url: str) -> list[int]:
+    """The PostgreSQL backends serving the database of `database_url` now."""
+    name = database_url.rsplit("/", 1)[1]
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unexpected database name {name!r}")
+    rows = _pg_admin(f"SELECT pid FROM pg_stat_activity WHERE datname = '{name}'")
+    return [int(r["pid"]) for r in rows]
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str = "webconf_bench_") -> Iterator[str]:
+    """A fresh database of our own on `pg_server()`, dropped afterwards (WITH (FORCE): the
+    servers' connections may outlive their stop by a moment); yields its asyncpg URL."""
+    import secrets
+
+    host, port, user, _ = pg_server()
+    name = prefix + secrets.token_hex(5)
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://{user}@{host}:{port}/{name}"
+    finally:
+        with contextlib.suppress(Exception):
+            _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

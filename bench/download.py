@@ -180,8 +180,9 @@ class Nginx:
 
 
 @contextlib.contextmanager
-def nginx(cfg: Config, blob: Path, host: str = "127.0.0.1") -> Iterator[Nginx]:
-    """Run nginx (1 worker, foreground) serving `blob` at /blob."""
+def nginx(cfg: Config, blob: Path, host: str = "127.0.0.1",
+          workers: int = 1) -> Iterator[Nginx]:
+    """Run nginx (`workers` worker processes, foreground) serving `blob` at /blob."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed (make sysdeps)")
@@ -193,7 +194,7 @@ def nginx(cfg: Config, blob: Path, host: str = "127.0.0.1") -> Iterator[Nginx]:
     user_line = "user root;" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(TEMPLATE.read_text().format(
-        user_line=user_line, prefix=prefix, host=host, port=port,
+        workers=workers, user_line=user_line, prefix=prefix, host=host, port=port,
         cert=cfg.certs_dir / "wcs.pem", key=cfg.certs_dir / "wcs.key", blob=blob))
     proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf),
                              "-g", "daemon off; master_process on;"],
