@@ -1,9 +1,10 @@
 """`python -m focus DIR`: run the SIP focus of a deployment in the foreground.
 
 Prints `focus ready ...` once the SIP listener accepts connections; on SIGTERM/SIGINT it
-stops accepting, ends every open participation at the WCS and exits. A schema behind or
-ahead of the code, or a database out of reach, is one line on stderr and exit 2, no
-traceback.
+stops accepting, ends every open participation at the WCS and exits. A configuration
+error (`webconf.toml` or a `WEBCONF_*` variable), a schema behind or ahead of the code, or
+a database out of reach, is one line on stderr and exit 2, no traceback (`webconf serve`
+shows that line).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from webconf.deploy import keys
 from webconf.deploy.capacity import prepare_server_process
-from webconf.deploy.config import load_config
+from webconf.deploy.config import ConfigError, load_config
 from webconf.deploy.db import DatabaseUnavailable
 from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     install_fast_loop()  # uvloop when installed (WEBCONF_UVLOOP=0: the stdlib loop)
     try:
         asyncio.run(serve(Path(args[0])))
-    except (DirectorySchemaError, DatabaseUnavailable) as exc:  # one line (a schema's
-        print(f"focus: {exc}", file=sys.stderr, flush=True)  # names `webconf db upgrade`)
-        return 2
+    except (ConfigError, DirectorySchemaError, DatabaseUnavailable) as exc:
+        print(f"focus: {exc}", file=sys.stderr, flush=True)  # one line (a schema's names
+        return 2  # `webconf db upgrade`)
     return 0
 
 

@@ -7,7 +7,8 @@ Operations (each returns a list of `focus.events` outputs; `now` is wall-clock s
   framing errors (answered, then `Close` when the stream is lost) and CRLF keep-alives are
   decided here;
 - `credentials_found(ticket, {algorithm: HA1} | None, now)`: the result of a
-  `LookupCredentials` effect;
+  `LookupCredentials` effect; `credentials_unavailable(ticket, now)` when the directory
+  could not be read (its database is out of reach): 503, and the connection goes on;
 - `admitted(ticket, admission, now)` / `admission_failed(ticket, AdmitRefused |
   AdmitUnavailable, now)`: the result of an `Admit` effect; the WCS-failure -> SIP-status
   mapping lives here;
@@ -158,7 +159,8 @@ class FocusSettings:
     md5_only_user_agents: Sequence[str] = ("baresip",)
     leave_grace_seconds: float = 30.0
     retry_after_seconds: int = 5
-    """Retry-After of the 503 that answers an INVITE when the WCS is unavailable."""
+    """Retry-After of the 503 that answers an INVITE when the WCS or the directory is
+    unavailable."""
     max_message_bytes: int = MAX_MESSAGE_SIZE
     """The framer's cap on one incoming message, and the cap on one reply (a bigger one,
     e.g. an error echoing thousands of Vias, closes the connection instead)."""
@@ -423,6 +425,23 @@ class FocusCore:
             return []
         state.lookup = None
         out = self._guard(self._authenticated(state, lookup, credentials or {}, now))
+        return out + self._drain(state, now)
+
+    def credentials_unavailable(self, ticket: int, now: float) -> list[Output]:
+        """The directory could not answer `LookupCredentials(ticket)` (its database is out
+        of reach): `503 Directory Unavailable` with Retry-After for the request that needed
+        it, not counted as a failure; the connection, its dialogs and its input go on."""
+        lookup = self._lookups.pop(ticket, None)
+        if lookup is None:
+            return []
+        state = self._conns.get(lookup.conn_id)
+        if state is None or state.lookup != ticket:
+            return []
+        state.lookup = None
+        retry = str(self.settings.retry_after_seconds)
+        out = self._guard([self._final(state, lookup.request, lookup.branch, 503,
+                                       "Directory Unavailable",
+                                       headers=[("Retry-After", retry)])])
         return out + self._drain(state, now)
 
     def _authenticated(self, state: _ConnState, lookup: AwaitingCredentials,

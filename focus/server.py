@@ -7,7 +7,10 @@ time.time())` -> outputs. A `LookupCredentials` effect is awaited in that loop b
 next read (the core pauses the connection's input meanwhile, and so does TCP), and its
 answer fed back with `credentials_found`. Effects that wait on the WCS (`Admit`, `Revoke`)
 run as tasks so a slow WCS never stalls a connection, and CANCEL/BYE can arrive while a
-join is in flight.
+join is in flight. A lookup that fails because the database is out of reach
+(`webconf.deploy.db.is_unavailable`) is fed back with `credentials_unavailable`: that
+request gets a 503, the connection and its dialogs stay (the database layer logs the
+outage once, when it starts, and once when it ends).
 
 The lease (DESIGN §8): `start` renews this process's focus lease at the WCS once before it
 returns (so a lease exists before the first admission, which names it) and then every
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webconf.deploy.config import Config
+from webconf.deploy.db import is_unavailable
 from webconf.retry import Backoff
 from webconf.sip import digest, sdp
 
@@ -279,7 +283,15 @@ class FocusServer:
             lookups = [o for o in outputs if isinstance(o, LookupCredentials)]
             outputs = []
             for lookup in lookups:
-                found = await self._credentials(lookup)
+                try:
+                    found = await self._credentials(lookup)
+                except Exception as exc:
+                    if not is_unavailable(exc):
+                        raise  # a bug: its traceback is worth having
+                    # The database is out of reach (refused, or lost mid-query): 503 for
+                    # this request only; `webconf.deploy.db` logs the outage once.
+                    outputs += self.core.credentials_unavailable(lookup.ticket, time.time())
+                    continue
                 outputs += self.core.credentials_found(lookup.ticket, found, time.time())
 
     async def _credentials(self, lookup: LookupCredentials) -> dict[str, str]:
