@@ -24,6 +24,7 @@ from webconf.deploy.config import Config
 
 from ..metrics import Metrics
 from ..service import ConferenceService, Principal, ServiceError, valid_id
+from ..store import ItemRow
 
 SERVICE = web.AppKey("service", ConferenceService)
 METRICS = web.AppKey("metrics", Metrics)
@@ -98,11 +99,23 @@ def _changes_state(request: web.Request) -> bool:
 
 async def authenticate(request: web.Request) -> Principal:
     """The participant the request's cookie names, in the conference of its path."""
+    conference_id, token = _checked_credentials(request)
+    return await request.app[SERVICE].authenticate(token, conference_id)
+
+
+async def authenticate_item(request: web.Request) -> tuple[Principal, ItemRow]:
+    """`authenticate`, and the item of the path, read with the cookie's state at once."""
+    conference_id, token = _checked_credentials(request)
+    return await request.app[SERVICE].authenticate_for_item(
+        token, conference_id, request.match_info["item"])
+
+
+def _checked_credentials(request: web.Request) -> tuple[str, str | None]:
+    """(the path's conference id, the cookie), after the cross-site check."""
     conference_id = request.match_info["conf"]
     if not valid_id(conference_id):
         raise ServiceError("not_found", "unknown conference")
-    service = request.app[SERVICE]
     token, from_browser_cookie = _credentials(request)
     if from_browser_cookie and _changes_state(request):
-        check_same_origin(request, service.cfg)
-    return await service.authenticate(token, conference_id)
+        check_same_origin(request, request.app[SERVICE].cfg)
+    return conference_id, token

@@ -20,7 +20,14 @@ from webconf.deploy.config import WcsSection
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..service import ServiceError, b64url
 from .channel import channel
-from .context import AUTH_COOKIE, METRICS, SERVICE, authenticate, bearer_token
+from .context import (
+    AUTH_COOKIE,
+    METRICS,
+    SERVICE,
+    authenticate,
+    authenticate_item,
+    bearer_token,
+)
 from .errors import json_error
 
 __all__ = ["AUTH_COOKIE", "METRICS", "SERVICE", "UploadPace", "add_routes", "authenticate",
@@ -113,8 +120,8 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def item_key(request: web.Request) -> web.Response:
-    who = await authenticate(request)
-    key = await request.app[SERVICE].item_key(who, request.match_info["item"])
+    _, row = await authenticate_item(request)
+    key = await request.app[SERVICE].item_key(row)
     return web.json_response(
         {"key": b64url(key.dek), "context": b64url(key.context)},
         headers={"Cache-Control": "no-store"})
@@ -163,9 +170,9 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 async def item_content(request: web.Request) -> web.StreamResponse:
-    who = await authenticate(request)
+    _, row = await authenticate_item(request)
     service = request.app[SERVICE]
-    blob = await service.item_blob(who, request.match_info["item"])
+    blob = await service.item_blob(row)
     headers = {
         "ETag": blob.etag,
         "Accept-Ranges": "bytes",

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -106,6 +106,8 @@ class CookieState:
     revoked: bool
     conference_tenant: str | None
     conference_ended: bool
+    item: ItemRow | None = None
+    """The item asked for with the cookie (`cookie_state(..., item_id=)`), if it exists."""
 
 
 class StoreSchemaError(SchemaError):
@@ -333,17 +335,30 @@ class Store:
         self._announce(conference_id, seq)
         return p
 
-    async def cookie_state(self, jti: str, conference_id: str) -> CookieState:
-        """Revocation and conference state for one cookie, in one round trip."""
+    async def cookie_state(self, jti: str, conference_id: str,
+                           item_id: str | None = None) -> CookieState:
+        """Revocation and conference state for one cookie, in one round trip; with
+        `item_id`, that item of the conference too (a download's one query)."""
         revoked = exists().where(revoked_cookies.c.jti == jti).label("revoked")
-        q = select(revoked, conferences.c.tenant, conferences.c.ended_at).select_from(
-            conferences).where(conferences.c.id == conference_id)
+        source: Any = conferences
+        columns: list[Any] = [revoked, conferences.c.tenant.label("conference_tenant"),
+                              conferences.c.ended_at.label("conference_ended_at")]
+        if item_id is not None:
+            source = conferences.outerjoin(items, and_(
+                items.c.conference_id == conferences.c.id, items.c.id == item_id))
+            columns += list(items.c)
+        q = select(*columns).select_from(source).where(conferences.c.id == conference_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
             if row is None:
                 is_revoked = bool(await conn.scalar(select(revoked)))
                 return CookieState(is_revoked, None, False)
-        return CookieState(bool(row.revoked), row.tenant, row.ended_at is not None)
+        m = row._mapping
+        item = None
+        if item_id is not None and m["id"] is not None:
+            item = ItemRow(**{c.name: m[c.name] for c in items.c})
+        return CookieState(bool(m["revoked"]), m["conference_tenant"],
+                           m["conference_ended_at"] is not None, item)
 
     async def purge_expired_revocations(self, expired_before: float) -> int:
         """Drop the revocation rows of cookies whose `exp` is before `expired_before`;
