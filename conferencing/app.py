@@ -2,7 +2,9 @@
 
 - public (8443): the docs/protocol.md §4 API, server-authenticated TLS;
 - internal (8444): the docs/protocol.md §7 API, TLS that requires a client certificate
-  from the deployment CA (so only the focus reaches it).
+  from the deployment CA (so only the focus reaches it). It binds `wcs.internal_host`
+  (default `server.host`): a node bound to its own address can keep this one on loopback,
+  where its focus calls it (`Config.internal_url`).
 
 Both bound the TLS handshake, the time to a request's head and idle keep-alive, and cap
 their connections at `wcs.max_connections` (`conferencing.listener`).
@@ -14,7 +16,10 @@ of it after stopping the focus) and exits.
 
 While it runs, a background task drops the revocation rows of cookies that their `exp`
 already refuses (every `wcs.revocation_purge_seconds`), so `revoked_cookies` stays as large
-as one cookie lifetime of revocations instead of growing forever.
+as one cookie lifetime of revocations instead of growing forever. Another removes the
+share's leftovers of crashes (every `wcs.share_sweep_seconds`) without a restart; that
+periodic sweep spares every file younger than any upload may be (`sweep_age`), on every
+backend, since this very process (and, on PostgreSQL, other nodes) may be writing it.
 """
 
 from __future__ import annotations
@@ -56,11 +61,11 @@ from .store.store import StoreSchemaError
 
 log = logging.getLogger("webconf.wcs")
 STRAGGLER_SECONDS = 0.25
-LISTENER_START_SECONDS = 5.0
-"""How long startup waits for the NOTIFY connection before serving on the poll alone."""
 """After `stop`'s drain (`wcs.shutdown_grace_seconds`), how long aiohttp gives a handler that
 is still running before it cancels it, and then the cancelled handler to end (so twice this
 at most): the drain was the grace, this is not a second one."""
+LISTENER_START_SECONDS = 5.0
+"""How long startup waits for the NOTIFY connection before serving on the poll alone."""
 
 
 def build_public_app(service: ConferenceService, metrics: Metrics,
@@ -115,6 +120,8 @@ class WcsServer:
     """The event log's poller, trimmer and (PostgreSQL) NOTIFY listener (eventlog.py)."""
     lease_task: asyncio.Task[None] | None = None
     """Revokes the participants of dead focus processes (`conferencing.leases`)."""
+    sweep_task: asyncio.Task[None] | None = None
+    """Removes unreferenced share files while serving (`_sweep_share`)."""
     guards: dict[str, ConnectionGuard] = field(default_factory=dict)
     """Each listener's connection cap and head timer (`conferencing.listener`)."""
 
@@ -165,7 +172,7 @@ class WcsServer:
         if cfg.wcs.https_port == 0:
             cfg.wcs.https_port = self.https_port
         internal_site = GuardedSite(
-            internal_runner, cfg.server.host, cfg.wcs.internal_port,
+            internal_runner, cfg.internal_host, cfg.wcs.internal_port,
             ssl_context=tls.server_context(cfg, "wcs", require_client_cert=True),
             guard=self.guards["internal"], handshake_timeout_seconds=handshake,
             reuse_port=cfg.wcs.reuse_port)
@@ -180,6 +187,10 @@ class WcsServer:
         self.lease_task = asyncio.create_task(
             expire_focus_leases(self.service, cfg.focus.node_timeout_seconds),
             name="wcs-focus-leases")
+        if cfg.wcs.share_sweep_seconds > 0:
+            self.sweep_task = asyncio.create_task(
+                _sweep_share(self.service, cfg.wcs.share_sweep_seconds),
+                name="wcs-share-sweep")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close."""
@@ -196,11 +207,12 @@ class WcsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.purge_task
             self.purge_task = None
-        if self.lease_task is not None:
-            self.lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.lease_task
-            self.lease_task = None
+        for background in (self.lease_task, self.sweep_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self.lease_task = self.sweep_task = None
         for runner in self.runners:
             for site in list(runner.sites):
                 await site.stop()
@@ -262,6 +274,32 @@ async def _purge_revocations(service: ConferenceService, interval_seconds: float
             if purged:
                 log.info(json.dumps({"event": "revocations.purged", "rows": purged}))
         await asyncio.sleep(interval_seconds)
+
+
+async def _sweep_share(service: ConferenceService, interval_seconds: float) -> None:
+    """Every `interval_seconds` (the first one after the startup sweep), remove the share's
+    temp files and blobs without a row that are older than `sweep_age` of a shared share,
+    whatever the backend: uploads of this process (and other nodes') are in flight now.
+    A failed round (the database or the share out of reach) is logged once per outage and
+    retried at the next one."""
+    min_age = sweep_age(service.cfg.wcs.upload_deadline_seconds, shared=True)
+    failed_since: float | None = None
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            swept = await service.sweep_share(min_age_seconds=min_age)
+        except Exception as exc:  # a store or share hiccup must not end the sweep for good
+            if failed_since is None:
+                failed_since = time.monotonic()
+                log.warning(json.dumps({"event": "share.sweep_failed",
+                                        "error": type(exc).__name__}))
+            continue
+        if failed_since is not None:
+            log.info(json.dumps({"event": "share.sweep_resumed",
+                                 "failed_seconds": round(time.monotonic() - failed_since, 1)}))
+            failed_since = None
+        if swept["temp"] or swept["orphan"]:
+            log.info(json.dumps({"event": "share.sweep", **swept}))
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -321,6 +321,23 @@ class ConferenceService:
 
     # -- authentication -------------------------------------------------------------
     async def authenticate(self, token: str | None, conference_id: str) -> Principal:
+        principal, _ = await self._authenticate(token, conference_id, None)
+        return principal
+
+    async def authenticate_for_item(self, token: str | None, conference_id: str,
+                                    item_id: str) -> tuple[Principal, ItemRow]:
+        """`authenticate` and `_item` in one database round trip: a download's whole
+        metadata cost (the same checks, in the same order)."""
+        if not valid_id(item_id):
+            await self.authenticate(token, conference_id)  # a bad cookie is told first
+            raise ServiceError("not_found", "unknown item")
+        principal, row = await self._authenticate(token, conference_id, item_id)
+        if row is None or row.tenant != principal.tenant:
+            raise ServiceError("not_found", "unknown item")
+        return principal, row
+
+    async def _authenticate(self, token: str | None, conference_id: str,
+                            item_id: str | None) -> tuple[Principal, ItemRow | None]:
         if not token:
             raise ServiceError("unauthorized", "missing cookie")
         try:
@@ -329,7 +346,7 @@ class ConferenceService:
             code = "forbidden" if exc.reason == "token is for another conference" else (
                 "unauthorized")
             raise ServiceError(code, exc.reason) from None
-        state = await self.store.cookie_state(claims.jti, conference_id)
+        state = await self.store.cookie_state(claims.jti, conference_id, item_id)
         if state.revoked:
             raise ServiceError("unauthorized", "cookie revoked")
         if state.conference_tenant is None:
@@ -338,7 +355,7 @@ class ConferenceService:
             raise ServiceError("forbidden", "conference belongs to another tenant")
         if state.conference_ended:
             raise ServiceError("unauthorized", "conference has ended")
-        return Principal(claims)
+        return Principal(claims), state.item
 
     # -- items -------------------------------------------------------------------
     async def share_item(self, who: Principal, *, name: str, content_type: str,
@@ -434,11 +451,12 @@ class ConferenceService:
                                   key=b64url(key.dek), context=b64url(key.context)))
         return out
 
-    async def item_key(self, who: Principal, item_id: str) -> ItemKey:
-        return await self._unwrap(await self._item(who, item_id))
+    async def item_key(self, row: ItemRow) -> ItemKey:
+        """The key of an item `authenticate_for_item` found."""
+        return await self._unwrap(row)
 
-    async def item_blob(self, who: Principal, item_id: str) -> BlobRef:
-        row = await self._item(who, item_id)
+    async def item_blob(self, row: ItemRow) -> BlobRef:
+        """The ciphertext of an item `authenticate_for_item` found."""
         try:
             size = await self.share.size(row.blob_id)
         except ShareError:
@@ -499,6 +517,9 @@ class ConferenceService:
 
     # -- housekeeping -----------------------------------------------------------------
     async def sweep_share(self, min_age_seconds: float = 0.0) -> dict[str, int]:
+        """Remove share files that no row references and last written `min_age_seconds`
+        ago or before (`FileShare.sweep`); the rows are read first, so a row committed
+        meanwhile belongs to a file younger than the cutoff, which stays."""
         known = await self.store.blob_ids()
         return await asyncio.to_thread(self.share.sweep, known, min_age_seconds=min_age_seconds)
 

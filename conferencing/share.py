@@ -7,7 +7,8 @@ only Cobblestone ciphertext is ever written here.
 Commit protocol (docs/protocol.md §6): write the temp file, fsync it, rename it into place,
 fsync the blob's directory; only then does the caller commit the metadata row. A crash
 before the rename leaves a temp file, a crash after it leaves a blob without a row: the
-startup sweep removes both.
+sweep removes both, at a WCS's startup and every `wcs.share_sweep_seconds` while it runs
+(conferencing/app.py).
 
 Several writers (nodes, workers) may share one share directory. Their names cannot collide:
 temp and blob names are 128 random bits, and a temp file is created with O_EXCL. What one
@@ -15,8 +16,9 @@ process sees as a leftover may be another's write in progress, though: a temp fi
 filled, or a blob renamed into place whose row is not committed yet. So a sweep of a
 shared share spares every file younger than `sweep_age` (`wcs.upload_deadline_seconds`,
 which bounds an upload, plus `SWEEP_MARGIN_SECONDS` for its row's commit); only a single
-process (SQLite, one node) sweeps everything at startup. Files that vanish under a sweep
-(another process renamed, removed or swept them) are skipped.
+process (SQLite, one node) sweeps everything at startup; a running WCS's periodic sweep
+always spares young files, on every backend (its own uploads are in flight). Files that
+vanish under a sweep (another process renamed, removed or swept them) are skipped.
 
 No blocking file call runs in the event loop. The cold paths (a blob's writes, its fsync,
 rename and removal) go through aiofiles' worker pool. `stream()`, the download hot path,

@@ -27,7 +27,8 @@ _NODE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 @dataclass
 class ServerSection:
     host: str = "127.0.0.1"
-    """Address every listener binds to (loopback by default)."""
+    """Address the listeners bind to (loopback by default); the WCS's internal one binds
+    `wcs.internal_host` instead when that is set."""
     public_host: str = ""
     """Host name clients use to reach us; defaults to `host`."""
     node: str = ""
@@ -40,6 +41,11 @@ class ServerSection:
 class WcsSection:
     https_port: int = 8443
     internal_port: int = 8444
+    internal_host: str = ""
+    """Address the internal (mTLS) listener binds and the focus dials (`internal_url`);
+    empty: `server.host`. Lets a node bind its own address (`server.host`, which its
+    certificates need not name) while its focus calls its own WCS on loopback (127.0.0.1,
+    which every certificate `init` makes names)."""
     public_url: str = ""
     """URL handed to clients in the join result; defaults to https://public_host:https_port."""
     max_upload_bytes: int = 2 * 1024**3
@@ -72,6 +78,10 @@ class WcsSection:
     upload_rate_grace_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
     retain_content_on_end: bool = False
+    share_sweep_seconds: float = 3600.0
+    """How often a running WCS removes share files no row references (a crash's
+    leftovers), each only once older than any upload in progress may be
+    (`conferencing.share.sweep_age`); 0 = only at startup."""
     reuse_port: bool = False
     """Bind both listeners with SO_REUSEPORT, so that several WCS processes share their
     ports; `webconf serve --workers N` sets it for its workers (WEBCONF_WCS_REUSE_PORT)."""
@@ -198,8 +208,14 @@ class Config:
         return f"https://{host}:{self.wcs.https_port}"
 
     @property
+    def internal_host(self) -> str:
+        """Where the WCS's internal API listens and the focus calls it (an IPv6 address
+        may be written in brackets, as in a URL)."""
+        return self.wcs.internal_host.strip().strip("[]") or self.server.host
+
+    @property
     def internal_url(self) -> str:
-        host = self.server.host
+        host = self.internal_host
         if ":" in host:
             host = f"[{host}]"
         return f"https://{host}:{self.wcs.internal_port}"
@@ -316,3 +332,6 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"focus.heartbeat_seconds ({f.heartbeat_seconds:g}) must be above 0 and below "
             f"focus.node_timeout_seconds ({f.node_timeout_seconds:g})")
+    if cfg.wcs.share_sweep_seconds < 0:
+        raise ConfigError(f"wcs.share_sweep_seconds ({cfg.wcs.share_sweep_seconds:g}) must "
+                          "be 0 (off) or above")
