@@ -90,6 +90,20 @@ def log_events(cfg: Config, name: str, event: str) -> list[dict[str, Any]]:
     return out
 
 
+async def logged_events(cfg: Config, name: str, event: str, count: int,
+                        timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The first `count` `event` lines of a log once they are there: a line may follow
+    the effect a test saw (the expiry logs after its round's revocations committed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = log_events(cfg, name, event)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fewer than {count} {event} in {name}.log: {found}")
+        await asyncio.sleep(0.05)
+
+
 async def wait_for_lease(cfg: Config, count: int, timeout: float = 30.0) -> dict[str, Any]:
     """The `count`-th `lease.start` of the focus log (one per focus process)."""
     deadline = time.monotonic() + timeout
@@ -205,7 +219,7 @@ async def test_killed_focus_participants_are_revoked_even_after_its_restart(
         await ws.close()
         await conn.close()
     assert await items_status(http, alice) == 401
-    [expired] = log_events(cfg, "wcs", "focus.lease_expired")
+    [expired] = await logged_events(cfg, "wcs", "focus.lease_expired", 1)
     assert expired["node"] == old_lease and expired["revoked"] == 1
     # The new incarnation was renewing before the dead one's lease was judged, and that
     # did not keep the dead one's participant alive.

@@ -69,6 +69,11 @@ async def channel(request: web.Request) -> web.StreamResponse:
     # Subscribe before reading the item list (or the log) so no event can fall between.
     sub = await service.feed.subscribe(who.conference_id, who.participant_id)
     try:
+        # The check above ran before an await: concurrent upgrades may all have passed it.
+        if service.events.count(who.conference_id, who.participant_id) > (
+                cfg.max_channels_per_participant):
+            raise ServiceError("too_many_requests",
+                               "too many data channels for this participant")
         # A revocation or end that committed while we authenticated was delivered before
         # this subscription existed; check again now that none can be missed.
         await authenticate(request)
