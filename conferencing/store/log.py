@@ -71,12 +71,24 @@ async def append(conn: AsyncConnection, conference_id: str, events: Sequence[New
         conferences.c.last_seq))).scalar_one())
     first = last - len(events) + 1
     await conn.execute(insert(conference_events), [
-        {"conference_id": conference_id, "seq": first + i, "type": e.type,
-         "participant_id": e.participant_id, "final": e.final, "payload": e.payload,
-         "created_at": now} for i, e in enumerate(events)])
+        event_row(conference_id, first + i, e, now) for i, e in enumerate(events)])
     if conn.dialect.name == "postgresql":
-        await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, f"{conference_id} {last}")))
+        await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, notify_payload(
+            conference_id, last))))
     return last
+
+
+def event_row(conference_id: str, seq: int, event: NewEvent, now: float) -> dict[str, object]:
+    """The `conference_events` row of `event` numbered `seq`: one shape for every writer
+    (`append`, and the group commit of writer.py)."""
+    return {"conference_id": conference_id, "seq": seq, "type": event.type,
+            "participant_id": event.participant_id, "final": event.final,
+            "payload": event.payload, "created_at": now}
+
+
+def notify_payload(conference_id: str, seq: int) -> str:
+    """The NOTIFY payload announcing the conference's events up to `seq` (`parse_notify`)."""
+    return f"{conference_id} {seq}"
 
 
 async def rows_after(conn: AsyncConnection, conference_id: str, after: int,

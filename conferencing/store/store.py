@@ -41,6 +41,7 @@ from .schema import (
     tenant_keys,
     tenants,
 )
+from .writer import Admit, GroupWriter, PgTarget, Revoke, SqliteTarget, Target
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,12 @@ class Store:
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self.on_commit: EventHook | None = None
         """This node's event feed: woken at once by its own writes (others', by NOTIFY)."""
+        target: Target = (
+            PgTarget(engine, ParticipantRow) if self._write_lock is None
+            else SqliteTarget(engine.url, self._write_lock, ParticipantRow))
+        self.writer = GroupWriter(target, self._announce)
+        """Admissions and revocations: group commit (writer.py). On SQLite it shares
+        `_write_lock` with the other writers."""
 
     def _announce(self, conference_id: str, seq: int) -> None:
         if seq and self.on_commit is not None:
@@ -183,7 +190,12 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        """Commit (or fail) the queued admissions and revocations, stop the writer, and
+        close the connections."""
+        try:
+            await self.writer.close()
+        finally:
+            await self.engine.dispose()
 
     # -- tenants ---------------------------------------------------------------
     async def tenant_key(self, tenant: str, version: int | None = None) -> TenantKeyRow | None:
@@ -290,11 +302,10 @@ class Store:
     # -- participants ----------------------------------------------------------------
     async def add_participant(self, row: ParticipantRow,
                               events: Sequence[NewEvent] = ()) -> None:
-        async with self._write() as conn:
-            await log.lock_conference(conn, row.conference_id)
-            await conn.execute(insert(participants).values(**row.__dict__))
-            seq = await log.append(conn, row.conference_id, events, row.joined_at)
-        self._announce(row.conference_id, seq)
+        """Insert the participant and append `events`, atomically; returns once committed.
+        Concurrent calls share a transaction (writer.py), each failing alone."""
+        await self.writer.submit(Admit(row.conference_id, row.__dict__, tuple(events),
+                                       row.joined_at))
 
     async def participant(self, pid: str) -> ParticipantRow | None:
         async with self.engine.connect() as conn:
@@ -314,25 +325,13 @@ class Store:
             events: Callable[[ParticipantRow], Sequence[NewEvent]] = lambda _: (),
     ) -> ParticipantRow | None:
         """Mark the participant left and its cookie revoked, and append `events(it)`,
-        atomically.
+        atomically; returns once committed. Concurrent calls share a transaction
+        (writer.py). `events` runs inside it (on SQLite in the writer thread): keep it pure.
 
         Returns the participant if this call revoked it, None if unknown or already gone.
         """
-        async with self._write() as conn:
-            await log.lock_conference(conn, conference_id)
-            # One statement finds and marks the participant (RETURNING: SQLite >= 3.35 and
-            # PostgreSQL); the revocation row follows in the same transaction.
-            row = (await conn.execute(update(participants).where(
-                participants.c.id == pid, participants.c.conference_id == conference_id,
-                participants.c.left_at.is_(None)).values(left_at=now).returning(
-                *participants.c))).first()
-            if row is None:
-                return None
-            p: ParticipantRow = _row(ParticipantRow, row)
-            await conn.execute(insert(revoked_cookies).values(
-                jti=p.jti, revoked_at=now, expires_at=p.expires_at))
-            seq = await log.append(conn, conference_id, events(p), now)
-        self._announce(conference_id, seq)
+        p: ParticipantRow | None = await self.writer.submit(
+            Revoke(conference_id, pid, now, events))
         return p
 
     async def cookie_state(self, jti: str, conference_id: str,

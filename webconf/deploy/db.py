@@ -40,6 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 log = logging.getLogger("webconf.db")
 
 PRIVATE_MODE = 0o600
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+"""How long a SQLite writer waits for the lock another process (or thread) holds."""
 _SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
@@ -63,7 +65,7 @@ def open_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Asy
     There is no single-writer lock there (the store takes SQLite's itself)."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": 30}
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
     else:
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
                       pool_timeout=PG_POOL_TIMEOUT_SECONDS,
@@ -80,7 +82,7 @@ def open_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Asy
         if path is not None:
             create_private(path)
         event.listen(engine.sync_engine, "connect",
-                     functools.partial(_sqlite_pragmas, path=path))
+                     functools.partial(sqlite_pragmas, path=path))
     return engine
 
 
@@ -218,7 +220,7 @@ def create_private(path: Path) -> None:
     os.chmod(path, PRIVATE_MODE)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, path: Path | None) -> None:
+def sqlite_pragmas(dbapi_conn: Any, _record: Any, *, path: Path | None) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
