@@ -40,6 +40,7 @@ import aiohttp
 
 from webconf.deploy import tls
 from webconf.deploy.config import Config
+from webconf.deploy.lifetime import die_with_parent
 from webconf.protocol import Admission
 
 from .common import (
@@ -199,7 +200,8 @@ def nginx(cfg: Config, blob: Path, host: str = "127.0.0.1",
     proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf),
                              "-g", "daemon off; master_process on;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,  # SIGTERM to the master stops workers
+                            preexec_fn=die_with_parent())  # dies with the bench
     try:
         deadline = time.monotonic() + 15
         while True:

@@ -20,6 +20,11 @@ class Row:
     unit: str = ""
     lower_is_better: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
+    cpu_ms: float | None = None
+    """Our servers' CPU milliseconds per operation (e.g. per join) over the measured window,
+    from /proc: the cost beside the rate, which contention on the machine does not change."""
+    baseline_cpu_ms: float | None = None
+    """The baseline's, the same way."""
 
     @property
     def ratio(self) -> float | None:
@@ -36,19 +41,42 @@ class Row:
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    if isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
     return f"{text} {unit}".strip()
+
+
+def _cpu(r: Row) -> str:
+    """"ours / baseline ms" of server CPU per operation, "-" where the row has none."""
+    if r.cpu_ms is None and r.baseline_cpu_ms is None:
+        return "-"
+
+    def one(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+    return f"{one(r.cpu_ms)} / {one(r.baseline_cpu_ms)} ms"
+
+
+COLUMNS = ("metric", "ours", "baseline", "ratio", "target", "pass",
+           "server CPU per op (ours / baseline)")
 
 
 def table_markdown(rows: list[Row]) -> str:
     """The rows as the Markdown table README.md carries."""
-    lines = ["| metric | ours | baseline | ratio | target | pass |", "|---|---|---|---|---|---|"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        ok = {True: "yes", False: "**no**", None: "-"}[r.passed]
-        lines.append(f"| {r.metric} | {_fmt(r.ours, r.unit)} | {_fmt(r.baseline, r.unit)} | "
-                     f"{ratio} | {r.target} | {ok} |")
+        lines.append(row_markdown(r))
     return "\n".join(lines)
+
+
+def row_markdown(r: Row) -> str:
+    """One Markdown table line; its first cell is the metric (README merges on it)."""
+    ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+    ok = {True: "yes", False: "**no**", None: "-"}[r.passed]
+    return (f"| {r.metric} | {_fmt(r.ours, r.unit)} | {_fmt(r.baseline, r.unit)} | "
+            f"{ratio} | {r.target} | {ok} | {_cpu(r)} |")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -57,11 +85,11 @@ def print_table(rows: list[Row]) -> None:
     from rich.table import Table
 
     table = Table(title="webconf benchmarks (medians; ratio = ours / baseline)")
-    for col in ("metric", "ours", "baseline", "ratio", "target", "pass"):
+    for col in COLUMNS:
         table.add_column(col)
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[r.passed]
         table.add_row(r.metric, _fmt(r.ours, r.unit), _fmt(r.baseline, r.unit), ratio,
-                      r.target, ok)
-    Console(width=140).print(table)
+                      r.target, ok, _cpu(r))
+    Console(width=170).print(table)

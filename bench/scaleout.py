@@ -479,8 +479,14 @@ def _joins(s: Settings, sqlite_cfg: Config, sqlite_pids: Callable[[], dict[str, 
     per_round = [p.rate / q.rate for p, q in zip(runs["postgresql"], runs["sqlite"],
                                                  strict=True) if q.rate > 0]
     errors = sum(sum(m.errors.values()) for ms in runs.values() for m in ms)
+
+    def cpu(ms: list[Measurement]) -> float | None:
+        values = [v for v in (m.server_cpu_ms_per_join for m in ms) if v is not None]
+        return round(median(values), 3) if values else None
+
     return Row("joins/s PostgreSQL vs SQLite (one TLS connection)", round(pg_rate, 1),
-               round(sq_rate, 1), "-", None, unit="joins/s", detail={
+               round(sq_rate, 1), "-", None, unit="joins/s", cpu_ms=cpu(runs["postgresql"]),
+               baseline_cpu_ms=cpu(runs["sqlite"]), detail={
                    "ours_is": "one node on PostgreSQL (webconf init --database)",
                    "baseline_is": "the embedded SQLite default",
                    "rounds": s.join_rounds, "seconds_per_round": s.join_seconds,

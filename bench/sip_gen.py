@@ -9,8 +9,14 @@ bottleneck; a 401 is answered by `webconf.sip.digest_client`. `generate()`
 runs it in separate processes (`python -m bench.sip_gen SPEC_JSON`, uvloop when installed),
 synchronised on wall-clock windows: each round has a warm-up, then a measured window in
 which only completions are counted, then a drain (no new joins; in-flight ones finish, so
-no dialog is left behind). CPU seconds of the servers and of the generator over the window
-are reported, to show who is saturated.
+no dialog is left behind). Failed joins (a non-200 final answer, a timeout, a lost
+connection) are counted over the whole run, warm-up and drain included: a burst at the
+start must not fail either.
+
+CPU: the servers' processes are read from /proc/<pid>/stat (utime + stime, every thread)
+at both ends of the measured window, per group (e.g. focus, wcs, postgres; kamailio); the
+CPU milliseconds per join of a group is its CPU time over the window divided by the joins
+completed in it. The generator's own CPU time is reported too, to show who is saturated.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from webconf.deploy.lifetime import die_with_parent
 from webconf.sip import digest, digest_client
 
 from .common import cpu_seconds, percentile
@@ -74,6 +81,15 @@ class GenResult:
     latencies_ms: list[float] = field(default_factory=list)
     """INVITE sent (connect started, per-join) -> 200 received, for joins in the window."""
     connections: int = 0
+    started: int = 0
+    """Joins started over the whole run (warm-up, window and drain)."""
+    succeeded: int = 0
+    """Joins completed over the whole run."""
+    first_failed: int = 0
+    """Failed joins among the first `concurrency` started (in "reused" mode: the burst sent
+    at once when the connection opened)."""
+    challenged: int = 0
+    """401/407 challenges answered with credentials (the Digest dance happened)."""
     leftover: int = 0
     """Calls still in flight when the drain gave up."""
     cpu_seconds: float = 0.0
@@ -82,10 +98,10 @@ class GenResult:
 
 class _Call:
     __slots__ = ("call_id", "from_tag", "user", "cseq", "branch", "started", "authed",
-                 "answered", "on_done", "n")
+                 "answered", "on_done", "n", "seq")
 
     def __init__(self, call_id: bytes, from_tag: bytes, user: bytes, started: float,
-                 on_done: Callable[[_Call, str | None], None]) -> None:
+                 on_done: Callable[[_Call, str | None], None], seq: int = 0) -> None:
         self.call_id = call_id
         self.from_tag = from_tag
         self.user = user
@@ -96,6 +112,7 @@ class _Call:
         self.answered = 0.0
         self.on_done = on_done
         self.n = 0
+        self.seq = seq
 
 
 _WANTED = {b"call-id": b"i", b"i": b"i", b"cseq": b"cseq", b"to": b"t", b"t": b"t",
@@ -109,7 +126,7 @@ def _parse_head(head: bytes) -> tuple[int, dict[bytes, Any]]:
     lines = head.split(b"\r\n")
     start = lines[0]
     status = int(start[8:11]) if start.startswith(b"SIP/2.0 ") else 0
-    fields: dict[bytes, Any] = {}
+    fields: dict[bytes, Any] = {b"reason": start[12:]} if status else {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         key = _WANTED.get(name.strip().lower())
@@ -229,12 +246,15 @@ class _Conn(asyncio.Protocol):
                 auth = self.gen.authorization(call, fields.get(b"w", []))
                 if auth is not None:
                     call.authed = True
+                    self.gen.result.challenged += 1
                     call.cseq += 1
                     self._invite(call, auth)
                     return
-            self._end(call, f"INVITE {status}")
+            reason = fields.get(b"reason", b"").decode(errors="replace")
+            self._end(call, f"INVITE {status} {reason}".strip())
         elif method == b"BYE" and status >= 200:
-            self._end(call, None if status == 200 else f"BYE {status}")
+            self._end(call, None if status == 200 else f"BYE {status} " + fields.get(
+                b"reason", b"").decode(errors="replace"))
 
     def _end(self, call: _Call, error: str | None) -> None:
         if self.calls.pop(call.call_id, None) is not None:
@@ -278,9 +298,10 @@ class _Generator:
     def new_call(self, on_done: Callable[[_Call, str | None], None],
                  started: float | None) -> _Call:
         self.seq += 1
+        self.result.started += 1
         n = self.seq
         return _Call(b"%s-%d" % (self.tag, n), b"%x" % n, self.users[n % len(self.users)],
-                     time.monotonic() if started is None else started, on_done)
+                     time.monotonic() if started is None else started, on_done, n)
 
     def authorization(self, call: _Call, challenges: list[bytes]) -> bytes | None:
         """The Authorization header line answering the first usable challenge (the
@@ -304,7 +325,11 @@ class _Generator:
         now = time.monotonic()
         if error is not None:
             self.errors[error] += 1
-        elif self.window_start <= now < self.window_end:
+            if call.seq <= self.spec.concurrency:
+                self.result.first_failed += 1
+            return
+        self.result.succeeded += 1
+        if self.window_start <= now < self.window_end:
             self.result.completed += 1
             self.result.latencies_ms.append(round((call.answered - call.started) * 1000, 2))
 
@@ -450,27 +475,68 @@ class Measurement:
     """CPU use over the window, in % of one core, per process group."""
     connections: int
     leftover: int
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds over the window, per process group (the servers' and "generator")."""
+    started: int = 0
+    succeeded: int = 0
+    first_failed: int = 0
+    challenged: int = 0
+    window_s: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        """Joins that did not complete (any non-200 final answer, timeout, lost connection),
+        over the whole run."""
+        return sum(self.errors.values())
 
     @property
     def cpu_ms_per_join(self) -> dict[str, float]:
         """CPU milliseconds per join, per process group: what contention does not change."""
-        if self.rate <= 0:
+        if self.completed <= 0:
             return {}
-        return {name: round(10 * pct / self.rate, 3) for name, pct in self.cpu.items()}
+        return {name: round(1000 * s / self.completed, 3) for name, s in self.cpu_s.items()}
+
+    @property
+    def server_cpu_ms_per_join(self) -> float | None:
+        """The servers' CPU milliseconds per join (every group but the generator)."""
+        if self.completed <= 0:
+            return None
+        return round(1000 * sum(s for name, s in self.cpu_s.items() if name != "generator")
+                     / self.completed, 3)
 
     def brief(self) -> dict[str, Any]:
         return {"joins_per_s": round(self.rate, 1), "errors": self.errors,
                 "p50_ms": self.latency_ms_p50, "p99_ms": self.latency_ms_p99,
                 "cpu_pct": self.cpu, "cpu_ms_per_join": self.cpu_ms_per_join,
-                "connections": self.connections,
+                "server_cpu_ms_per_join": self.server_cpu_ms_per_join,
+                "connections": self.connections, "started": self.started,
+                "succeeded": self.succeeded, "challenged": self.challenged,
                 **({"leftover": self.leftover} if self.leftover else {})}
+
+
+def _cpu_by_pid(groups: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    return {name: {p: cpu_seconds(p) for p in pids} for name, pids in groups.items()}
+
+
+def cpu_delta(before: dict[str, dict[int, float]],
+              after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds per group between two /proc readings. A process read only at the end
+    started inside the window and counts whole; one gone by the end is lost (its share is
+    unknowable from /proc), which can only understate a group."""
+    out = {}
+    for name, now in after.items():
+        then = before.get(name, {})
+        out[name] = round(sum(max(0.0, s - then.get(p, 0.0)) for p, s in now.items()), 4)
+    return out
 
 
 def generate(*, host: str, port: int, tls: bool, ca_file: str | None, server_hostname: str,
              mode: str, concurrency: int, processes: int, users: list[str], password: str,
              domain: str, conference_uri: str, warmup: float, duration: float,
-             server_pids: Callable[[], dict[str, list[int]]], tag: str) -> Measurement:
-    """Run `processes` generator processes for one round; sum their results."""
+             server_pids: Callable[[], dict[str, list[int]]], tag: str,
+             call_timeout: float = 10.0) -> Measurement:
+    """Run `processes` generator processes for one round; sum their results.
+    `server_pids` is called at both ends of the window (process sets may change)."""
     start_at = time.time() + 1.5  # time for the generator interpreters to import
     per_proc = [concurrency // processes + (1 if i < concurrency % processes else 0)
                 for i in range(processes)]
@@ -481,26 +547,26 @@ def generate(*, host: str, port: int, tls: bool, ca_file: str | None, server_hos
         spec = GenSpec(host=host, port=port, tls=tls, ca_file=ca_file,
                        server_hostname=server_hostname, mode=mode, concurrency=n, users=users,
                        password=password, domain=domain, conference_uri=conference_uri,
-                       start_at=start_at, warmup=warmup,
-                       duration=duration, tag=f"{tag}p{i}")
+                       start_at=start_at, warmup=warmup, duration=duration,
+                       call_timeout=call_timeout, tag=f"{tag}p{i}")
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.sip_gen", json.dumps(asdict(spec))],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
-            env=env)
+            env=env, preexec_fn=die_with_parent())  # see webconf/deploy/lifetime.py
         procs.append(proc)
     window_start = start_at + warmup
     time.sleep(max(0.0, window_start - time.time()))
-    groups = server_pids()
-    before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
     t0 = time.time()
+    before = _cpu_by_pid(server_pids())
     time.sleep(max(0.0, window_start + duration - time.time()))
+    after = _cpu_by_pid(server_pids())
     elapsed = time.time() - t0
-    cpu = {name: round(100 * (sum(cpu_seconds(p) for p in pids) - before[name]) / elapsed, 1)
-           for name, pids in groups.items()}
+    cpu_s = cpu_delta(before, after)
+    cpu = {name: round(100 * s / elapsed, 1) for name, s in cpu_s.items()}
     results: list[dict[str, Any]] = []
     for proc in procs:
         try:
-            out, err = proc.communicate(timeout=duration + 60)
+            out, err = proc.communicate(timeout=duration + call_timeout + 60)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
@@ -511,7 +577,7 @@ def generate(*, host: str, port: int, tls: bool, ca_file: str | None, server_hos
                                      f"{err.decode(errors='replace')[-300:]}"})
     errors: Counter[str] = Counter()
     latencies: list[float] = []
-    completed = connections = leftover = 0
+    completed = connections = leftover = started = succeeded = first_failed = challenged = 0
     gen_cpu = 0.0
     for res in results:
         if "fatal" in res:
@@ -522,12 +588,19 @@ def generate(*, host: str, port: int, tls: bool, ca_file: str | None, server_hos
         latencies += res["latencies_ms"]
         connections += res["connections"]
         leftover += res["leftover"]
+        started += res["started"]
+        succeeded += res["succeeded"]
+        first_failed += res["first_failed"]
+        challenged += res["challenged"]
         gen_cpu += res["cpu_seconds"]
+    cpu_s["generator"] = round(gen_cpu, 4)
     cpu["generator"] = round(100 * gen_cpu / duration, 1)
     return Measurement(rate=completed / duration, completed=completed, errors=dict(errors),
                        latency_ms_p50=round(percentile(latencies, 50), 2),
                        latency_ms_p99=round(percentile(latencies, 99), 2), cpu=cpu,
-                       connections=connections, leftover=leftover)
+                       connections=connections, leftover=leftover, cpu_s=cpu_s,
+                       started=started, succeeded=succeeded, first_failed=first_failed,
+                       challenged=challenged, window_s=round(elapsed, 3))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""The Kamailio baseline of `bench/sip_joins.py`: Debian's kamailio as a stateless TLS/TCP
-responder (`sl_send_reply`: no auth, no state, no DB), configured from bench/kamailio/*.tmpl.
+"""The Kamailio baselines of `bench/sip_joins.py`: Debian's kamailio as a stateless TLS/TCP
+responder (`sl_send_reply`: no state, no DB), configured from bench/kamailio/*.tmpl.
 
-It answers INVITE -> 200 -> ACK -> BYE -> 200, which is the least a SIP server can do for a
-join; our focus does a Digest round trip and two WCS calls over mTLS on top of that.
+- stateless 200 (`digest=None`): INVITE -> 200 -> ACK -> BYE -> 200, the least a SIP server
+  can do for a join;
+- with Digest (`digest=(realm, password)`): INVITE -> 401 (auth.so `www_challenge`, qop=auth,
+  SHA-256) -> ACK -> INVITE with Digest (`pv_www_authenticate` against one fixed password)
+  -> 200 -> ACK -> BYE -> 200: the Digest round trip our focus does too.
+
+Our focus does, on top of the Digest variant, a directory lookup and two WCS calls (admit,
+revoke) that commit to the database.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from webconf.deploy.lifetime import die_with_parent
+
 from .common import children, free_port, stop_baseline
 
 KAMAILIO_TEMPLATES = Path(__file__).resolve().parent / "kamailio"
@@ -33,6 +41,7 @@ class Kamailio:
     tcp_port: int
     tcp_children: int
     workdir: Path
+    digest: bool = False
 
     def pids(self) -> list[int]:
         return [self.proc.pid, *children(self.proc.pid)]
@@ -57,8 +66,10 @@ def _fill(template: Path, values: dict[str, str]) -> str:
 
 @contextlib.contextmanager
 def kamailio(certs_dir: Path, *, tcp_children: int, children_udp: int = 1,
-             max_connections: int = 8192) -> Iterator[Kamailio]:
-    """Run Debian's kamailio in the foreground (-DD -E) as a stateless TLS/TCP responder."""
+             max_connections: int = 8192,
+             digest: tuple[str, str] | None = None) -> Iterator[Kamailio]:
+    """Run Debian's kamailio in the foreground (-DD -E) as a stateless TLS/TCP responder;
+    `digest=(realm, password)` makes it challenge every INVITE and check the answer."""
     workdir = Path(tempfile.mkdtemp(prefix="webconf-kamailio-"))
     run_dir = workdir / "run"
     run_dir.mkdir()
@@ -66,8 +77,13 @@ def kamailio(certs_dir: Path, *, tcp_children: int, children_udp: int = 1,
     (workdir / "tls.cfg").write_text(_fill(KAMAILIO_TEMPLATES / "tls.cfg.tmpl", {
         "CERT": str(certs_dir / "focus.pem"), "KEY": str(certs_dir / "focus.key")}))
     modules = os.environ.get("KAMAILIO_MODULES", KAMAILIO_MODULES)
+    realm, password = digest or ("", "")
+    if any(c in realm + password for c in '"\\\n'):
+        raise ValueError("realm and password go into a quoted config string")
     (workdir / "kamailio.cfg").write_text(_fill(KAMAILIO_TEMPLATES / "kamailio.cfg.tmpl", {
-        "DEBUG": "1", "CHILDREN": str(children_udp), "TCP_CHILDREN": str(tcp_children),
+        "DEFINES": "#!define WITH_DIGEST" if digest else "", "REALM": realm,
+        "PASSWORD": password, "DEBUG": "1", "CHILDREN": str(children_udp),
+        "TCP_CHILDREN": str(tcp_children),
         "MAX_CONNECTIONS": str(max_connections), "TLS_PORT": str(tls_port),
         "TCP_PORT": str(tcp_port), "MODULES": modules, "TLS_CFG": str(workdir / "tls.cfg")}))
     log = (workdir / "kamailio.log").open("wb")
@@ -75,8 +91,9 @@ def kamailio(certs_dir: Path, *, tcp_children: int, children_udp: int = 1,
         ["kamailio", "-DD", "-E", "-f", str(workdir / "kamailio.cfg"), "-Y", str(run_dir),
          "-w", str(run_dir), "-m", "64", "-M", "8"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True)
-    kam = Kamailio(proc, tls_port, tcp_port, tcp_children, workdir)
+        start_new_session=True,  # SIGTERM to kamailio's main stops its children too
+        preexec_fn=die_with_parent())  # dies with the bench (webconf/deploy/lifetime.py)
+    kam = Kamailio(proc, tls_port, tcp_port, tcp_children, workdir, digest is not None)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from webconf.deploy.lifetime import die_with_parent
 from webconf.protocol import conference_uri
 
 from .common import cpu_seconds
@@ -78,7 +79,8 @@ def sipp(*, port: int, transport: str, calls: int, concurrency: int,
         before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
         started = time.time()
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent())  # dies with the bench
         try:
             _, err = proc.communicate(timeout=timeout + 30)
         except subprocess.TimeoutExpired:
