@@ -45,6 +45,14 @@ class Metrics:
             "webconf_revocations_purged",
             "Revoked-cookie rows dropped once their cookies had expired",
             registry=self.registry)
+        self.cookie_cache_hits = Counter(
+            "webconf_cookie_cache_hits",
+            "Requests whose cookie was found in the verified-cookie cache",
+            registry=self.registry)
+        self.cookie_cache_misses = Counter(
+            "webconf_cookie_cache_misses",
+            "Requests whose cookie took the full check (signature and store)",
+            registry=self.registry)
         self.focus_leases_expired = Counter(
             "webconf_focus_leases_expired",
             "Focus leases this process found stale and whose participants it revoked",

@@ -44,6 +44,7 @@ from webconf.events import (
 )
 from webconf.protocol import Admission
 
+from .cookie_cache import CookieCache
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
 from .etags import EtagMinter
@@ -145,6 +146,8 @@ class ConferenceService:
                               poll_seconds=cfg.wcs.event_poll_seconds)
         """The one path from the event log to this process's channels."""
         store.on_commit = self.feed.wake
+        self.cookie_cache = CookieCache(self.feed, expired=cookies.expired)
+        """Verified cookies, dropped at their revocation (cookie_cache.py)."""
         self.metrics = metrics
         self.etags = EtagMinter(root_keys[self.root_key_version])
         """Keyed ETags: a blob id on the share must not show through (docs/protocol.md §4.1)."""
@@ -244,8 +247,11 @@ class ConferenceService:
             return [_log(Revoked(reason="left"), participant_id=p.id, final=True),
                     _log(ParticipantLeft(Participant(id=p.id, user=p.user, role=p.role)))]
 
-        p = await self.store.revoke_participant(conference_id, participant_id, time.time(),
-                                                events)
+        try:
+            p = await self.store.revoke_participant(conference_id, participant_id,
+                                                    time.time(), events)
+        finally:  # this node refuses the cookie from the commit on, not from the log read
+            self.cookie_cache.drop_participant(conference_id, participant_id)
         if p is None:
             existing = await self.store.participant(participant_id)
             return existing is not None and existing.conference_id == conference_id
@@ -255,8 +261,11 @@ class ConferenceService:
         conf = await self.store.conference(conference_id)
         if conf is None:
             return False
-        await self.store.end_conference(conference_id, time.time(),
-                                        [_log(ConferenceEnded(), final=True)])
+        try:
+            await self.store.end_conference(conference_id, time.time(),
+                                            [_log(ConferenceEnded(), final=True)])
+        finally:  # as in revoke_participant
+            self.cookie_cache.drop_conference(conference_id)
         if not await self.store.tenant_retains_content(conf.tenant):
             for row in await self.store.delete_items(conference_id):
                 await self.share.remove(row.blob_id)
@@ -338,23 +347,38 @@ class ConferenceService:
 
     async def _authenticate(self, token: str | None, conference_id: str,
                             item_id: str | None) -> tuple[Principal, ItemRow | None]:
+        """The cookie check of docs/protocol.md §3. A cookie that passed it shortly before
+        is taken from the cache (cookie_cache.py: same `exp` rule, dropped at revocation);
+        a download still reads its item."""
         if not token:
             raise ServiceError("unauthorized", "missing cookie")
+        cached = self.cookie_cache.get(token, conference_id)
+        if cached is not None:
+            self.metrics.cookie_cache_hits.inc()
+            item = None if item_id is None else await self.store.item(conference_id, item_id)
+            return Principal(cached), item
+        self.metrics.cookie_cache_misses.inc()
         try:
             claims = self.cookies.verify(token, conference_id=conference_id)
         except CookieError as exc:
             code = "forbidden" if exc.reason == "token is for another conference" else (
                 "unauthorized")
             raise ServiceError(code, exc.reason) from None
-        state = await self.store.cookie_state(claims.jti, conference_id, item_id)
-        if state.revoked:
-            raise ServiceError("unauthorized", "cookie revoked")
-        if state.conference_tenant is None:
-            raise ServiceError("unauthorized", "unknown conference")
-        if not secrets.compare_digest(state.conference_tenant.encode(), claims.tenant.encode()):
-            raise ServiceError("forbidden", "conference belongs to another tenant")
-        if state.conference_ended:
-            raise ServiceError("unauthorized", "conference has ended")
+        ticket = self.cookie_cache.begin(claims)  # before the query: see cookie_cache.py
+        try:
+            state = await self.store.cookie_state(claims.jti, conference_id, item_id)
+            if state.revoked:
+                raise ServiceError("unauthorized", "cookie revoked")
+            if state.conference_tenant is None:
+                raise ServiceError("unauthorized", "unknown conference")
+            if not secrets.compare_digest(state.conference_tenant.encode(),
+                                          claims.tenant.encode()):
+                raise ServiceError("forbidden", "conference belongs to another tenant")
+            if state.conference_ended:
+                raise ServiceError("unauthorized", "conference has ended")
+            self.cookie_cache.put(ticket, token)
+        finally:
+            self.cookie_cache.end(ticket)
         return Principal(claims), state.item
 
     # -- items -------------------------------------------------------------------
@@ -398,22 +422,22 @@ class ConferenceService:
             raise
         finally:
             self.metrics.encrypt_seconds.observe(encrypt_seconds)
-        tenant_key, tenant_key_version = await self._tenant_key(who.tenant)
-        now = time.time()
-        row = ItemRow(
-            id=item_id, conference_id=who.conference_id, tenant=who.tenant,
-            presenter_pid=who.participant_id, presenter=who.claims.sub, blob_id=writer.blob_id,
-            wrapped_dek=keywrap.wrap_dek(tenant_key, dek, tenant=who.tenant,
-                                         conference_id=who.conference_id, item_id=item_id,
-                                         tenant_key_version=tenant_key_version),
-            tenant_key_version=tenant_key_version,
-            sealed_name=keywrap.seal_item_field(dek, "name", name, context=context),
-            sealed_content_type=keywrap.seal_item_field(dek, "content_type", content_type,
-                                                        context=context),
-            sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
-                dek, "sha256", sha256, context=context),
-            plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
-        try:
+        try:  # from here on the blob is on the share: nothing may fail and leave it there
+            tenant_key, tenant_key_version = await self._tenant_key(who.tenant)
+            now = time.time()
+            row = ItemRow(
+                id=item_id, conference_id=who.conference_id, tenant=who.tenant,
+                presenter_pid=who.participant_id, presenter=who.claims.sub, blob_id=writer.blob_id,
+                wrapped_dek=keywrap.wrap_dek(tenant_key, dek, tenant=who.tenant,
+                                             conference_id=who.conference_id, item_id=item_id,
+                                             tenant_key_version=tenant_key_version),
+                tenant_key_version=tenant_key_version,
+                sealed_name=keywrap.seal_item_field(dek, "name", name, context=context),
+                sealed_content_type=keywrap.seal_item_field(dek, "content_type", content_type,
+                                                            context=context),
+                sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
+                    dek, "sha256", sha256, context=context),
+                plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
             await self._commit_item(who, row)
         except BaseException:
             await self.share.remove(writer.blob_id)
