@@ -44,7 +44,7 @@ from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
 from webconf.deploy.serve import drain_seconds, read_restarts
 
-from .api import internal, public
+from .api import internal, link, public
 from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
 from .api.peer import focus_client_only
@@ -218,6 +218,8 @@ class WcsServer:
                 await site.stop()
         if self.service is not None:
             self.service.events.close_all("shutdown")
+        for runner in self.runners:  # the focus's links: finish, answer, close (1001)
+            link.close_all(runner.app)
         await self.in_flight.wait_idle(drain_seconds(self.cfg))  # the grace, or what the
         # node's stop left of it after the focus (webconf/deploy/serve.py)
         for runner in reversed(self.runners):

@@ -154,6 +154,9 @@ class FocusServer:
         self._timer_task = asyncio.create_task(self._timers())
         self._revoke_workers = [asyncio.create_task(self._revoke_worker())
                                 for _ in range(REVOKE_WORKERS)]
+        start_link = getattr(self.wcs, "start_link", None)  # a stand-in client has none
+        if start_link is not None:  # the persistent link to the WCS (docs/protocol.md §7.3);
+            await start_link()  # until it is up, and whenever it is down: HTTP
         if self.lease_name is not None:
             renewed = await self._renew_lease()
             log.info(json.dumps({"event": "lease.start", "lease": self.lease_name,

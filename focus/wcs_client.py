@@ -10,17 +10,24 @@ that a restarted focus, whose dialogs died with its predecessor, never renews th
 predecessor's lease. Every admission carries that name (`focus_node`); the focus renews it
 with `heartbeat`, and a WCS node revokes the participants of a lease left to go stale.
 
-Plan: one `aiohttp.ClientSession` for the process, created on first use inside the running
-loop, over a keep-alive pool of up to 100 TLS connections authenticated with the
-focus's client certificate (`certs/focus-client.*`) and trusting only the deployment CA
-(plus one connection of its own for the lease).
+Plan: once `start_link()` ran (the focus server does it at start), admit, revoke,
+heartbeat and release travel over one persistent, pipelined WebSocket to the WCS
+(`focus/wcs_link.py`, docs/protocol.md §7.3), many in flight and several per frame. While
+that link is down or not yet up, and for `end`, each call is an HTTPS request as before:
+one `aiohttp.ClientSession` for the process, created on first use inside the running
+loop, over a keep-alive pool of up to 100 TLS connections (plus one connection of its own
+for the lease). Both authenticate with the focus's client certificate
+(`certs/focus-client.*`) and trust only the deployment CA; an answer means the same
+whichever way it came, so callers cannot tell them apart.
 Every call is bounded by `focus.wcs_timeout_seconds` in total, connect and TLS handshake
-included, and fails one of two ways the SIP layer can map directly:
+included (on the link: from queueing to the result), and fails one of two ways the SIP
+layer can map directly:
 
 - `WcsRefused`: the WCS answered with a 4xx and a JSON error (403 another tenant -> SIP
   403, 404 unknown conference -> SIP 404, 400 -> a bug on our side).
 - `WcsUnavailable`: no usable answer (connection refused, TLS failure, timeout, 5xx, 429,
-  a malformed success): the focus answers 503 with Retry-After.
+  a malformed success, the link dropped with the call sent): the focus answers 503 with
+  Retry-After.
 
 Secrecy: the cookie is a bearer credential. It lives only in `Admission.cookie`
 (`webconf.protocol`, the join body's one definition), which `repr()` leaves out; no log
@@ -45,12 +52,16 @@ from webconf.deploy.config import Config
 from webconf.deploy.tls import client_context
 from webconf.protocol import ID_RE, Admission, JoinBodyError
 
+from .wcs_link import LINK_PATH, LinkDown, LinkLost, WcsLink
+
 __all__ = ["Admission", "WcsClient", "WcsRefused", "WcsUnavailable", "new_lease_name"]
 
 log = logging.getLogger("webconf.focus.wcs")
 
 REVOKE_RETRY_DELAY = 0.2
 """Seconds before the one retry of a revoke that found the WCS unavailable."""
+LINK_START_WAIT = 2.0
+"""How long `start_link` waits, at most, for the link's first connection attempt."""
 _BASE = "/internal/v1/conferences"
 _NODES = "/internal/v1/focus-nodes"
 LEASE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -109,6 +120,8 @@ class WcsClient:
         self._lease_session: aiohttp.ClientSession | None = None
         """The lease's own connection: a renewal never queues behind a burst of admits for
         the pool (a lease that misses its timeout costs every participant of the focus)."""
+        self.link: WcsLink | None = None
+        """The persistent link, once `start_link` made it (None: HTTP only)."""
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit, keepalive_timeout=30.0)
@@ -126,7 +139,18 @@ class WcsClient:
             self._session = self._new_session(100)
         return self._session
 
+    async def start_link(self, *, wait: float | None = None) -> None:
+        """Open the persistent link and keep it open (reconnecting with backoff). Returns
+        once the first attempt ended or after `wait` (default: at most 2 s); calls go over
+        HTTP until the link is up, and whenever it is down."""
+        if self.link is None:
+            self.link = WcsLink(f"{self.base_url}{LINK_PATH}", self._ssl, timeout=self.timeout)
+        await self.link.start(min(self.timeout, LINK_START_WAIT) if wait is None else wait)
+
     async def close(self) -> None:
+        link, self.link = self.link, None
+        if link is not None:
+            await link.close()
         for session in (self._session, self._lease_session):
             if session is not None:
                 await session.close()
@@ -148,7 +172,8 @@ class WcsClient:
         _check_id("conference", conference_id)
         body = {"tenant": tenant, "organizer": organizer, "user": user, "role": role,
                 "focus_node": self.lease_name}
-        status, data = await self._call("POST", f"{_BASE}/{conference_id}/participants", body)
+        status, data = await self._call("POST", f"{_BASE}/{conference_id}/participants", body,
+                                        op={"op": "admit", "uri_id": conference_id, **body})
         if status != 201:
             raise self._unexpected("admit", status)
         try:
@@ -164,11 +189,12 @@ class WcsClient:
         _check_id("conference", conference_id)
         _check_id("participant", participant_id)
         path = f"{_BASE}/{conference_id}/participants/{participant_id}"
+        op = {"op": "revoke", "conference": conference_id, "participant": participant_id}
         try:
-            status, _ = await self._call("DELETE", path, missing_ok=True)
+            status, _ = await self._call("DELETE", path, missing_ok=True, op=op)
         except WcsUnavailable:
             await asyncio.sleep(REVOKE_RETRY_DELAY)
-            status, _ = await self._call("DELETE", path, missing_ok=True)
+            status, _ = await self._call("DELETE", path, missing_ok=True, op=op)
         return self._deleted("revoke", status)
 
     async def end(self, conference_id: str) -> bool:
@@ -182,7 +208,8 @@ class WcsClient:
         failure (`WcsUnavailable`/`WcsRefused`): the caller logs an outage once, not every
         beat. `timeout` bounds this call below the lease's timeout."""
         status, _ = await self._call("PUT", f"{_NODES}/{self.lease_name}", timeout=timeout,
-                                     quiet=True, lease=True)
+                                     quiet=True, lease=True,
+                                     op={"op": "heartbeat", "name": self.lease_name})
         if status != 204:
             raise WcsUnavailable(f"WCS heartbeat: unexpected status {status}", status)
 
@@ -190,7 +217,8 @@ class WcsClient:
         """Drop this process's lease at a clean stop, once none of its participants is
         left (best effort: a lease that is not released just goes stale)."""
         status, _ = await self._call("DELETE", f"{_NODES}/{self.lease_name}", timeout=timeout,
-                                     missing_ok=True, quiet=True, lease=True)
+                                     missing_ok=True, quiet=True, lease=True,
+                                     op={"op": "release", "name": self.lease_name})
         if status not in (204, 404):
             raise WcsUnavailable(f"WCS release: unexpected status {status}", status)
 
@@ -215,13 +243,27 @@ class WcsClient:
 
     async def _call(self, method: str, path: str, body: dict[str, str] | None = None, *,
                     missing_ok: bool = False, timeout: float | None = None,
-                    quiet: bool = False, lease: bool = False) -> tuple[int, Any]:
+                    quiet: bool = False, lease: bool = False,
+                    op: dict[str, str] | None = None) -> tuple[int, Any]:
         """(status, parsed JSON or None) for a 2xx (and a 404 if `missing_ok`); raises
-        WcsRefused / WcsUnavailable otherwise. `timeout` overrides the client's for this
-        call; `quiet` leaves logging a failure to the caller; `lease`: on the lease's own
-        connection."""
-        session = self._client(lease=lease)
+        WcsRefused / WcsUnavailable otherwise. `op`: the same call as a link operation,
+        sent over the link when it is up (else, or if it never left, over HTTP).
+        `timeout` overrides the client's for this call; `quiet` leaves logging a failure
+        to the caller; `lease`: on the lease's own HTTP connection."""
         limit = self.timeout if timeout is None else timeout
+        if op is not None and self.link is not None and self.link.up:
+            try:
+                result = await self.link.call(op, limit)
+            except LinkDown:
+                pass  # never sent: HTTP below
+            except TimeoutError:
+                reason = f"WCS {method} {path} (link): no answer within {limit:g} s"
+                raise self._down(reason, None, quiet) from None
+            except LinkLost as exc:
+                raise self._down(f"WCS {method} {path} (link): {exc}", None, quiet) from None
+            else:
+                return self._link_answer(method, path, result, missing_ok, quiet)
+        session = self._client(lease=lease)
         try:
             # aiohttp's total timeout covers connect, TLS and the body; the outer one is a
             # guard against any step it does not bound (a stuck TLS shutdown, say).
@@ -241,8 +283,11 @@ class WcsClient:
         if status == 404 and missing_ok:
             return status, None
         if status >= 400:
-            code, message = _error_fields(raw, status)
-            raise WcsRefused(status, code, message)
+            try:
+                error = json.loads(raw)
+            except ValueError:
+                error = None
+            raise WcsRefused(status, *_error_fields(error, status))
         if not raw:
             return status, None
         try:
@@ -250,14 +295,29 @@ class WcsClient:
         except ValueError:
             raise WcsUnavailable(f"WCS {method} {path}: response is not JSON", status) from None
 
+    def _link_answer(self, method: str, path: str, result: dict[str, Any], missing_ok: bool,
+                     quiet: bool) -> tuple[int, Any]:
+        """A link result read exactly as `_call` reads the HTTP answer it stands for."""
+        status = result.get("status")
+        if type(status) is not int:
+            raise WcsUnavailable(f"WCS {method} {path} (link): malformed result")
+        if status >= 500 or status in (408, 429):
+            raise self._down(f"WCS {method} {path} (link): {status}", status, quiet)
+        if status == 404 and missing_ok:
+            return status, None
+        if status >= 400:
+            raise WcsRefused(status, *_error_fields(result, status))
+        return status, result.get("body")
 
-def _error_fields(raw: bytes, status: int) -> tuple[str, str]:
-    """`code`, `message` of a WCS JSON error; generic ones if the body is not one."""
+
+def _error_fields(answer: object, status: int) -> tuple[str, str]:
+    """`code`, `message` of a WCS error (an answer `{"error": {"code", "message"}}`, from
+    an HTTP body or a link result); generic ones if it holds none."""
     try:
-        error = json.loads(raw)["error"]
+        error = answer["error"]  # type: ignore[index]
         code, message = error["code"], error["message"]
         if isinstance(code, str) and isinstance(message, str):
             return code, message[:200]
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         pass
     return f"http_{status}", "no JSON error in the response"

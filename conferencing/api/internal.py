@@ -9,25 +9,23 @@ Focus leases (DESIGN §8): each focus process renews its lease with `PUT
 /internal/v1/focus-nodes/{name}` and names it in every admission (`focus_node`), so that a
 WCS node can revoke the participants of a focus whose lease went stale
 (`conferencing.leases`); a clean stop releases it with `DELETE`.
+
+The validation and the service calls are `api/internal_ops.py`'s, shared with the focus's
+persistent link (`api/link.py`, docs/protocol.md §7.3), which carries the same operations.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from aiohttp import web
 
-from ..service import ServiceError, valid_id
-from . import strict_json
+from ..service import ServiceError
+from . import internal_ops, strict_json
 from .context import SERVICE
+from .link import add_routes as add_link_routes
 
 MAX_BODY = 16 * 1024
-ADMIT_ANSWER_FIELDS = ("conference", "participant", "role", "cookie", "expires_at",
-                       "webconf_url")
-"""The admit answer's keys, in their wire order (docs/protocol.md §7)."""
-LEASE_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-"""A focus lease name, `<node>.<incarnation>` (docs/protocol.md §7); used with fullmatch."""
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -45,68 +43,33 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _lease_name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not LEASE_RE.fullmatch(value):  # fullmatch: no "x\n"
-        raise ServiceError("bad_request", f"invalid {what}")
-    return value
-
-
-def _conference_id(request: web.Request, name: str = "conf") -> str:
-    conference_id = request.match_info[name]
-    if not valid_id(conference_id):
-        raise ServiceError("bad_request", "invalid conference id")
-    return conference_id
-
-
 async def admit_participant(request: web.Request) -> web.Response:
-    uri_id = _conference_id(request, "uri_id")
-    body = await _json_body(request)
-    fields = {}
-    for name in ("tenant", "organizer", "user"):
-        value = body.get(name)
-        if not isinstance(value, str):
-            raise ServiceError("bad_request", f"{name} must be a string")
-        fields[name] = value
-    role = body.get("role", "attendee")
-    if not isinstance(role, str):
-        raise ServiceError("bad_request", "role must be a string")
-    focus_node = body.get("focus_node")
-    if focus_node is not None:
-        focus_node = _lease_name(focus_node, "focus_node")
-    admission = await request.app[SERVICE].admit_participant(
-        uri_id, tenant=fields["tenant"], organizer=fields["organizer"],
-        user=fields["user"], role=role, focus_node=focus_node)
-    answer = admission.to_json()
-    return web.json_response({name: answer[name] for name in ADMIT_ANSWER_FIELDS}, status=201)
+    uri_id = internal_ops.conference_id(request.match_info["uri_id"])  # 400 before the body
+    req = internal_ops.admit_request(uri_id, await _json_body(request))
+    answer = await internal_ops.admit(request.app[SERVICE], req)
+    return web.json_response(answer, status=201)
 
 
 async def revoke_participant(request: web.Request) -> web.Response:
-    conference_id = _conference_id(request)
-    pid = request.match_info["pid"]
-    if not valid_id(pid) or not await request.app[SERVICE].revoke_participant(
-            conference_id, pid):
-        raise ServiceError("not_found", "unknown participant")
+    await internal_ops.revoke(request.app[SERVICE], request.match_info["conf"],
+                              request.match_info["pid"])
     return web.Response(status=204)
 
 
 async def end_conference(request: web.Request) -> web.Response:
-    conference_id = _conference_id(request)
-    if not await request.app[SERVICE].end_conference(conference_id):
-        raise ServiceError("not_found", "unknown conference")
+    await internal_ops.end(request.app[SERVICE], request.match_info["conf"])
     return web.Response(status=204)
 
 
 async def heartbeat_focus_node(request: web.Request) -> web.Response:
     """Create or renew a focus lease (no body)."""
-    name = _lease_name(request.match_info["name"], "focus node name")
-    await request.app[SERVICE].heartbeat_focus_node(name)
+    await internal_ops.heartbeat(request.app[SERVICE], request.match_info["name"])
     return web.Response(status=204)
 
 
 async def release_focus_node(request: web.Request) -> web.Response:
     """Drop a lease at its focus's clean stop; idempotent (an unknown one is gone already)."""
-    name = _lease_name(request.match_info["name"], "focus node name")
-    await request.app[SERVICE].release_focus_node(name)
+    await internal_ops.release(request.app[SERVICE], request.match_info["name"])
     return web.Response(status=204)
 
 
@@ -122,3 +85,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/internal/v1/focus-nodes/{name}", heartbeat_focus_node)
     app.router.add_delete("/internal/v1/focus-nodes/{name}", release_focus_node)
     app.router.add_get("/internal/v1/healthz", healthz)
+    add_link_routes(app)  # GET /internal/v1/link: the focus's persistent link (§7.3)
