@@ -45,7 +45,6 @@ those timers once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -60,11 +59,10 @@ from webconf.sip.message import (
     Request,
     SipParseError,
     SipURI,
-    make_response,
+    address_facts,
     max_forwards,
     parse_auth_params,
-    parse_name_addr,
-    serialize,
+    response_bytes,
     validate_request,
 )
 from webconf.sip.syntax import is_token
@@ -93,26 +91,18 @@ __all__ = [
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 SUPPORTED_METHODS = frozenset(ALLOW.replace(" ", "").split(","))
-MAX_PENDING_PER_CONNECTION = 32
+MAX_PENDING_PER_CONNECTION = 512
+"""Authenticated joins of one connection waiting on the WCS. A burst queues (the WCS link
+pipelines them), well past the 256 in flight `make bench` sends; only beyond this, 503."""
 MAX_COMPLETED_PER_CONNECTION = 32
 SERVER_HEADER = "webconf-focus"
 HA1_ALGORITHMS = ("SHA-256", "MD5")
 
-_TAG_CACHE_MAX_VALUE = 256
-"""From/To values up to this length have their tag memoised (bounded memory)."""
 
-
-def _parse_tag(header_value: str) -> str | None:
-    try:
-        tag = parse_name_addr(header_value).params.get("tag")
-    except SipParseError:
-        return None
-    return tag or None
-
-
-# One request's To and From are read several times (credentials, dialog key, Max-Forwards
-# check), and a dialog's messages repeat them: parse each distinct value once.
-_cached_tag = functools.lru_cache(maxsize=512)(_parse_tag)
+_MEMO_MAX = 1024
+"""Entries of each per-core memo (contacts, agents' algorithms) before it starts afresh."""
+_MEMO_MAX_VALUE = 512
+"""Longer keys or values are not memoised (bounds the memos' memory)."""
 
 
 def bracket_addr_spec(value: str) -> str:
@@ -208,7 +198,14 @@ class FocusCore:
         self._lookups: dict[int, AwaitingCredentials] = {}
         self._pending: dict[int, AwaitingAdmission] = {}
         self._dialogs: dict[DialogKey, Dialog] = {}
+        self._orphans: dict[DialogKey, Dialog] = {}
+        """The dialogs whose grace runs (no connection left): what the timers look at."""
         self._next_ticket = 1
+        self._contacts: dict[tuple[str, str | None, str, tuple[tuple[str, str | None], ...]],
+                             str] = {}
+        """Contact value per (scheme, conference user, transport, gruu/opaque)."""
+        self._agent_algorithms: dict[str, tuple[str, ...]] = {}
+        """Algorithms offered per User-Agent value."""
 
     # -- connections ---------------------------------------------------------------------
     def connection_made(self, conn: Conn) -> None:
@@ -226,19 +223,26 @@ class FocusCore:
             dialog = self._dialogs.get(key)
             if dialog is not None:
                 dialog.unbind(conn_id, now)
+                if dialog.orphaned_at is not None:
+                    self._orphans[key] = dialog
         return []
 
     def next_deadline(self) -> float | None:
-        deadlines = [d.orphaned_at + self.settings.leave_grace_seconds
-                     for d in self._dialogs.values() if d.orphaned_at is not None]
-        return min(deadlines) if deadlines else None
+        """When the first orphaned dialog's grace ends (None: no dialog is orphaned); costs
+        O(orphans), not O(dialogs): the edge asks after every lost connection."""
+        deadlines = [d.orphaned_at for d in self._orphans.values() if d.orphaned_at is not None]
+        return min(deadlines) + self.settings.leave_grace_seconds if deadlines else None
 
     def expire(self, now: float) -> list[Output]:
+        grace = self.settings.leave_grace_seconds
+        expired = [d for d in self._orphans.values()
+                   if d.orphaned_at is not None and now >= d.orphaned_at + grace]
+        if len(expired) > 1:  # in the order the dialogs were created, as always
+            order = {key: i for i, key in enumerate(self._dialogs)}
+            expired.sort(key=lambda d: order.get(d.key, -1))
         out: list[Output] = []
-        for dialog in list(self._dialogs.values()):
-            if dialog.orphaned_at is not None and (
-                    now >= dialog.orphaned_at + self.settings.leave_grace_seconds):
-                out += self._terminate(dialog, "connection lost")
+        for dialog in expired:
+            out += self._terminate(dialog, "connection lost")
         return out
 
     @property
@@ -297,8 +301,8 @@ class FocusCore:
             elif isinstance(event, FramingError):
                 if not event.is_response and event.headers is not None and (
                         event.headers.get("Via") is not None):
-                    out += self._guard([Send(conn_id, serialize(make_response(
-                        event.headers, event.status, event.reason)))])
+                    out += self._guard([Send(conn_id, response_bytes(
+                        event.headers, event.status, event.reason))])
                 if event.fatal and not state.closed:
                     state.closed = True
                     out.append(Close(conn_id))
@@ -330,8 +334,9 @@ class FocusCore:
     def _request(self, state: _ConnState, req: Request, now: float) -> list[Output]:
         conn = state.conn
         for name in ("From", "To"):  # echoed in every response: make them parseable
-            value = req.headers.get(name)
-            if value is not None and req.headers.count(name) == 1:
+            values = req.headers.view(name)
+            if len(values) == 1:
+                value = values[0]
                 fixed = bracket_addr_spec(value)
                 if fixed != value:
                     req.headers.set(name, fixed)
@@ -374,9 +379,8 @@ class FocusCore:
             CONFERENCE_OPAQUE) else ""
         if not req.uri.user or not valid_id(conference_id):
             return [self._final(state, req, branch, 404, "Not a Conference URI")]
-        try:
-            caller = parse_name_addr(req.headers.get("From") or "").uri
-        except SipParseError:
+        caller = address_facts(req.headers.get("From") or "")
+        if caller is None:
             return [self._final(state, req, branch, 400, "Bad From")]
         algorithms = self._algorithms_for(req.headers.get("User-Agent") or "")
         lookup = AwaitingCredentials(self._ticket(), conn.id, req, branch, caller.host.lower(),
@@ -452,7 +456,7 @@ class FocusCore:
         realm, algorithms, throttle_user = lookup.realm, lookup.algorithms, lookup.throttle_user
         result = digest.verify(
             req.headers.get("Authorization") or "", method=req.method,
-            request_uri=str(req.uri), expected_realm=realm,
+            request_uri=req.uri_text or str(req.uri), expected_realm=realm,
             ha1_lookup=lambda _user, alg: credentials.get(alg),
             nonce_service=self.nonces, nc_tracker=state.nc_tracker,
             allowed_algorithms=algorithms, now=now, scope=conn.nonce_scope)
@@ -488,7 +492,7 @@ class FocusCore:
         self._pending[ticket] = AwaitingAdmission(ticket, conn, req, branch, conference_id,
                                                   uri, user, secrets.token_hex(8))
         state.pending[branch] = ticket
-        return [Send(conn.id, serialize(make_response(req, 100))),
+        return [Send(conn.id, response_bytes(req, 100)),
                 Admit(ticket, conference_id, tenant, f"{uri.user}@{tenant}", user)]
 
     # -- WCS results -----------------------------------------------------------------------
@@ -517,7 +521,7 @@ class FocusCore:
         headers = [("Contact", contact), ("Allow", ALLOW), ("Supported", ""),
                    ("Content-Type", content_type), ("Server", SERVER_HEADER)]
         headers += [("Record-Route", rr) for rr in req.headers.get_fields("Record-Route")]
-        response = make_response(req, 200, to_tag=pending.to_tag, headers=headers, body=body)
+        data = response_bytes(req, 200, to_tag=pending.to_tag, headers=headers, body=body)
         from_tag = self._from_tag(req) or ""
         dialog = Dialog(
             call_id=req.headers.get("Call-ID") or "", local_tag=pending.to_tag,
@@ -527,7 +531,6 @@ class FocusCore:
             sdp_session_id=pending.sdp_session_id)
         self._dialogs[dialog.key] = dialog
         state.dialogs.add(dialog.key)
-        data = serialize(response)
         self._remember(state, pending.branch, "INVITE", data)
         conn = pending.conn
         return self._guard([Send(conn.id, data), Log({
@@ -589,6 +592,7 @@ class FocusCore:
                     self._final(state, req, lookup.branch, 403,
                                 "Credentials Do Not Match Dialog")]
         dialog.bind(conn.id)
+        self._orphans.pop(dialog.key, None)
         state.dialogs.add(dialog.key)
         return self._in_dialog(conn, req, dialog)
 
@@ -616,7 +620,7 @@ class FocusCore:
             return [self._reply(conn, req, 481)]
         pending.cancelled = True
         state.pending.pop(branch, None)
-        data = serialize(make_response(pending.request, 487, to_tag=pending.to_tag))
+        data = response_bytes(pending.request, 487, to_tag=pending.to_tag)
         self._remember(state, branch, "INVITE", data)
         return [self._reply(conn, req, 200), Send(conn.id, data)]
 
@@ -626,6 +630,7 @@ class FocusCore:
         if not dialog.advance(DialogState.TERMINATED):
             return []
         self._dialogs.pop(dialog.key, None)
+        self._orphans.pop(dialog.key, None)
         for conn_id in dialog.conn_ids:
             state = self._conns.get(conn_id)
             if state is not None:
@@ -668,6 +673,19 @@ class FocusCore:
     def _contact(self, pending: AwaitingAdmission) -> str:
         uri = pending.conference_uri
         transport = pending.conn.transport.lower()
+        key = (uri.scheme, uri.user, transport, tuple(
+            (name, value) for name, value in uri.params.items() if name in ("gruu", "opaque")))
+        contact = self._contacts.get(key)
+        if contact is None:
+            contact = self._make_contact(uri, transport)
+            if len(contact) <= _MEMO_MAX_VALUE:
+                if len(self._contacts) >= _MEMO_MAX:
+                    self._contacts.clear()
+                self._contacts[key] = contact
+        return contact
+
+    def _make_contact(self, uri: SipURI, transport: str) -> str:
+        """Our Contact for a dialog with the conference `uri` over `transport`."""
         host = self.settings.contact_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
@@ -682,10 +700,17 @@ class FocusCore:
         return f"<{contact};{';'.join(params)}>;isfocus"
 
     def _algorithms_for(self, user_agent: str) -> list[str]:
-        ua = user_agent.lower()
-        if any(agent.lower() in ua for agent in self.settings.md5_only_user_agents if agent):
-            return ["MD5"]
-        return list(self.settings.algorithms)
+        offered = self._agent_algorithms.get(user_agent)
+        if offered is None:
+            ua = user_agent.lower()
+            offered = ("MD5",) if any(
+                agent.lower() in ua for agent in self.settings.md5_only_user_agents if agent
+            ) else tuple(self.settings.algorithms)
+            if len(user_agent) <= _MEMO_MAX_VALUE:
+                if len(self._agent_algorithms) >= _MEMO_MAX:
+                    self._agent_algorithms.clear()
+                self._agent_algorithms[user_agent] = offered
+        return list(offered)
 
     def _challenge(self, state: _ConnState, req: Request, branch: str, realm: str,
                    algorithms: Sequence[str], now: float, *, stale: bool = False) -> Send:
@@ -700,9 +725,8 @@ class FocusCore:
                to_tag: str | None = None) -> Send:
         if to_tag is None and req.method == "INVITE":
             to_tag = secrets.token_hex(8)
-        response = make_response(req, status, reason, to_tag=to_tag,
-                                 headers=[*headers, ("Server", SERVER_HEADER)])
-        data = serialize(response)
+        data = response_bytes(req, status, reason, to_tag=to_tag,
+                              headers=[*headers, ("Server", SERVER_HEADER)])
         self._remember(state, branch, req.method, data)
         return Send(state.conn.id, data)
 
@@ -711,9 +735,9 @@ class FocusCore:
         to_tag = None
         if isinstance(source, Request) and self._to_tag(source) is None and status > 100:
             to_tag = secrets.token_hex(8)
-        response = make_response(source, status, reason, to_tag=to_tag,
-                                 headers=[*headers, ("Server", SERVER_HEADER)], body=body)
-        return Send(conn.id, serialize(response))
+        return Send(conn.id, response_bytes(source, status, reason, to_tag=to_tag,
+                                            headers=[*headers, ("Server", SERVER_HEADER)],
+                                            body=body))
 
     @staticmethod
     def _remember(state: _ConnState, branch: str, method: str, data: bytes) -> None:
@@ -736,9 +760,8 @@ class FocusCore:
     def _tag(header_value: str | None) -> str | None:
         if not header_value:
             return None
-        if len(header_value) > _TAG_CACHE_MAX_VALUE:
-            return _parse_tag(header_value)
-        return _cached_tag(header_value)
+        facts = address_facts(header_value)  # memoised: To and From are read often
+        return None if facts is None else facts.tag
 
     def _to_tag(self, req: Request) -> str | None:
         return self._tag(req.headers.get("To"))

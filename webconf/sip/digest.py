@@ -43,17 +43,23 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from .syntax import SipParseError, SipURI, parse_auth_params, parse_uri, quote
 
 # RFC 8760 name -> hashlib name. MD5 stays for agents that know nothing else (RFC 3261).
 _HASHES = {"MD5": "md5", "SHA-256": "sha256"}
+_HASH_FUNCS: dict[str, Callable[[bytes], Any]] = {
+    "MD5": hashlib.md5, "SHA-256": hashlib.sha256}  # MD5: protocol-mandated (RFC 3261)
+"""The constructors themselves: `hashlib.new(name)` looks the name up on every call."""
 ALGORITHMS = tuple(_HASHES)
 DEFAULT_ALGORITHMS = ("SHA-256", "MD5")
 _STAMP_BYTES, _RANDOM_BYTES, _MAC_BYTES = 6, 6, 10
 _PREFIX_BYTES = _STAMP_BYTES + _RANDOM_BYTES
 _MAX_STAMP = 2 ** (8 * _STAMP_BYTES) - 1
+_U16 = struct.Struct(">H")
+_SHA256_BLOCK = 64
+_LABELS = (b"\x00", b"\x01")
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, unpadded
 _NC_RE = re.compile(r"[0-9A-Fa-f]{8}")
 
@@ -81,7 +87,7 @@ def canonical_algorithm(name: str) -> str | None:
 
 def _h(algorithm: str, text: str) -> str:
     data = text.encode("utf-8", "surrogateescape")
-    return hashlib.new(_HASHES[algorithm], data).hexdigest()  # noqa: S324 (protocol-mandated)
+    return str(_HASH_FUNCS[algorithm](data).hexdigest())
 
 
 def ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
@@ -115,15 +121,27 @@ class NonceService:
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
-        self._secret = secret
+        key = hashlib.sha256(secret).digest() if len(secret) > _SHA256_BLOCK else secret
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        # HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: each
+        # MAC then costs two hash copies, not a key schedule (and OpenSSL 3's per-call
+        # algorithm fetch). tests/test_sip_fast_paths.py checks it against `hmac.digest`.
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self.lifetime = lifetime
         self.max_skew = max_skew
         """How far in the future a nonce may be dated (clock skew between nodes)."""
 
     def _mac(self, label: int, *parts: bytes) -> bytes:
         """HMAC over length-prefixed parts (no two inputs encode alike), cut to 10 bytes."""
-        data = bytes([label]) + b"".join(struct.pack(">H", len(p)) + p for p in parts)
-        return hmac.new(self._secret, data, hashlib.sha256).digest()[:_MAC_BYTES]
+        pieces = [_LABELS[label]]
+        for part in parts:
+            pieces += (_U16.pack(len(part)), part)
+        inner = self._inner.copy()
+        inner.update(b"".join(pieces))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:_MAC_BYTES]
 
     def make(self, realm: str, now: float, scope: bytes = b"") -> str:
         """A fresh nonce bound to `realm` and `scope` (the connection), dated `now`

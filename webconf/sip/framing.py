@@ -71,6 +71,9 @@ class FramingError:
 
 
 FramerEvent: TypeAlias = Message | KeepAlive | NeedData | FramingError
+_NEED_DATA = NeedData()
+_KEEP_ALIVE = KeepAlive()
+"""Both carry nothing: one instance each serves every call."""
 
 
 @dataclass(slots=True)
@@ -126,8 +129,8 @@ class SipFramer:
         assert pending is not None
         total = pending.head_size + pending.body_size
         if len(self._buf) < total:
-            return NeedData()
-        body = bytes(self._buf[pending.head_size : total])
+            return _NEED_DATA
+        body = bytes(self._buf[pending.head_size : total]) if pending.body_size else b""
         self._consume(total)
         self._pending = None
         if pending.error is not None or pending.message is None:
@@ -153,15 +156,15 @@ class SipFramer:
         buf = self._buf
         while buf[:1] == b"\r":
             if len(buf) < 4 and _PING.startswith(buf):
-                return NeedData()
+                return _NEED_DATA
             if buf.startswith(_PING):
                 self._consume(4)
-                return KeepAlive()
+                return _KEEP_ALIVE
             if not buf.startswith(_CRLF):
                 break
             self._consume(2)
         if not buf:
-            return NeedData()
+            return _NEED_DATA
         start = max(0, self._searched - 3)
         end = buf.find(_PING, start)
         self.bytes_scanned += (len(buf) if end < 0 else end + 4) - start
@@ -169,14 +172,14 @@ class SipFramer:
             self._searched = len(buf)
             if len(buf) > self.max_message_size:
                 return self._too_large(None)
-            return NeedData()
+            return _NEED_DATA
         head_size = end + 4
         if head_size > self.max_message_size:
             return self._too_large(None)
         message: Message | None = None
         error: SipParseError | None = None
         try:
-            message = parse_head(bytes(buf[:end]), max_headers=self.max_headers)
+            message = parse_head(buf[:end], max_headers=self.max_headers)
             headers: Headers | None = message.headers
         except SipParseError as exc:
             error, headers = exc, exc.headers

@@ -9,7 +9,7 @@ contain commas of their own (WWW-Authenticate, Authorization, Date, ...) are nev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 COMPACT_FORMS = {
     "i": "Call-ID",
@@ -49,13 +49,56 @@ LIST_HEADERS = frozenset(
 )
 
 
+_MEMO_MAX = 4096
+"""Bound on each name memo below (a peer choosing header names cannot grow them further)."""
+_canonical_memo: dict[str, str] = {}
+_key_memo: dict[str, str] = {}
+
+
+def _seed() -> None:
+    """Every known spelling first, so that a peer's made-up names (which fill the memos
+    up to their bound) can never crowd out the names every request carries."""
+    for spelling in [*CANONICAL, *CANONICAL.values()]:
+        _canonical_memo[spelling] = CANONICAL.get(spelling.lower(), spelling)
+        _key_memo[spelling] = _canonical_memo[spelling].lower()
+
+
 def canonical_name(name: str) -> str:
     """`v` -> `Via`, `call-id` -> `Call-ID`; unknown names are returned unchanged."""
-    return CANONICAL.get(name.lower(), name)
+    canonical = _canonical_memo.get(name)
+    if canonical is None:
+        canonical = CANONICAL.get(name.lower(), name)
+        if len(_canonical_memo) < _MEMO_MAX:
+            _canonical_memo[name] = canonical
+    return canonical
+
+
+def _key(name: str) -> str:
+    """The lookup key of a header name: its canonical name, lower-cased (memoised: every
+    lookup of a request computes it, and the code asks for a few dozen names only)."""
+    key = _key_memo.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_key_memo) < _MEMO_MAX:
+            _key_memo[name] = key
+    return key
+
+
+_seed()
 
 
 def split_list(value: str) -> list[str]:
     """Split at top-level commas (not in quotes or angle brackets); drop empty items."""
+    if "," not in value:  # the common case: one item, no scan needed
+        item = value.strip(" \t")
+        return [item] if item else []
+    if '"' not in value and "<" not in value:
+        return [item.strip(" \t") for item in value.split(",") if item.strip(" \t")]
+    return _scan_list(value)
+
+
+def _scan_list(value: str) -> list[str]:
+    """`split_list` character by character (quotes and angle brackets hide commas)."""
     items: list[str] = []
     start = 0
     in_quote = in_angle = escaped = False
@@ -107,39 +150,62 @@ class Headers:
         self._fields.append((canonical_name(name), value))
         self._index = None
 
+    @classmethod
+    def from_canonical(cls, fields: list[tuple[str, str]]) -> Headers:
+        """Headers over `fields` as they are (taken over, not copied), whose names are
+        already canonical: what the parser builds, without a second pass over the names."""
+        headers = cls()
+        headers._fields = fields
+        return headers
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value: the first field, or for list headers its first item (so
         `get("Via")` is the topmost Via). `default` if the header is absent."""
-        values = self.get_all(name)
-        if values:
+        key = _key_memo.get(name) or _key(name)
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(key)
+        if not values:
+            return default
+        if key not in LIST_HEADERS:
             return values[0]
-        return "" if name in self else default
+        for value in values:
+            items = split_list(value)
+            if items:
+                return items[0]
+        return ""
+
+    def view(self, name: str) -> Sequence[str]:
+        """Every field's value, unsplit, in order, without a copy: read, never change it
+        (the hot paths of a server look each header up many times per request)."""
+        index = self._index if self._index is not None else self._lookup()
+        return index.get(_key_memo.get(name) or _key(name), ())
 
     def get_fields(self, name: str) -> list[str]:
         """Every field's value, unsplit, in order."""
-        return list(self._lookup().get(canonical_name(name).lower(), ()))
+        return list(self.view(name))
 
     def get_all(self, name: str) -> list[str]:
         """Every value in order; list-valued headers are split at top-level commas."""
-        values = self.get_fields(name)
-        if canonical_name(name).lower() not in LIST_HEADERS:
-            return values
+        key = _key(name)
+        values = self._lookup().get(key, ())
+        if key not in LIST_HEADERS:
+            return list(values)
         return [item for value in values for item in split_list(value)]
 
     def count(self, name: str) -> int:
         """How many fields (lines) carry this header."""
-        return len(self.get_fields(name))
+        return len(self.view(name))
 
     def remove(self, name: str) -> None:
         """Drop every field of this header."""
-        key = canonical_name(name).lower()
+        key = _key(name)
         self._fields = [(n, v) for n, v in self._fields if n.lower() != key]
         self._index = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every field of this header with one, where the first one was."""
         self._index = None
-        key = canonical_name(name).lower()
+        key = _key(name)
         for i, (field_name, _) in enumerate(self._fields):
             if field_name.lower() == key:
                 self._fields[i] = (canonical_name(name), value)
@@ -157,7 +223,8 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return canonical_name(name).lower() in self._lookup()
+        index = self._index if self._index is not None else self._lookup()
+        return (_key_memo.get(name) or _key(name)) in index
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._fields))

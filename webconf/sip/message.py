@@ -14,13 +14,15 @@ Values stay strings in `Headers`; the typed views (`parse_uri`, `parse_name_addr
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from .headers import Headers, canonical_name, split_list
+from .headers import Headers, _canonical_memo, canonical_name, split_list
 from .syntax import (
+    TOKEN_CHARS,
     NameAddr,
     SipParseError,
     SipURI,
@@ -37,6 +39,7 @@ from .syntax import (
 
 __all__ = [
     "MAX_HEADERS",
+    "AddressFacts",
     "MAX_MESSAGE_SIZE",
     "Headers",
     "Message",
@@ -46,6 +49,7 @@ __all__ = [
     "SipParseError",
     "SipURI",
     "Via",
+    "address_facts",
     "canonical_name",
     "content_length",
     "is_token",
@@ -61,6 +65,7 @@ __all__ = [
     "parse_via",
     "quote",
     "reason_phrase",
+    "response_bytes",
     "salvage_headers",
     "serialize",
     "split_list",
@@ -89,6 +94,9 @@ class Request:
     """Header fields in order."""
     body: bytes = b""
     """Body, exactly Content-Length bytes."""
+    uri_text: str = field(default="", compare=False, repr=False)
+    """The Request-URI as received ("" for a request built here): `str(uri)` without
+    re-encoding it (Digest compares it with the digest-uri). Stale if `uri` is replaced."""
 
 
 @dataclass
@@ -134,48 +142,110 @@ def reason_phrase(status: int) -> str:
     return REASON_PHRASES.get(status, "Unknown")
 
 
+_MEMO_MAX_VALUE = 256
+"""Header values up to this length have their parse outcome memoised (bounded memory)."""
+
+
 # --- parsing ------------------------------------------------------------------------------
 
 
 def _check_version(version: str, headers: Headers) -> None:
+    if version == SIP_VERSION:
+        return
     if not _VERSION.fullmatch(version):
         raise SipParseError("Bad SIP Version", headers=headers)
     if version.upper() != SIP_VERSION:
         raise SipParseError("Version Not Supported", status=505, headers=headers)
 
 
-def parse_head(head: bytes, *, max_headers: int = MAX_HEADERS) -> Message:
+def parse_head(head: bytes | bytearray, *, max_headers: int = MAX_HEADERS) -> Message:
     """Parse a start line and header block (without the blank line); body left empty.
 
     Raises SipParseError whose `headers` hold every well-formed header field.
     """
-    lines = head.decode("utf-8", "surrogateescape").split("\r\n")
-    headers = Headers()
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    # No CR or LF outside the CRLFs split on (the rule): no line needs checking for them.
+    clean = text.count("\r") == text.count("\n") == len(lines) - 1
+    fields = _match_fields(lines) if clean else None
     error: str | None = None
-    name: str | None = None
-    parts: list[str] = []
-    for line in [*lines[1:], ""]:
-        if line[:1] in (" ", "\t") and "\r" not in line and "\n" not in line:
-            if name is None:
+    if fields is None:
+        fields, error = _scan_fields(lines, clean)
+    headers = Headers.from_canonical(fields)
+    if len(headers) > max_headers:
+        error = "Too Many Headers"
+    return _parse_start(lines[0], headers, error)
+
+
+def _match_fields(lines: list[str]) -> list[tuple[str, str]] | None:
+    """The header fields of a head without bare CR or LF when every line after the start
+    line is a plain `token: value`, else None (folding, a bad or empty line: the exact
+    loop of `_scan_fields` decides). One partition per line, no per-character work."""
+    fields: list[tuple[str, str]] = []
+    append, is_name, memo = fields.append, TOKEN_CHARS.issuperset, _canonical_memo
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if name[-1:] in (" ", "\t"):
+            name = name.rstrip(" \t")
+        if not colon or not name or not is_name(name):
+            return None
+        append((memo.get(name) or canonical_name(name), value.strip(" \t")))
+    return fields
+
+
+def _scan_fields(lines: list[str], clean: bool) -> tuple[list[tuple[str, str]], str | None]:
+    """The well-formed header fields among `lines` (after the start line), folded lines
+    joined, and the first problem met; `clean`: no line holds a bare CR or LF."""
+    fields: list[tuple[str, str]] = []
+    error: str | None = None
+    open_field = False
+    """The last line was a header line (or its continuation): a folded line extends it."""
+    parts: list[str] | None = None
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") and (clean or ("\r" not in line and "\n" not in line)):
+            if not open_field:
                 error = error or "Bad Header Folding"
             else:
+                if parts is None:
+                    parts = [fields[-1][1]]
                 parts.append(line.strip(" \t"))
+                fields[-1] = (fields[-1][0], " ".join(parts).strip(" \t"))
             continue
-        if name is not None:
-            headers.add(name, " ".join(parts).strip(" \t"))
-            name = None
+        open_field = False
         if not line:
             continue
         colon = line.find(":")
         candidate = line[:colon].rstrip(" \t") if colon > 0 else ""
-        if not is_token(candidate) or "\r" in line or "\n" in line:
+        if not is_token(candidate) or (not clean and ("\r" in line or "\n" in line)):
             error = error or "Bad Header Line"
             continue
-        name, parts = candidate, [line[colon + 1 :].strip(" \t")]
-    if len(headers) > max_headers:
-        error = "Too Many Headers"
+        fields.append((canonical_name(candidate), line[colon + 1 :].strip(" \t")))
+        open_field, parts = True, None
+    return fields, error
 
-    start = lines[0]
+
+_uri_memo: dict[str, SipURI] = {}
+_URI_MEMO_MAX = 1024
+
+
+def _request_uri(text: str) -> SipURI:
+    """`parse_uri(text)`, memoised: the Request-URIs a focus sees are few (the conference
+    URIs, and its own Contacts for in-dialog requests). Each call returns its own copy."""
+    if len(text) > _MEMO_MAX_VALUE:
+        return parse_uri(text)
+    uri = _uri_memo.get(text)
+    if uri is None:
+        uri = parse_uri(text)  # errors are not memoised
+        if len(_uri_memo) >= _URI_MEMO_MAX:
+            _uri_memo.clear()
+        _uri_memo[text] = uri
+    return SipURI(host=uri.host, scheme=uri.scheme, user=uri.user, password=uri.password,
+                  port=uri.port, params=dict(uri.params), headers=dict(uri.headers))
+
+
+def _parse_start(start: str, headers: Headers, error: str | None) -> Message:
+    """The message of a start line over its parsed `headers`; `error`: the first header
+    line problem (raised once the start line is known to be good)."""
     message: Message
     if start[:4].upper() == "SIP/":
         fields = start.split(" ", 2)
@@ -193,11 +263,11 @@ def parse_head(head: bytes, *, max_headers: int = MAX_HEADERS) -> Message:
             raise SipParseError("Bad Request-Line", headers=headers)
         _check_version(fields[2], headers)
         try:
-            uri = parse_uri(fields[1])
+            uri = _request_uri(fields[1])
         except SipParseError as exc:
             exc.headers = headers
             raise
-        message = Request(fields[0], uri, headers)
+        message = Request(fields[0], uri, headers, uri_text=fields[1])
     if error is not None:
         raise SipParseError(error, headers=headers)
     return message
@@ -217,7 +287,7 @@ def parse_content_length(value: str) -> int:
 def content_length(headers: Headers) -> int | None:
     """The declared body length, None if absent; conflicting duplicates are an error."""
     try:
-        lengths = {parse_content_length(v) for v in headers.get_fields("Content-Length")}
+        lengths = {parse_content_length(v) for v in headers.view("Content-Length")}
     except SipParseError as exc:
         exc.headers = headers
         raise
@@ -274,6 +344,42 @@ def max_forwards(message: Message) -> int:
     return hops
 
 
+@dataclass(frozen=True, slots=True)
+class AddressFacts:
+    """What a server reads from a From or To value, once per distinct value."""
+
+    has_tag: bool
+    """A `tag` parameter is present (even without a value)."""
+    tag: str | None
+    """The tag as written; None if absent or empty."""
+    host: str
+    """The URI's host, case preserved."""
+    user: str | None
+    """The URI's user part, decoded."""
+
+
+def _address_facts(value: str) -> AddressFacts | None:
+    try:
+        addr = parse_name_addr(value)
+    except SipParseError:
+        return None
+    tag = addr.params.get("tag")
+    return AddressFacts("tag" in addr.params, tag or None, addr.uri.host, addr.uri.user)
+
+
+_address_memo = functools.lru_cache(maxsize=2048)(_address_facts)
+
+
+def address_facts(value: str) -> AddressFacts | None:
+    """`AddressFacts` of a From/To value, None if `parse_name_addr` refuses it; memoised
+    for values up to 256 characters: a request's From and To are read several times
+    (validation, the To tag of a response, the dialog key), a dialog repeats them and
+    every INVITE to a conference has the same To."""
+    if len(value) > _MEMO_MAX_VALUE:
+        return _address_facts(value)
+    return _address_memo(value)
+
+
 def validate_request(request: Request, *, max_headers: int = MAX_HEADERS) -> None:
     """RFC 3261 §8.2 checks on a parsed request; raises SipParseError (400)."""
     headers = request.headers
@@ -283,30 +389,35 @@ def validate_request(request: Request, *, max_headers: int = MAX_HEADERS) -> Non
 
     if len(headers) > max_headers:
         raise fail("Too Many Headers")
+    view = headers.view
     for name in MANDATORY_REQUEST_HEADERS:
-        if name not in headers:
+        if not view(name):
             raise fail(f"Missing {name}")
     for name in SINGLE_VALUED:
-        if headers.count(name) > 1:
+        if len(view(name)) > 1:
             raise fail(f"Duplicate {name}")
     content_length(headers)
-    if not headers.get_all("Via"):
+    vias = headers.get_all("Via")
+    if not vias:
         raise fail("Missing Via")
     try:
-        for value in headers.get_all("Via"):
+        for value in vias:
             parse_via(value)
     except SipParseError as exc:
         raise fail("Bad Via") from exc
     for name in ("From", "To"):
+        value = view(name)[0]  # present (checked above), and not a list header
+        if address_facts(value) is not None:
+            continue
         try:
-            parse_name_addr(headers.get(name) or "")
+            parse_name_addr(value)
         except SipParseError as exc:
             raise fail(f"Bad {name}") from exc
-    call_id = headers.get("Call-ID") or ""
-    if not call_id or any(c in " \t" for c in call_id):
+    call_id = view("Call-ID")[0]
+    if not call_id or " " in call_id or "\t" in call_id:
         raise fail("Bad Call-ID")
     try:
-        _, method = parse_cseq(headers.get("CSeq") or "")
+        _, method = parse_cseq(view("CSeq")[0])
     except SipParseError as exc:
         raise fail("Bad CSeq") from exc
     if method != request.method:
@@ -345,12 +456,8 @@ def serialize(message: Message) -> bytes:
 
 
 def _with_tag(to_value: str, tag: str) -> str:
-    try:
-        if "tag" in parse_name_addr(to_value).params:
-            return to_value
-    except SipParseError:
-        return to_value
-    return f"{to_value};tag={tag}"
+    facts = address_facts(to_value)  # unreadable, or tagged already: left as it is
+    return to_value if facts is None or facts.has_tag else f"{to_value};tag={tag}"
 
 
 def make_response(
@@ -380,3 +487,51 @@ def make_response(
     for name, value in headers:
         out.add(name, value)
     return Response(status, reason_phrase(status) if reason is None else reason, out, body)
+
+
+_ECHOED = (("Via", "via"), ("From", "from"), ("To", "to"), ("Call-ID", "call-id"),
+           ("CSeq", "cseq"))
+
+
+def response_bytes(
+    source: Request | Headers,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> bytes:
+    """`serialize(make_response(...))` with the same arguments, byte for byte and with the
+    same ValueErrors, written straight to bytes: no `Headers` or `Response` in between (a
+    server answers every request; this is its hot path)."""
+    if to_tag is not None and not is_token(to_tag):
+        raise ValueError(f"bad tag {to_tag!r}")
+    src = source.headers if isinstance(source, Request) else source
+    if reason is None:
+        reason = reason_phrase(status)
+    if not 100 <= status <= 699 or "\r" in reason or "\n" in reason:
+        raise ValueError("bad status line")
+    lines = [f"{SIP_VERSION} {status} {reason}"]
+    for name, key in _ECHOED:
+        for value in src.view(key):
+            if to_tag is not None and key == "to":
+                value = _with_tag(value, to_tag)
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"bad header field {name!r}")
+            lines.append(f"{name}: {value}")
+    length_line = f"Content-Length: {len(body)}"
+    for raw_name, value in headers:
+        name = canonical_name(raw_name)
+        if not is_token(name) or "\r" in value or "\n" in value:
+            raise ValueError(f"bad header field {name!r}")
+        if name == "Content-Length":
+            if length_line:
+                lines.append(length_line)
+                length_line = ""
+            continue
+        lines.append(f"{name}: {value}")
+    if length_line:
+        lines.append(length_line)
+    lines += ["", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body

@@ -43,6 +43,24 @@ _IPV6_REF = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 # Stop characters for an unquoted parameter value (token / host / IPv6 reference).
 _VALUE_STOP = frozenset(_WS + ';,"<>=\\')
+_PLAIN_QUOTABLE = re.compile(r'[^"\\\x00-\x1f\x7f]*')
+"""Text `quote()` copies as it is: no quote, backslash or control character."""
+# Fast paths: each parser below first tries one precompiled regex for the common, simple
+# form of its input, and falls back to the exact `_Scanner` grammar whenever that regex
+# does not match (so errors, and every rarer spelling, are decided by the slow path alone).
+_TOK = r"[A-Za-z0-9.!%*_+`'~-]+"
+_SIMPLE_PARAMS = rf"(?:;{_TOK}(?:=[^ \t;,\"<>=\\]+)?)*"
+"""Header parameters without whitespace or quoted values."""
+_VIA_FAST = re.compile(
+    rf"({_TOK})/({_TOK})/({_TOK}) ([^ \t:;,\[]+|\[[^\]]*\])(?::([0-9]+))?({_SIMPLE_PARAMS})")
+_NAME_ADDR_FAST = re.compile(
+    rf'[ \t]*(?:("(?:[^"\\\r\n]|\\[^\r\n])*")[ \t]*)?<([^>]*)>({_SIMPLE_PARAMS})')
+_CSEQ_FAST = re.compile(rf"[ \t]*([0-9]{{1,10}})[ \t]+({_TOK})[ \t]*")
+_AUTH_SCHEME_FAST = re.compile(rf"[ \t]*({_TOK})(?:[ \t]+|\Z)")
+_AUTH_PARAM_FAST = re.compile(
+    rf'[ \t,]*({_TOK})[ \t]*=[ \t]*(?:("(?:[^"\\\r\n]|\\[^\r\n])*")|([^ \t,"]+))'
+    r"[ \t]*(?=,|\Z)")
+_AUTH_END_FAST = re.compile(r"[ \t,]*\Z")
 MAX_CSEQ = 2**31 - 1
 
 
@@ -70,6 +88,8 @@ def is_token(text: str) -> bool:
 
 def quote(text: str) -> str:
     """Render `text` as a quoted-string, backslash-escaping `"`, `\\` and controls."""
+    if _PLAIN_QUOTABLE.fullmatch(text):  # nothing to escape (realms, nonces, URIs)
+        return f'"{text}"'
     out = ['"']
     for c in text:
         if c in "\r\n":
@@ -192,6 +212,21 @@ class _Scanner:
             out[name] = value
 
 
+def _simple_params(text: str) -> dict[str, str | None] | None:
+    """`;name[=value]...` already matched by `_SIMPLE_PARAMS`: names lower-cased; None for
+    a duplicate name (the scanner decides that error)."""
+    out: dict[str, str | None] = {}
+    if not text:
+        return out
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        name = name.lower()
+        if name in out:
+            return None
+        out[name] = value if eq else None
+    return out
+
+
 def _params_str(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
@@ -200,6 +235,8 @@ def _params_str(params: dict[str, str | None]) -> str:
 
 
 def _decode(raw: str, what: str) -> str:
+    if "%" not in raw:  # nothing escaped: unquote would return it unchanged
+        return raw
     if _BAD_ESCAPE.search(raw):
         raise SipParseError(f"Bad URI: invalid escape in {what}")
     return _pct_unquote(raw, encoding="utf-8", errors="surrogateescape")
@@ -344,6 +381,18 @@ class NameAddr:
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one From/To/Contact-style value (a single one: no top-level commas)."""
+    fast = _NAME_ADDR_FAST.fullmatch(text)
+    if fast is not None:
+        params = _simple_params(fast.group(3))
+        if params is not None:
+            raw_display = fast.group(1)
+            display = None if raw_display is None else _unescape_quoted(raw_display)
+            return NameAddr(uri=parse_uri(fast.group(2)), display_name=display, params=params)
+    return _scan_name_addr(text)
+
+
+def _scan_name_addr(text: str) -> NameAddr:
+    """`parse_name_addr` by the full grammar."""
     sc = _Scanner(text, "address")
     sc.ws()
     display: str | None = None
@@ -410,6 +459,16 @@ class Via:
 
 def parse_via(text: str) -> Via:
     """Parse a single Via value (split the header with `Headers.get_all("Via")` first)."""
+    fast = _VIA_FAST.fullmatch(text)
+    if fast is not None:
+        via = _fast_via(fast)
+        if via is not None:
+            return via
+    return _scan_via(text)
+
+
+def _scan_via(text: str) -> Via:
+    """`parse_via` by the full grammar."""
     sc = _Scanner(text, "Via")
     sc.ws()
     parts = [sc.token()]
@@ -438,11 +497,36 @@ def parse_via(text: str) -> Via:
     return via
 
 
+def _fast_via(fast: re.Match[str]) -> Via | None:
+    """The Via of a `_VIA_FAST` match, or None to let the scanner decide."""
+    name, version, transport, host, port_text, raw_params = fast.groups()
+    if not (_HOSTNAME.fullmatch(host) or _IPV6_REF.fullmatch(host)):
+        return None
+    port = None
+    if port_text is not None:
+        if len(port_text.lstrip("0")) > 5 or int(port_text) > 65535:
+            return None
+        port = int(port_text)
+    params = _simple_params(raw_params)
+    if params is None:
+        return None
+    return Via(host=host, transport=transport.upper(), protocol=f"{name}/{version}".upper(),
+               port=port, params=params)
+
+
 # --- CSeq and Digest credentials ----------------------------------------------------------
 
 
 def parse_cseq(text: str) -> tuple[int, str]:
     """`CSeq: 0009 INVITE` -> (9, "INVITE"); the number must be below 2**31."""
+    fast = _CSEQ_FAST.fullmatch(text)
+    if fast is not None and int(fast.group(1)) <= MAX_CSEQ:
+        return int(fast.group(1)), fast.group(2)
+    return _scan_cseq(text)
+
+
+def _scan_cseq(text: str) -> tuple[int, str]:
+    """`parse_cseq` by the full grammar."""
     sc = _Scanner(text, "CSeq")
     sc.ws()
     digits = sc.until(frozenset(_WS))
@@ -475,6 +559,14 @@ _AUTH_CACHE_MAX_TEXT = 2048
 
 
 def _parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
+    fast = _fast_auth_params(text)
+    if fast is not None:
+        return fast
+    return _scan_auth_params(text)
+
+
+def _scan_auth_params(text: str) -> tuple[str, dict[str, str]]:
+    """`parse_auth_params` by the full grammar."""
     sc = _Scanner(text, "credentials")
     sc.ws()
     scheme = sc.token().lower()
@@ -503,6 +595,32 @@ def _parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
         sc.ws()
         if not sc.eof() and sc.peek() != ",":
             raise sc.fail("expected ','")
+
+
+def _fast_auth_params(text: str) -> tuple[str, dict[str, str]] | None:
+    """`_parse_auth_params` by regex, or None to let the scanner decide (errors included)."""
+    match = _AUTH_SCHEME_FAST.match(text)
+    if match is None:
+        return None
+    scheme = match.group(1).lower()
+    params: dict[str, str] = {}
+    pos, end, item, tail = match.end(), len(text), _AUTH_PARAM_FAST.match, _AUTH_END_FAST.match
+    while tail(text, pos) is None:
+        match = item(text, pos)
+        if match is None:
+            return None
+        name, quoted, plain = match.groups()
+        name = name.lower()
+        if name in params:
+            return None
+        if quoted is None:
+            params[name] = plain
+        else:
+            params[name] = quoted[1:-1] if "\\" not in quoted else _unescape_quoted(quoted)
+        pos = match.end()
+        if pos >= end:
+            break
+    return scheme, params
 
 
 # The focus reads one Authorization three times (whose HA1s to fetch, then the core, then
