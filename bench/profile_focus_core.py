@@ -182,8 +182,8 @@ class Runner:
         n = self.joins
         self.joins += 1
         algorithm = self.algorithms[n % len(self.algorithms)]
-        call = {"id": b"g-%d" % n, "tag": b"%x" % n, "user": USERS[n % len(USERS)], "n": 0,
-                "cseq": 1, "branch": b""}
+        call: dict[str, Any] = {"id": b"g-%d" % n, "tag": b"%x" % n,
+                                "user": USERS[n % len(USERS)], "n": 0, "cseq": 1, "branch": b""}
         agent = self.agent
 
         data = agent.invite(call, b"")
