@@ -16,14 +16,10 @@ Real in-process WCS servers over real TLS; two nodes are two `WcsServer`s on one
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import time
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from conferencing.app import WcsServer
 from conferencing.cookie_cache import CookieCache
 from conferencing.cookies import CookieClaims
 from conferencing.service import ConferenceService
@@ -32,6 +28,7 @@ from webconf.deploy.config import Config
 
 from .conftest import Participant, Wcs, running_wcs, wait_for
 from .test_channel import connect
+from .test_eventlog import two_nodes
 
 ORGANIZER = "alice@contoso.example"
 BOB = "bob@contoso.example"
@@ -83,30 +80,6 @@ async def refused_after(wcs: Wcs, who: Participant, started: float) -> float:
         assert status == 200, status
         await asyncio.sleep(0.01)
     raise AssertionError("the revoked cookie is still accepted")
-
-
-@contextlib.asynccontextmanager
-async def two_nodes(cfg: Config, second: Callable[[Config], None] | None = None
-                    ) -> AsyncIterator[tuple[Wcs, Wcs]]:
-    """Two WCS nodes of one deployment (one database, one share); `second` adjusts the
-    second node's settings."""
-    cfg.wcs.https_port = cfg.wcs.internal_port = 0
-    cfg.wcs.shutdown_grace_seconds = 1.0
-    other = copy.deepcopy(cfg)
-    if second is not None:
-        second(other)
-    servers = [WcsServer(cfg), WcsServer(other)]
-    clients: list[Wcs] = []
-    try:
-        for server in servers:
-            await server.start()
-            clients.append(Wcs(server.cfg, server))
-        yield clients[0], clients[1]
-    finally:
-        for client in clients:
-            await client.close()
-        for server in servers:
-            await server.stop()
 
 
 async def share(wcs: Wcs, who: Participant, data: bytes) -> str:

@@ -14,7 +14,7 @@ import copy
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -36,11 +36,15 @@ ORGANIZER = "alice@contoso.example"
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(cfg: Config) -> AsyncIterator[tuple[Wcs, Wcs]]:
-    """Two WCS nodes of one deployment (one database, one share), on their own ports."""
+async def two_nodes(cfg: Config, second: Callable[[Config], None] | None = None
+                    ) -> AsyncIterator[tuple[Wcs, Wcs]]:
+    """Two WCS nodes of one deployment (one database, one share), on their own ports;
+    `second` adjusts the second node's settings."""
     cfg.wcs.https_port = cfg.wcs.internal_port = 0
     cfg.wcs.shutdown_grace_seconds = 1.0
     other = copy.deepcopy(cfg)
+    if second is not None:
+        second(other)
     servers = [WcsServer(cfg), WcsServer(other)]
     clients: list[Wcs] = []
     try:
