@@ -13,9 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy.engine import make_url
 
 from conferencing.app import WcsServer
 from tests.backends import PgServer, PgUnavailable, selected_backends, start_server
+from tests.tcp_relay import TcpRelay
 from webconf.deploy import tls
 from webconf.deploy.config import Config, load_config
 from webconf.deploy.init import init_deployment
@@ -83,6 +85,15 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         yield pg_server.url(name)
     finally:
         pg_server.release(name)
+
+
+@pytest.fixture
+def relay(pg_url: str) -> Iterator[TcpRelay]:
+    """A TCP relay in front of this test's PostgreSQL server, which the test can cut
+    (`tests/tcp_relay.py`): the database lost, then back."""
+    url = make_url(pg_url)
+    with TcpRelay(url.host or "127.0.0.1", url.port or 5432) as opened:
+        yield opened
 
 
 @pytest.fixture

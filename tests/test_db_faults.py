@@ -14,12 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy.engine import make_url
 
 from webconf.deploy import tls
 from webconf.deploy.config import Config
@@ -62,13 +60,6 @@ def test_unreachable_database_at_start_is_one_line_and_exit_2(tmp_path: Path,
 
 
 # -- lost while serving ---------------------------------------------------------------------------
-
-@pytest.fixture
-def relay(pg_url: str) -> Iterator[TcpRelay]:
-    url = make_url(pg_url)
-    with TcpRelay(url.host or "127.0.0.1", url.port or 5432) as relay:
-        yield relay
-
 
 @pytest.fixture
 def pg_deployment(tmp_path: Path, pg_url: str) -> Config:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from clients.sip import ConferenceDialog, SipConnection, SipError
 from focus.events import Admit, Close, Conn, Log, LookupCredentials, Revoke
@@ -102,13 +100,6 @@ def test_an_unavailable_directory_leaves_a_dialog_moved_by_bye_in_place() -> Non
 CONF = "sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:DBO1"
 USERS = {"alice@contoso.example": "alice-pw", "bob@contoso.example": "bob-pw"}
 ATTEMPTS = 3
-
-
-@pytest.fixture
-def relay(pg_url: str) -> Iterator[TcpRelay]:
-    url = make_url(pg_url)
-    with TcpRelay(url.host or "127.0.0.1", url.port or 5432) as relay:
-        yield relay
 
 
 @pytest.fixture

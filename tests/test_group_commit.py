@@ -356,13 +356,6 @@ async def test_one_notify_per_conference_and_batch(pg_store: Store, pg_url: str)
 # -- the database out of reach (PostgreSQL: a relay that cuts every connection) -------------
 
 
-@pytest.fixture
-def relay(pg_url: str) -> Iterator[TcpRelay]:
-    url = make_url(pg_url)
-    with TcpRelay(url.host or "127.0.0.1", url.port or 5432) as opened:
-        yield opened
-
-
 async def test_an_outage_fails_every_caller_with_the_original_error(
         pg_store: Store, relay: TcpRelay, pg_url: str) -> None:
     store = pg_store

@@ -12,14 +12,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from sqlalchemy.engine import make_url
 
 from clients.sip import ConferenceDialog, SipConnection
 from conferencing.api.link import MAX_FRAME_BYTES, MAX_IN_FLIGHT, MAX_OPS_PER_FRAME
@@ -502,13 +501,6 @@ async def test_joins_through_a_real_focus_use_the_link(stack: Config) -> None:
 
 
 # -- the database out of reach -------------------------------------------------------------------
-
-@pytest.fixture
-def relay(pg_url: str) -> Iterator[TcpRelay]:
-    url = make_url(pg_url)
-    with TcpRelay(url.host or "127.0.0.1", url.port or 5432) as relay:
-        yield relay
-
 
 async def test_a_database_outage_gives_503_results(tmp_path: Path, pg_url: str,
                                                    relay: TcpRelay) -> None:

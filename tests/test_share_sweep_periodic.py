@@ -10,11 +10,9 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from conferencing.share import TMP_DIR, WRITE_BUFFER, FileShare, sweep_age
 from webconf.deploy.config import Config, ConfigError, load_config
@@ -115,13 +113,6 @@ def test_a_negative_interval_is_refused(deployment: Config) -> None:
 
 
 # -- a database outage ------------------------------------------------------------------------
-
-@pytest.fixture
-def relay(pg_url: str) -> Iterator[TcpRelay]:
-    url = make_url(pg_url)
-    with TcpRelay(url.host or "127.0.0.1", url.port or 5432) as relay:
-        yield relay
-
 
 async def test_the_sweep_survives_a_database_outage(tmp_path: Path, pg_url: str,
                                                     relay: TcpRelay,
