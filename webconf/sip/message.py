@@ -439,20 +439,7 @@ def serialize(message: Message) -> bytes:
         if not 100 <= message.status <= 699 or "\r" in message.reason or "\n" in message.reason:
             raise ValueError("bad status line")
         lines = [f"{SIP_VERSION} {message.status} {message.reason}"]
-    length_line = f"Content-Length: {len(message.body)}"
-    for name, value in message.headers:
-        if not is_token(name) or "\r" in value or "\n" in value:
-            raise ValueError(f"bad header field {name!r}")
-        if name == "Content-Length":
-            if length_line:
-                lines.append(length_line)
-                length_line = ""
-            continue
-        lines.append(f"{name}: {value}")
-    if length_line:
-        lines.append(length_line)
-    lines += ["", ""]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + message.body
+    return _finish(lines, message.headers, message.body)
 
 
 def _with_tag(to_value: str, tag: str) -> str:
@@ -489,6 +476,26 @@ def make_response(
     return Response(status, reason_phrase(status) if reason is None else reason, out, body)
 
 
+def _finish(lines: list[str], headers: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    """The start line(s) in `lines`, then `headers` (canonical names) with one correct
+    Content-Length where the first one was, else last, then `body`: the wire form. Raises
+    ValueError for a header that would break the framing."""
+    length_line = f"Content-Length: {len(body)}"
+    for name, value in headers:
+        if not is_token(name) or "\r" in value or "\n" in value:
+            raise ValueError(f"bad header field {name!r}")
+        if name == "Content-Length":
+            if length_line:
+                lines.append(length_line)
+                length_line = ""
+            continue
+        lines.append(f"{name}: {value}")
+    if length_line:
+        lines.append(length_line)
+    lines += ["", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
 _ECHOED = (("Via", "via"), ("From", "from"), ("To", "to"), ("Call-ID", "call-id"),
            ("CSeq", "cseq"))
 
@@ -520,18 +527,4 @@ def response_bytes(
             if "\r" in value or "\n" in value:
                 raise ValueError(f"bad header field {name!r}")
             lines.append(f"{name}: {value}")
-    length_line = f"Content-Length: {len(body)}"
-    for raw_name, value in headers:
-        name = canonical_name(raw_name)
-        if not is_token(name) or "\r" in value or "\n" in value:
-            raise ValueError(f"bad header field {name!r}")
-        if name == "Content-Length":
-            if length_line:
-                lines.append(length_line)
-                length_line = ""
-            continue
-        lines.append(f"{name}: {value}")
-    if length_line:
-        lines.append(length_line)
-    lines += ["", ""]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+    return _finish(lines, ((canonical_name(name), value) for name, value in headers), body)
