@@ -45,12 +45,22 @@ def children(serve: ServeProcess, module: str) -> list[int]:
 
 
 def gone(pid: int) -> bool:
-    """Exited (a zombie until its parent reaps it: its sockets are closed either way)."""
+    """Exited with every thread. The leader of a threaded process shows "Z" while its other
+    threads still hold the files, listening sockets included, so only a task list of
+    zombies (or no /proc entry: reaped) means its sockets are closed."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks]
     except FileNotFoundError:
         return True
-    return state in ("Z", "X")
+    return all(state in ("Z", "X") for state in states)
+
+
+def listeners(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (Linux's /proc/net/tcp, state 0A)."""
+    local = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1] == local and row.split()[3] == "0A")
 
 
 def served(cfg: Config, worker: str, route: str) -> int:
@@ -137,7 +147,8 @@ async def test_two_workers_share_the_ports_and_survive_a_kill(tmp_path: Path,
         victim = workers[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while not gone(victim):
+        # Its listening socket leaves the port's group when the last of its threads exits.
+        while not gone(victim) or listeners(cfg.wcs.https_port) != 1:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         statuses = [(await fresh_get(cfg, "/healthz"))[0] for _ in range(20)]
