@@ -227,6 +227,7 @@ class WcsServer:
         self.runners.clear()
         if self.service is not None:
             await self.service.store.close()
+            self.service.audit.close()  # after the last request: every record written
 
 
 async def _start_event_tasks(service: ConferenceService) -> list[asyncio.Task[None]]:

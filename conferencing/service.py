@@ -44,6 +44,7 @@ from webconf.events import (
 )
 from webconf.protocol import Admission
 
+from .audit import AuditLog
 from .cookie_cache import CookieCache
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
@@ -134,8 +135,11 @@ def rfc3339(ts: float) -> str:
 
 class ConferenceService:
     def __init__(self, cfg: Config, store: Store, share: FileShare, cookies: CookieAuthority,
-                 root_keys: dict[int, bytes], events: EventHub, metrics: Metrics) -> None:
+                 root_keys: dict[int, bytes], events: EventHub, metrics: Metrics,
+                 audit: AuditLog | None = None) -> None:
         self.cfg = cfg
+        self.audit = audit if audit is not None else AuditLog.for_deployment(cfg.log_dir)
+        """Who read or changed what (audit.py): shares, deletes, downloads, key events."""
         self.store = store
         self.share = share
         self.cookies = cookies
@@ -442,6 +446,8 @@ class ConferenceService:
         except BaseException:
             await self.share.remove(writer.blob_id)
             raise
+        self.audit.record("item.share", tenant=who.tenant, conference=who.conference_id,
+                          who=who.participant_id, item=row.id, bytes=plaintext_size)
         return self._item_view(row, dek, context)
 
     async def _commit_item(self, who: Principal, row: ItemRow) -> None:
@@ -497,6 +503,8 @@ class ConferenceService:
                                                [_log(ItemRemoved(item_id))])
         if deleted is None:
             raise ServiceError("not_found", "unknown item")
+        self.audit.record("item.delete", tenant=who.tenant, conference=who.conference_id,
+                          who=who.participant_id, item=item_id)
         await self.share.remove(deleted.blob_id)
 
     async def _item(self, who: Principal, item_id: str) -> ItemRow:

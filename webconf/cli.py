@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "user": ("focus.directory", "add_user_arguments", "run_user",
              "manage the tenant directory (webconf user add DIR alice@contoso.example)"),
+    "audit": ("conferencing.audit", "add_audit_arguments", "run_audit",
+              "print the deployment's audit log (webconf audit DIR [--tenant T])"),
     "join": ("clients.commands", "add_join_arguments", "run_join",
              "join a conference and save every shared item"),
     "share": ("clients.commands", "add_share_arguments", "run_share",
