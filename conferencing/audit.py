@@ -1,4 +1,4 @@
-"""The audit log: `DIR/var/log/audit.log`, one JSON object per line, append-only, fsynced.
+"""The audit log (docs/protocol.md §8.1): `DIR/var/log/audit.log`, JSON lines, fsynced.
 
 It answers "who read or changed what, and which keys were used" after the fact: key creation,
 wraps, unwrap failures, availability-key use, rotation, purge, item share and delete, and every

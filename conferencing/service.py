@@ -31,6 +31,7 @@ from typing import Any
 from webconf import protocol
 from webconf.crypto.cobblestone import Encryptor, item_context
 from webconf.deploy.config import Config
+from webconf.deploy.keys import load_root_keys
 from webconf.events import (
     ChannelEvent,
     ConferenceEnded,
@@ -51,6 +52,7 @@ from .crypto import keywrap
 from .etags import EtagMinter
 from .eventlog import EventFeed
 from .events import EventHub
+from .keyring import TenantKeyring, TenantKeyUnavailable
 from .metrics import Metrics
 from .share import FileShare, ShareError
 from .store import ConferenceRow, EventRow, ItemRow, NewEvent, ParticipantRow, Store
@@ -155,38 +157,26 @@ class ConferenceService:
         self.metrics = metrics
         self.etags = EtagMinter(root_keys[self.root_key_version])
         """Keyed ETags: a blob id on the share must not show through (docs/protocol.md §4.1)."""
-        self._tenant_keys: dict[tuple[str, int], bytes] = {}
+        self.keyring = TenantKeyring(
+            store, root_keys, cfg.keys.root_key_version,
+            cache_seconds=cfg.keys.tenant_key_cache_seconds, audit=self.audit,
+            load_root_keys=lambda: load_root_keys(cfg))
+        """Unwrapped tenant keys, each for a bounded time (keyring.py)."""
+        self.keyring.unwrap_seconds = metrics.decrypt_seconds.observe
         self._known_tenants: set[str] = set()
         """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
 
     # -- tenant keys ----------------------------------------------------------------
     async def _tenant_key(self, tenant: str, version: int | None = None) -> tuple[bytes, int]:
-        """The unwrapped tenant key (current version unless given), creating the tenant."""
-        if version is not None and (tenant, version) in self._tenant_keys:
-            return self._tenant_keys[(tenant, version)], version
-        row = await self.store.tenant_key(tenant, version)
-        if row is None and version is None:
-            fresh = keywrap.new_key()
-            wrapped = keywrap.wrap_tenant_key(
-                self.root_keys[self.root_key_version], fresh, tenant=tenant,
-                tenant_key_version=1, root_key_version=self.root_key_version)
-            await self.store.create_tenant(tenant, wrapped, self.root_key_version, time.time())
-            row = await self.store.tenant_key(tenant)
-        if row is None:
-            raise ServiceError("not_found", "unknown tenant key")
-        cached = self._tenant_keys.get((tenant, row.version))
-        if cached is not None:
-            return cached, row.version
-        root = self.root_keys.get(row.root_key_version)
-        if root is None:
-            raise ServiceError("unavailable", "root key version not loaded")
-        started = time.perf_counter()
-        key = keywrap.unwrap_tenant_key(root, row.wrapped_key, tenant=tenant,
-                                        tenant_key_version=row.version,
-                                        root_key_version=row.root_key_version)
-        self.metrics.decrypt_seconds.observe(time.perf_counter() - started)
-        self._tenant_keys[(tenant, row.version)] = key
-        return key, row.version
+        """The unwrapped tenant key (current version unless given), creating the tenant;
+        503 `tenant_key_unavailable` when it cannot be unwrapped (keyring.py)."""
+        try:
+            if version is None:
+                return await self.keyring.current(tenant)
+            return await self.keyring.get(tenant, version), version
+        except TenantKeyUnavailable as exc:
+            raise ServiceError("tenant_key_unavailable",
+                               "this tenant's content key is unavailable") from exc
 
     # -- participants (internal API) ----------------------------------------------------
     async def admit_participant(self, uri_id: str, *, tenant: str, organizer: str,

@@ -1,4 +1,4 @@
-"""The audit log (conferencing/audit.py, docs/protocol.md §9): shares, deletes and the
+"""The audit log (conferencing/audit.py, docs/protocol.md §8.1): shares, deletes and the
 `webconf audit` table, written by the real server; never a name, key or cookie."""
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ async def test_share_and_delete_are_audited_without_names(wcs: Wcs) -> None:
                                headers=alice.headers) as resp:
         assert resp.status == 204
     path = wcs.cfg.log_dir / "audit.log"
-    await wait_for(lambda: len(list(read_records(path))) == 2)
-    records = list(read_records(path))
+    await wait_for(lambda: len(list(read_records(path))) == 3)
+    created, *records = list(read_records(path))
+    assert (created["event"], created["tenant"], created["version"]) == (
+        "key.create", "contoso.example", 1)
     assert [(r["event"], r["item"], r["who"]) for r in records] == [
         ("item.share", item["id"], alice.pid), ("item.delete", item["id"], alice.pid)]
     assert records[0]["tenant"] == "contoso.example" and records[0]["bytes"] == 26
@@ -70,8 +72,10 @@ async def test_share_and_delete_are_audited_without_names(wcs: Wcs) -> None:
          "contoso.example"], capture_output=True, text=True, check=True, timeout=60,
         env=env).stdout.splitlines()
     assert table[0].split()[:6] == ["time", "event", "tenant", "who", "item", "bytes"]
-    assert [line.split()[2] for line in table[1:]] == ["item.share", "item.delete"]
+    assert [line.split()[2] for line in table[1:]] == [
+        "key.create", "item.share", "item.delete"]
     lines = subprocess.run(
         [sys.executable, "-m", "webconf", "audit", str(wcs.cfg.base_dir), "--json"],
         capture_output=True, text=True, check=True, timeout=60, env=env).stdout.splitlines()
-    assert [json.loads(line)["event"] for line in lines] == ["item.share", "item.delete"]
+    assert [json.loads(line)["event"] for line in lines] == [
+        "key.create", "item.share", "item.delete"]

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "user": ("focus.directory", "add_user_arguments", "run_user",
              "manage the tenant directory (webconf user add DIR alice@contoso.example)"),
+    "tenant": ("conferencing.admin", "add_tenant_arguments", "run_tenant",
+               "tenant settings and keys: set, customer-key, rotate, purge"),
+    "keys": ("conferencing.admin", "add_keys_arguments", "run_keys",
+             "the service's keys: rotate-root"),
     "audit": ("conferencing.audit", "add_audit_arguments", "run_audit",
               "print the deployment's audit log (webconf audit DIR [--tenant T])"),
     "join": ("clients.commands", "add_join_arguments", "run_join",

@@ -40,6 +40,7 @@ STATUS_BY_CODE = {
     "too_many_requests": 429,
     "internal": 500,
     "unavailable": 503,
+    "tenant_key_unavailable": 503,
 }
 CODE_BY_STATUS = {status: code for code, status in reversed(STATUS_BY_CODE.items())}
 """The generic code of a status (the first listed for it: 403 is `forbidden`)."""

@@ -139,6 +139,9 @@ class KeysSection:
     dir: str = "keys"
     root_key_version: int = 1
     cookie_signing_kid: str = "k1"
+    tenant_key_cache_seconds: float = 300.0
+    """How long a WCS keeps a tenant key it unwrapped: a key revoked at its source (a
+    customer key disabled in the HSM) stops working on every node within this time."""
 
 
 @dataclass
