@@ -14,12 +14,16 @@ and the server stays up.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+
+from webconf.deploy.keys import KeyFileError
 
 from .audit import AuditLog
 from .crypto import keywrap
 from .store import Store, TenantKeyRow
+from .store.keyrows import add_tenant_key, purged_version
 
 __all__ = ["TenantKeyUnavailable", "TenantKeyring"]
 
@@ -53,7 +57,8 @@ class TenantKeyring:
         """Observer of each unwrap's duration (the service's decrypt histogram)."""
 
     async def current(self, tenant: str) -> tuple[bytes, int]:
-        """The tenant's current key and its version, creating the tenant on first sight."""
+        """The tenant's current key and its version, creating the tenant on first sight
+        (and a fresh key for a tenant purged since: docs/protocol.md §8.5)."""
         row = await self.store.tenant_key(tenant)
         if row is None:
             await self._create(tenant)
@@ -91,13 +96,31 @@ class TenantKeyring:
         return key
 
     async def _create(self, tenant: str) -> None:
-        root = self.root_keys[self.root_key_version]
+        """A new tenant's key version 1, or, for a tenant whose keys a purge destroyed, a
+        key of the version the purge left current (past every version it ever had)."""
+        root_version = self._newest_root_version()
+        root = self.root_keys[root_version]
+        purged_at = await purged_version(self.store, tenant)
+        version = 1 if purged_at is None else purged_at
         wrapped = keywrap.wrap_tenant_key(root, keywrap.new_key(), tenant=tenant,
-                                          tenant_key_version=1,
-                                          root_key_version=self.root_key_version)
-        if await self.store.create_tenant(tenant, wrapped, self.root_key_version, time.time()):
-            self.audit.record("key.create", tenant=tenant, version=1,
-                              wrapped_by=f"root-v{self.root_key_version}")
+                                          tenant_key_version=version,
+                                          root_key_version=root_version)
+        now = time.time()
+        if purged_at is None:
+            made = await self.store.create_tenant(tenant, wrapped, root_version, now)
+        else:
+            made = await add_tenant_key(self.store, tenant, version, wrapped, root_version, now)
+        if made:
+            self.audit.record("key.create", tenant=tenant, version=version,
+                              wrapped_by=f"root-v{root_version}")
+
+    def _newest_root_version(self) -> int:
+        """New tenant keys go under the newest root key present: `webconf keys
+        rotate-root` adds one while servers run (docs/protocol.md §8.5)."""
+        if self._load_root_keys is not None:
+            with contextlib.suppress(KeyFileError):
+                self.root_keys = self._load_root_keys()
+        return max(self.root_keys, default=self.root_key_version)
 
     async def _key(self, row: TenantKeyRow) -> bytes:
         cached = self._cached(row.tenant, row.version)
@@ -124,6 +147,7 @@ class TenantKeyring:
     def _root_key(self, version: int) -> bytes | None:
         root = self.root_keys.get(version)
         if root is None and self._load_root_keys is not None:
-            self.root_keys = self._load_root_keys()  # rotate-root added one since we started
+            with contextlib.suppress(KeyFileError):  # rotate-root added one since we started
+                self.root_keys = self._load_root_keys()
             root = self.root_keys.get(version)
         return root

@@ -61,6 +61,8 @@ CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]
                              r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"\\]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 UPLOADERS = ("organizer", "presenter")
+KEY_RETIRED_RETRIES = 3
+"""Times an upload wraps its DEK again after a rotation retired the version it used."""
 
 
 class ServiceError(Exception):
@@ -160,7 +162,7 @@ class ConferenceService:
         self.keyring = TenantKeyring(
             store, root_keys, cfg.keys.root_key_version,
             cache_seconds=cfg.keys.tenant_key_cache_seconds, audit=self.audit,
-            load_root_keys=lambda: load_root_keys(cfg))
+            load_root_keys=lambda: load_root_keys(cfg, require_configured=False))
         """Unwrapped tenant keys, each for a bounded time (keyring.py)."""
         self.keyring.unwrap_seconds = metrics.decrypt_seconds.observe
         self._known_tenants: set[str] = set()
@@ -417,22 +419,28 @@ class ConferenceService:
         finally:
             self.metrics.encrypt_seconds.observe(encrypt_seconds)
         try:  # from here on the blob is on the share: nothing may fail and leave it there
-            tenant_key, tenant_key_version = await self._tenant_key(who.tenant)
-            now = time.time()
-            row = ItemRow(
-                id=item_id, conference_id=who.conference_id, tenant=who.tenant,
-                presenter_pid=who.participant_id, presenter=who.claims.sub, blob_id=writer.blob_id,
-                wrapped_dek=keywrap.wrap_dek(tenant_key, dek, tenant=who.tenant,
-                                             conference_id=who.conference_id, item_id=item_id,
-                                             tenant_key_version=tenant_key_version),
-                tenant_key_version=tenant_key_version,
-                sealed_name=keywrap.seal_item_field(dek, "name", name, context=context),
-                sealed_content_type=keywrap.seal_item_field(dek, "content_type", content_type,
-                                                            context=context),
-                sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
-                    dek, "sha256", sha256, context=context),
-                plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
-            await self._commit_item(who, row)
+            for attempt in range(KEY_RETIRED_RETRIES + 1):
+                tenant_key, tenant_key_version = await self._tenant_key(who.tenant)
+                now = time.time()
+                row = ItemRow(
+                    id=item_id, conference_id=who.conference_id, tenant=who.tenant,
+                    presenter_pid=who.participant_id, presenter=who.claims.sub,
+                    blob_id=writer.blob_id,
+                    wrapped_dek=keywrap.wrap_dek(tenant_key, dek, tenant=who.tenant,
+                                                 conference_id=who.conference_id,
+                                                 item_id=item_id,
+                                                 tenant_key_version=tenant_key_version),
+                    tenant_key_version=tenant_key_version,
+                    sealed_name=keywrap.seal_item_field(dek, "name", name, context=context),
+                    sealed_content_type=keywrap.seal_item_field(
+                        dek, "content_type", content_type, context=context),
+                    sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
+                        dek, "sha256", sha256, context=context),
+                    plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
+                # A rotation retired the version between our read and our commit (§8.5):
+                # wrap again under the version now current.
+                if await self._commit_item(who, row, last=attempt == KEY_RETIRED_RETRIES):
+                    break
         except BaseException:
             await self.share.remove(writer.blob_id)
             raise
@@ -440,7 +448,7 @@ class ConferenceService:
                           who=who.participant_id, item=row.id, bytes=plaintext_size)
         return self._item_view(row, dek, context)
 
-    async def _commit_item(self, who: Principal, row: ItemRow) -> None:
+    async def _commit_item(self, who: Principal, row: ItemRow, *, last: bool = True) -> bool:
         """Record the item only if `who` may still share now, not just when the upload
         began: an upload can outlive its cookie's revocation or its conference's end
         (docs/protocol.md §4.1). The store checks both in the transaction of the insert."""
@@ -454,6 +462,12 @@ class ConferenceService:
             raise ServiceError("unauthorized", "cookie revoked")
         if outcome == "conference_ended":
             raise ServiceError("unauthorized", "conference has ended")
+        if outcome == "key_retired":
+            if last:
+                raise ServiceError("tenant_key_unavailable",
+                                   "this tenant's content key is unavailable")
+            return False
+        return True
 
     async def list_items(self, who: Principal) -> list[dict[str, Any]]:
         views = []
@@ -506,7 +520,18 @@ class ConferenceService:
         return row
 
     async def _unwrap(self, row: ItemRow) -> ItemKey:
-        tenant_key, _ = await self._tenant_key(row.tenant, row.tenant_key_version)
+        if not row.wrapped_dek:  # a purge destroyed it; its row goes next (§8.5)
+            raise ServiceError("not_found", "unknown item")
+        try:
+            tenant_key, _ = await self._tenant_key(row.tenant, row.tenant_key_version)
+        except ServiceError:
+            # A rotation may have rewrapped the DEK and retired its old version since the
+            # row was read (§8.5): the row read again names the version to use.
+            fresh = await self.store.item(row.conference_id, row.id)
+            if fresh is None or fresh.tenant_key_version == row.tenant_key_version:
+                raise
+            row = fresh
+            tenant_key, _ = await self._tenant_key(row.tenant, row.tenant_key_version)
         started = time.perf_counter()
         try:
             dek = keywrap.unwrap_dek(tenant_key, row.wrapped_dek, tenant=row.tenant,

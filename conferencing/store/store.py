@@ -124,8 +124,9 @@ def _schema_error(url: str, status: SchemaStatus, where: str | None) -> StoreSch
     return StoreSchemaError(status, mismatch_message(status, where))
 
 
-ItemCommit = Literal["committed", "revoked", "conference_ended"]
-"""What `Store.commit_item` did: inserted the row, or refused it and why."""
+ItemCommit = Literal["committed", "revoked", "conference_ended", "key_retired"]
+"""What `Store.commit_item` did: inserted the row, or refused it and why (`key_retired`:
+the tenant key version its DEK is wrapped under was retired meanwhile: rewrap and retry)."""
 
 EventHook = Callable[[str, int], None]
 """Told (conference id, seq) after a transaction that appended events commits."""
@@ -377,7 +378,8 @@ class Store:
         The checks and the insert share one transaction, and the conference and participant
         rows are locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer on SQLite), so a
         revocation or an end that commits first is seen, and one that commits later finds
-        the item and shreds it with the rest (docs/protocol.md §4.1)."""
+        the item and shreds it with the rest (docs/protocol.md §4.1). The tenant key
+        version the DEK is wrapped under must still exist (§8.5)."""
         async with self._write() as conn:
             ended_at = (await conn.execute(
                 select(conferences.c.ended_at).where(conferences.c.id == row.conference_id)
@@ -392,6 +394,14 @@ class Store:
             revoked = await conn.scalar(select(exists().where(revoked_cookies.c.jti == jti)))
             if left_at is None or left_at[0] is not None or revoked:
                 return "revoked"
+            # Shared lock on the key row: a rotation retiring this version waits for us, or
+            # has deleted it and we see it gone (docs/protocol.md §8.5).
+            key = (await conn.execute(select(tenant_keys.c.version).where(
+                tenant_keys.c.tenant == row.tenant,
+                tenant_keys.c.version == row.tenant_key_version).with_for_update(
+                read=True))).first()
+            if key is None:
+                return "key_retired"
             await conn.execute(insert(items).values(**row.__dict__))
             seq = await log.append(conn, row.conference_id, events, row.created_at)
         self._announce(row.conference_id, seq)

@@ -2,6 +2,8 @@
 
 - `root-v<N>.key`   32 random bytes: the service root key, version N. It wraps the tenant
                     keys; losing it crypto-shreds every item, so files are never replaced.
+                    The newest version present wraps new tenant keys; `webconf keys
+                    rotate-root` moves versions no longer used to `retired/`.
 - `cookie-<kid>.pem` Ed25519 private key (PKCS#8 PEM): the cookie-signing key ring. The key
                     named by `keys.cookie_signing_kid` signs; every key in the ring verifies.
 - `sip-nonce.key`   32 random bytes: the HMAC secret behind the focus's stateless Digest
@@ -32,6 +34,7 @@ from webconf.deploy.config import Config
 SECRET_BYTES = 32
 NONCE_KEY_NAME = "sip-nonce.key"
 DIRECTORY_KEY_NAME = "sip-directory.key"
+RETIRED_DIR = "retired"
 MAX_PEM_BYTES = 4096
 """An Ed25519 PKCS#8 PEM is ~120 bytes; anything far bigger is not one of ours."""
 
@@ -187,19 +190,60 @@ def _listing(cfg: Config) -> list[str]:
         raise KeyFileError(f"no keys directory {cfg.keys_dir} (run `webconf init`?)") from None
 
 
-def load_root_keys(cfg: Config) -> dict[int, bytes]:
-    """Every root key version present; the configured current version must be among them."""
+def load_root_keys(cfg: Config, *, require_configured: bool = True) -> dict[int, bytes]:
+    """Every root key version present (not those moved to `retired/`); the configured
+    current version must be among them, unless a running server re-reads the directory
+    after `webconf keys rotate-root` changed it (`require_configured=False`)."""
     keys: dict[int, bytes] = {}
     for name in _listing(cfg):
         m = _ROOT_RE.match(name)
         if m:
             keys[int(m.group(1))] = _read_secret(cfg.keys_dir / name)
-    if cfg.keys.root_key_version not in keys:
+    if require_configured and cfg.keys.root_key_version not in keys:
         raise KeyFileError(
             f"missing key file {root_key_path(cfg, cfg.keys.root_key_version)} "
             f"for keys.root_key_version={cfg.keys.root_key_version}"
         )
     return keys
+
+
+def retired_keys_dir(cfg: Config) -> Path:
+    """Where `webconf keys rotate-root` moves root keys no tenant key uses any more."""
+    return cfg.keys_dir / RETIRED_DIR
+
+
+def load_retired_root_keys(cfg: Config) -> dict[int, bytes]:
+    """The root keys in `retired/`: a rerun of an interrupted rotation may still find a
+    tenant key wrapped under one of them (docs/protocol.md §8.5)."""
+    keys: dict[int, bytes] = {}
+    folder = retired_keys_dir(cfg)
+    if not folder.is_dir():
+        return keys
+    for name in sorted(os.listdir(folder)):
+        m = _ROOT_RE.match(name)
+        if m:
+            keys[int(m.group(1))] = _read_secret(folder / name)
+    return keys
+
+
+def retire_root_key(cfg: Config, version: int) -> bool:
+    """Move root key `version` to `retired/` (0700): no server loads it from there, but it
+    is not destroyed, since a database backup may still hold tenant keys wrapped under it.
+    Deleting it from `retired/` is the operator's irreversible step. False if absent."""
+    source = root_key_path(cfg, version)
+    if not source.exists():
+        return False
+    folder = retired_keys_dir(cfg)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    os.rename(source, folder / source.name)
+    for directory in (folder, cfg.keys_dir):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return True
 
 
 def load_cookie_keys(cfg: Config) -> dict[str, Ed25519PrivateKey]:
