@@ -119,6 +119,10 @@ class MeetingClient:
         return await download_item(self._session(), item, key, context, dest,
                                    expected_sha256=item.get("sha256"))
 
+    async def end_conference(self) -> None:
+        """End the conference for everyone (the organizer only; the focus then sends BYE)."""
+        await self._session().end_conference()
+
     async def list_items(self) -> list[dict[str, Any]]:
         return await self._session().list_items()
 

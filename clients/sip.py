@@ -1,8 +1,10 @@
 """A SIP user agent client for joining conferences over TLS (RFC 3261, Digest RFC 8760).
 
 Only what a meeting client needs: one connection to the focus, INVITE with a Digest
-retry, ACK, BYE, OPTIONS, and CRLF keep-alives. It reuses the pure message, framing and
-digest code of `webconf.sip` (a sans-IO SIP library), so parsing is written once.
+retry, ACK, BYE, OPTIONS, and CRLF keep-alives; a BYE from the focus (the conference
+ended, docs/protocol.md §8.6) is answered 200 and ends its dialog (`ConferenceDialog.ended`).
+It reuses the pure message, framing and digest code of `webconf.sip` (a sans-IO SIP
+library), so parsing is written once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from webconf.sip.message import (
     SipURI,
     parse_name_addr,
     parse_uri,
+    response_bytes,
     serialize,
 )
 from webconf.sip.sdp import parse_multipart
@@ -110,6 +113,8 @@ class SipConnection:
         sock = writer.get_extra_info("sockname") or ("127.0.0.1", 0)
         self.local_host, self.local_port = str(sock[0]), int(sock[1])
         self._responses: dict[str, asyncio.Queue[Response]] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        """Set when the focus sent BYE on the dialog of this Call-ID."""
         self._error: Exception | None = None
         self._reader_task = asyncio.create_task(self._read_loop())
 
@@ -142,6 +147,8 @@ class SipConnection:
                         queue = self._responses.get(event.headers.get("Call-ID") or "")
                         if queue is not None:
                             queue.put_nowait(event)
+                    elif isinstance(event, Request):
+                        self._request(event)
                     elif isinstance(event, FramingError):
                         raise ConnectionError(f"unparseable data from focus: {event.reason}")
                     elif isinstance(event, KeepAlive):
@@ -151,15 +158,31 @@ class SipConnection:
             for queue in self._responses.values():
                 queue.put_nowait(Response(0, str(exc) or type(exc).__name__))
 
+    def _request(self, req: Request) -> None:
+        """A request from the focus: BYE ends its dialog (200, or 481 for one we do not
+        know); we serve nothing else (501)."""
+        if req.method == "ACK":
+            return
+        status = 501
+        if req.method == "BYE":
+            ended = self._ended.get(req.headers.get("Call-ID") or "")
+            status = 481 if ended is None else 200
+            if ended is not None:
+                ended.set()
+        self.send(response_bytes(req, status, headers=[("User-Agent", USER_AGENT)]))
+
     def send(self, data: bytes) -> None:
         self.writer.write(data)
 
-    def register(self, call_id: str) -> None:
-        """Route responses with this Call-ID to `response(call_id)`."""
+    def register(self, call_id: str) -> asyncio.Event:
+        """Route responses with this Call-ID to `response(call_id)`; the event is set when
+        the focus ends the dialog with a BYE."""
         self._responses.setdefault(call_id, asyncio.Queue())
+        return self._ended.setdefault(call_id, asyncio.Event())
 
     def unregister(self, call_id: str) -> None:
         self._responses.pop(call_id, None)
+        self._ended.pop(call_id, None)
 
     async def response(self, call_id: str, *, final: bool = True) -> Response:
         """The next response of this call (skipping provisional ones when `final`)."""
@@ -199,7 +222,8 @@ class ConferenceDialog:
         self.password = password
         self.user_agent = user_agent
         self.call_id = secrets.token_hex(12)
-        conn.register(self.call_id)
+        self.ended = conn.register(self.call_id)
+        """Set once the focus ended the dialog with a BYE (its conference ended)."""
         self.local_tag = secrets.token_hex(6)
         self.remote_tag: str | None = None
         self.cseq = 0
@@ -295,7 +319,11 @@ class ConferenceDialog:
         self.remote_tag = saved
 
     async def leave(self) -> int:
-        """BYE; returns the status (200 normally, 481 if the focus forgot us)."""
+        """BYE; returns the status (200 normally, 481 if the focus forgot us; 200 without
+        a request when the focus already ended the dialog)."""
+        if self.ended.is_set():
+            self.conn.unregister(self.call_id)
+            return 200
         data, _ = self._request("BYE", uri=self.remote_target)
         self.conn.send(data)
         try:

@@ -249,6 +249,10 @@ class WcsSession:
             raise
         return dict(result["item"])
 
+    async def end_conference(self) -> None:
+        """End the conference for everyone (organizer only; docs/protocol.md §8.6)."""
+        await self._json("DELETE", self.base_url)
+
     async def list_items(self) -> list[dict[str, Any]]:
         body = await self._json("GET", f"{self.base_url}/items")
         return list(body["items"])

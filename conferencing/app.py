@@ -44,6 +44,7 @@ from webconf.deploy.logs import configure_logging
 from webconf.deploy.loop import install_fast_loop
 from webconf.deploy.serve import drain_seconds, read_restarts
 
+from . import lifecycle
 from .api import internal, link, public
 from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
@@ -122,6 +123,8 @@ class WcsServer:
     """Revokes the participants of dead focus processes (`conferencing.leases`)."""
     sweep_task: asyncio.Task[None] | None = None
     """Removes unreferenced share files while serving (`_sweep_share`)."""
+    lifecycle_task: asyncio.Task[None] | None = None
+    """Ends idle conferences and shreds content past its grace (`conferencing.lifecycle`)."""
     guards: dict[str, ConnectionGuard] = field(default_factory=dict)
     """Each listener's connection cap and head timer (`conferencing.listener`)."""
 
@@ -191,6 +194,10 @@ class WcsServer:
             self.sweep_task = asyncio.create_task(
                 _sweep_share(self.service, cfg.wcs.share_sweep_seconds),
                 name="wcs-share-sweep")
+        if cfg.wcs.lifecycle_sweep_seconds > 0:
+            self.lifecycle_task = asyncio.create_task(
+                lifecycle.run(self.service.lifecycle, cfg.wcs.lifecycle_sweep_seconds),
+                name="wcs-lifecycle")
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close."""
@@ -201,18 +208,19 @@ class WcsServer:
                 await task
         self.event_tasks.clear()
         if self.service is not None:
+            await self.service.endings.close()
             await self.service.feed.close()
         if self.purge_task is not None:
             self.purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.purge_task
             self.purge_task = None
-        for background in (self.lease_task, self.sweep_task):
+        for background in (self.lease_task, self.sweep_task, self.lifecycle_task):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        self.lease_task = self.sweep_task = None
+        self.lease_task = self.sweep_task = self.lifecycle_task = None
         for runner in self.runners:
             for site in list(runner.sites):
                 await site.stop()

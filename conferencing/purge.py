@@ -115,6 +115,10 @@ async def purge_tenant(store: Store, share: FileShare, audit: AuditLog, tenant: 
         conference_ids = await keyrows.open_conferences(store, tenant)
         for conference_id in conference_ids:
             ended = await store.end_conference(conference_id, time.time(), [_ended_event()])
+            if ended is None:  # ended meanwhile (by its organizer, or idle)
+                continue
+            audit.record("conference.end", tenant=tenant, conference=conference_id,
+                         reason="purge", revoked=len(ended))
             counts.conferences += 1
             counts.participants += len(ended)
         if conference_ids:

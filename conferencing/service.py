@@ -34,7 +34,6 @@ from webconf.deploy.config import Config
 from webconf.deploy.keys import load_root_keys
 from webconf.events import (
     ChannelEvent,
-    ConferenceEnded,
     ItemRemoved,
     ItemShared,
     Participant,
@@ -49,10 +48,12 @@ from .audit import AuditLog
 from .cookie_cache import CookieCache
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
+from .endings import EndNotices
 from .etags import EtagMinter
 from .eventlog import EventFeed
 from .events import EventHub
 from .keyring import TenantKeyring, TenantKeyUnavailable
+from .lifecycle import EndReason, Lifecycle
 from .metrics import Metrics
 from .share import FileShare, ShareError
 from .store import ConferenceRow, EventRow, ItemRow, NewEvent, ParticipantRow, Store
@@ -154,8 +155,12 @@ class ConferenceService:
                               poll_seconds=cfg.wcs.event_poll_seconds)
         """The one path from the event log to this process's channels."""
         store.on_commit = self.feed.wake
+        self.endings = EndNotices(self.feed, store)
+        """Which focus links follow which conferences' ends (endings.py)."""
         self.cookie_cache = CookieCache(self.feed, expired=cookies.expired)
         """Verified cookies, dropped at their revocation (cookie_cache.py)."""
+        self.lifecycle = Lifecycle(cfg.wcs, store, share, self.audit, self.cookie_cache)
+        """Ends, the idle sweep and the grace's shred (lifecycle.py)."""
         self.metrics = metrics
         self.etags = EtagMinter(root_keys[self.root_key_version])
         """Keyed ETags: a blob id on the share must not show through (docs/protocol.md §4.1)."""
@@ -219,8 +224,12 @@ class ConferenceService:
                 created_at=now, ended_at=None))
         conference_id = conf.id
         if conf.ended_at is not None:
-            if user != conf.organizer:
+            if user != conf.organizer:  # only the organizer reopens (§8.6)
                 raise ServiceError("not_found", "conference has ended")
+            grace_before = now - self.cfg.wcs.content_grace_seconds
+            if conf.ended_at < grace_before:  # the sweep has not come yet: start empty
+                await self.lifecycle.shred(conference_id, tenant=tenant,
+                                           ended_before=grace_before)
             await self.store.reopen_conference(conference_id)
         effective_role = "organizer" if user == conf.organizer else (
             role if role in ("attendee", "presenter") else "attendee")
@@ -253,19 +262,16 @@ class ConferenceService:
             return existing is not None and existing.conference_id == conference_id
         return True
 
-    async def end_conference(self, conference_id: str) -> bool:
-        conf = await self.store.conference(conference_id)
-        if conf is None:
-            return False
-        try:
-            await self.store.end_conference(conference_id, time.time(),
-                                            [_log(ConferenceEnded(), final=True)])
-        finally:  # as in revoke_participant
-            self.cookie_cache.drop_conference(conference_id)
-        if not await self.store.tenant_retains_content(conf.tenant):
-            for row in await self.store.delete_items(conference_id):
-                await self.share.remove(row.blob_id)
-        return True
+    async def end_conference(self, conference_id: str,
+                             reason: EndReason = "internal") -> bool:
+        """End it now (lifecycle.py, docs/protocol.md §8.6); False if unknown or ended."""
+        return await self.lifecycle.end(conference_id, reason)
+
+    async def end_by_organizer(self, who: Principal) -> None:
+        """`DELETE /v1/conferences/{conf}`: the organizer ends the meeting for everyone."""
+        if who.role != "organizer":
+            raise ServiceError("forbidden", "only the organizer may end the conference")
+        await self.lifecycle.end(who.conference_id, "organizer")
 
     # -- focus leases (docs/protocol.md §7) ------------------------------------------
     async def heartbeat_focus_node(self, name: str) -> None:
@@ -393,6 +399,8 @@ class ConferenceService:
         dek = keywrap.new_key()
         context = item_context(who.tenant, who.conference_id, item_id)
         encryptor = Encryptor(dek, context)
+        quota = self.cfg.wcs.max_conference_bytes
+        room = quota - await self.store.conference_bytes(who.conference_id)
         writer = await self.share.create()
         plaintext_size = 0
         encrypt_seconds = 0.0
@@ -402,6 +410,8 @@ class ConferenceService:
                 plaintext_size += len(chunk)
                 if plaintext_size > max_bytes:
                     raise ServiceError("too_large", f"upload exceeds {max_bytes} bytes")
+                if plaintext_size > room:
+                    raise _over_quota(quota)
                 started = time.perf_counter()
                 if hasher is not None:
                     hasher.update(chunk)
@@ -457,7 +467,10 @@ class ConferenceService:
         # The log row names the item only: no key in the log (or in a NOTIFY).
         outcome = await self.store.commit_item(row, jti=who.claims.jti, events=[NewEvent(
             type=ItemShared.TYPE, payload=_json({"type": ItemShared.TYPE,
-                                                 "item": {"id": row.id}}))])
+                                                 "item": {"id": row.id}}))],
+            max_conference_bytes=self.cfg.wcs.max_conference_bytes)
+        if outcome == "quota":  # a concurrent upload took the room first
+            raise _over_quota(self.cfg.wcs.max_conference_bytes)
         if outcome == "revoked":
             raise ServiceError("unauthorized", "cookie revoked")
         if outcome == "conference_ended":
@@ -569,6 +582,11 @@ class ConferenceService:
         meanwhile belongs to a file younger than the cutoff, which stays."""
         known = await self.store.blob_ids()
         return await asyncio.to_thread(self.share.sweep, known, min_age_seconds=min_age_seconds)
+
+
+def _over_quota(quota: int) -> ServiceError:
+    return ServiceError("conference_quota",
+                        f"the conference's content would exceed {quota} bytes")
 
 
 def _check_name(name: str, max_bytes: int) -> str:

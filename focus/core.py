@@ -12,7 +12,9 @@ Operations (each returns a list of `focus.events` outputs; `now` is wall-clock s
 - `admitted(ticket, admission, now)` / `admission_failed(ticket, AdmitRefused |
   AdmitUnavailable, now)`: the result of an `Admit` effect; the WCS-failure -> SIP-status
   mapping lives here;
-- `expire(now)` for the orphan timers (`next_deadline()` says when).
+- `expire(now)` for the orphan and BYE timers (`next_deadline()` says when);
+- `end_conference(wcs_conference, now)`: the WCS ended it (docs/protocol.md §7.3): a BYE on
+  each of its dialogs (focus/requests.py), each ended at the BYE's answer or timeout.
 
 Goals: every request gets exactly one final response (RFC 3261 §8.2, §12, §17.2), or the
 connection is closed for a framing error; every admitted participant is revoked exactly
@@ -57,6 +59,7 @@ from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
 from webconf.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,
+    Response,
     SipParseError,
     SipURI,
     address_facts,
@@ -65,8 +68,8 @@ from webconf.sip.message import (
     response_bytes,
     validate_request,
 )
-from webconf.sip.syntax import is_token
 
+from .addresses import bracket_addr_spec
 from .dialogs import AwaitingAdmission, AwaitingCredentials, Dialog, DialogKey, DialogState
 from .events import (
     Admit,
@@ -82,6 +85,7 @@ from .events import (
     Revoke,
     Send,
 )
+from .requests import ByeSender, dialog_route
 
 __all__ = [
     "ALLOW", "Admission", "Admit", "AdmitRefused", "AdmitUnavailable", "Close", "Conn",
@@ -103,38 +107,6 @@ _MEMO_MAX = 1024
 """Entries of each per-core memo (contacts, agents' algorithms) before it starts afresh."""
 _MEMO_MAX_VALUE = 512
 """Longer keys or values are not memoised (bounds the memos' memory)."""
-
-
-def bracket_addr_spec(value: str) -> str:
-    """A From/To value in addr-spec form whose ";" parameters cannot be header parameters,
-    rewritten as `<uri;params>;tag=...`; any other value unchanged.
-
-    RFC 3261 §20.10 puts a URI containing ";" inside angle brackets, but pjsua2 (pjsip 2.15)
-    dialing `sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:K7Q2` sends that To
-    bare, and then cannot parse the same To echoed in our responses (`opaque=app:conf:...`
-    is no token), so it never sees the 401 or the 200 and the join times out. A value like
-    that can only mean URI parameters; valid values (bare or bracketed) are left alone.
-    """
-    text = value.strip()
-    if not text or "<" in text or '"' in text:
-        return value
-    start = text.find("@") + 1  # a user part may hold ";" (RFC 3261 user-unreserved)
-    cut = text.find(";", start)
-    if cut < 0:
-        return value
-    uri, params = text[:cut], [p.strip() for p in text[cut + 1:].split(";")]
-
-    def header_param(param: str) -> bool:
-        name, eq, val = param.partition("=")
-        return is_token(name.strip()) and (not eq or is_token(val.strip()) or (
-            val.strip().startswith("[") and val.strip().endswith("]")))
-
-    if all(header_param(p) for p in params):
-        return value
-    is_tag = [p.partition("=")[0].strip().lower() == "tag" for p in params]
-    inside = [p for p, tag in zip(params, is_tag, strict=True) if not tag]
-    outside = [p for p, tag in zip(params, is_tag, strict=True) if tag]
-    return "<" + ";".join([uri, *inside]) + ">" + "".join(";" + p for p in outside)
 
 
 @dataclass(frozen=True)
@@ -206,6 +178,8 @@ class FocusCore:
         """Contact value per (scheme, conference user, transport, gruu/opaque)."""
         self._agent_algorithms: dict[str, tuple[str, ...]] = {}
         """Algorithms offered per User-Agent value."""
+        self._byes = ByeSender(settings.contact_host, settings.contact_port,
+                               settings.tcp_contact_port)
 
     # -- connections ---------------------------------------------------------------------
     def connection_made(self, conn: Conn) -> None:
@@ -230,8 +204,11 @@ class FocusCore:
     def next_deadline(self) -> float | None:
         """When the first orphaned dialog's grace ends (None: no dialog is orphaned); costs
         O(orphans), not O(dialogs): the edge asks after every lost connection."""
-        deadlines = [d.orphaned_at for d in self._orphans.values() if d.orphaned_at is not None]
-        return min(deadlines) + self.settings.leave_grace_seconds if deadlines else None
+        grace = self.settings.leave_grace_seconds
+        deadlines = [d.orphaned_at + grace for d in self._orphans.values()
+                     if d.orphaned_at is not None]
+        bye = self._byes.next_deadline()
+        return min(deadlines + ([] if bye is None else [bye]), default=None)
 
     def expire(self, now: float) -> list[Output]:
         grace = self.settings.leave_grace_seconds
@@ -243,7 +220,30 @@ class FocusCore:
         out: list[Output] = []
         for dialog in expired:
             out += self._terminate(dialog, "connection lost")
+        for key in self._byes.expired(now):  # our BYE got no answer: it ends anyway
+            out += self._end_dialog(key)
         return out
+
+    def end_conference(self, wcs_conference: str, now: float) -> list[Output]:
+        """BYE each dialog of the conference the WCS ended, on its newest usable
+        connection; one it cannot reach (orphaned, no route) ends at once."""
+        out: list[Output] = []
+        for dialog in [d for d in self._dialogs.values() if d.wcs_conference == wcs_conference
+                       and not self._byes.ending(d.key)]:
+            conns = [s.conn for i in sorted(dialog.conn_ids)
+                     if (s := self._conns.get(i)) is not None and not s.closed]
+            bye = self._byes.send(dialog, dialog.route, conns[-1], now) if (
+                conns and dialog.route) else None
+            out += [bye] if bye is not None else self._terminate(dialog, "conference ended")
+        return self._guard(out)
+
+    def conferences(self) -> set[str]:
+        """The WCS ids of the conferences with a dialog here (the link's `watch`)."""
+        return {d.wcs_conference for d in self._dialogs.values()}
+
+    def _end_dialog(self, key: DialogKey | None) -> list[Output]:
+        dialog = self._dialogs.get(key) if key is not None else None
+        return [] if dialog is None else self._terminate(dialog, "conference ended")
 
     @property
     def dialog_count(self) -> int:
@@ -309,7 +309,8 @@ class FocusCore:
             elif isinstance(event, Request):
                 out += self._guard(self._request(state, event, now))
                 budget = None if budget is None else budget - 1
-            # a response: the focus sends no requests, so it matches nothing
+            elif isinstance(event, Response):  # to our BYE (focus/requests.py), or nothing
+                out += self._end_dialog(self._byes.answered(event))
         return out
 
     def _guard(self, outputs: list[Output]) -> list[Output]:
@@ -528,7 +529,7 @@ class FocusCore:
             remote_tag=from_tag, conn_ids={pending.conn.id}, conference_id=pending.conference_id,
             wcs_conference=admission.conference, participant_id=admission.participant,
             user=pending.user, role=admission.role, answer=(content_type, body), contact=contact,
-            sdp_session_id=pending.sdp_session_id)
+            sdp_session_id=pending.sdp_session_id, route=dialog_route(req))
         self._dialogs[dialog.key] = dialog
         state.dialogs.add(dialog.key)
         self._remember(state, pending.branch, "INVITE", data)

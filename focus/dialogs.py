@@ -81,6 +81,20 @@ _TRANSITIONS: dict[DialogState, frozenset[DialogState]] = {
 """The only moves a dialog can make; a repeated ACK keeps a confirmed dialog confirmed."""
 
 
+@dataclass(frozen=True, slots=True)
+class DialogRoute:
+    """What a request the focus sends in a dialog needs (RFC 3261 §12.1.1)."""
+
+    remote_target: str
+    """The Request-URI: the INVITE's Contact URI (else its From URI)."""
+    route_set: tuple[str, ...]
+    """The INVITE's Record-Route values in order: our Route header fields."""
+    local: str
+    """Our From: the INVITE's To value (the conference URI), without our tag."""
+    remote: str
+    """Our To: the INVITE's From value, with the caller's tag."""
+
+
 @dataclass
 class Dialog:
     """One joined participant's dialog with the focus."""
@@ -108,6 +122,8 @@ class Dialog:
     sdp_session_id: int = 0
     sdp_version: int = 1
     """RFC 3264 §8: later answers keep the session id and bump the version."""
+    route: DialogRoute | None = None
+    """How to send it a request (focus/requests.py): the BYE when its conference ends."""
 
     @property
     def key(self) -> DialogKey:

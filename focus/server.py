@@ -155,8 +155,11 @@ class FocusServer:
         self._revoke_workers = [asyncio.create_task(self._revoke_worker())
                                 for _ in range(REVOKE_WORKERS)]
         start_link = getattr(self.wcs, "start_link", None)  # a stand-in client has none
-        if start_link is not None:  # the persistent link to the WCS (docs/protocol.md §7.3);
-            await start_link()  # until it is up, and whenever it is down: HTTP
+        if start_link is not None:
+            self.wcs.on_ended = self._conference_ended  # BYEs (docs/protocol.md §7.3)
+            self.wcs.on_link_up = lambda: self._spawn(self._watch())
+            # the persistent link to the WCS (docs/protocol.md §7.3); until it is up, and
+            await start_link()  # whenever it is down: HTTP
         if self.lease_name is not None:
             renewed = await self._renew_lease()
             log.info(json.dumps({"event": "lease.start", "lease": self.lease_name,
@@ -379,6 +382,22 @@ class FocusServer:
                         await asyncio.sleep(backoff.next_delay())
             finally:
                 self._revokes.task_done()
+
+    def _conference_ended(self, wcs_conference: str) -> None:
+        """The WCS ended the conference: BYE its dialogs here (focus/requests.py)."""
+        if self._core is not None:
+            self._run(self.core.end_conference(wcs_conference, time.time()))
+            self._timer_wakeup.set()  # the BYEs' timeout
+
+    async def _watch(self) -> None:
+        """The link came up: follow the ends of the conferences we have dialogs in (an
+        end while the link was down is told at once)."""
+        if self._core is None:
+            return
+        try:
+            await self.wcs.watch(sorted(self.core.conferences()))
+        except (WcsUnavailable, WcsRefused) as exc:
+            log.warning(json.dumps({"event": "watch.failed", "error": _failure(exc)}))
 
     async def _timers(self) -> None:
         while True:

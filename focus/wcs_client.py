@@ -43,6 +43,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -60,6 +61,8 @@ log = logging.getLogger("webconf.focus.wcs")
 
 REVOKE_RETRY_DELAY = 0.2
 """Seconds before the one retry of a revoke that found the WCS unavailable."""
+WATCH_BATCH = 8192
+"""Conference ids per `watch` operation (the WCS's cap, conferencing/api/link.py)."""
 LINK_START_WAIT = 2.0
 """How long `start_link` waits, at most, for the link's first connection attempt."""
 _BASE = "/internal/v1/conferences"
@@ -122,6 +125,10 @@ class WcsClient:
         the pool (a lease that misses its timeout costs every participant of the focus)."""
         self.link: WcsLink | None = None
         """The persistent link, once `start_link` made it (None: HTTP only)."""
+        self.on_ended: Callable[[str], None] | None = None
+        """Told each conference the WCS ended (set before `start_link`; `WcsLink`)."""
+        self.on_link_up: Callable[[], None] | None = None
+        """Called each time the link comes up (set before `start_link`)."""
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit, keepalive_timeout=30.0)
@@ -144,7 +151,8 @@ class WcsClient:
         once the first attempt ended or after `wait` (default: at most 2 s); calls go over
         HTTP until the link is up, and whenever it is down."""
         if self.link is None:
-            self.link = WcsLink(f"{self.base_url}{LINK_PATH}", self._ssl, timeout=self.timeout)
+            self.link = WcsLink(f"{self.base_url}{LINK_PATH}", self._ssl, timeout=self.timeout,
+                                on_ended=self.on_ended, on_up=self.on_link_up)
         await self.link.start(min(self.timeout, LINK_START_WAIT) if wait is None else wait)
 
     async def close(self) -> None:
@@ -202,6 +210,23 @@ class WcsClient:
         _check_id("conference", conference_id)
         status, _ = await self._call("DELETE", f"{_BASE}/{conference_id}", missing_ok=True)
         return self._deleted("end", status)
+
+    async def watch(self, conferences: list[str]) -> None:
+        """Follow these conferences' ends over the link (docs/protocol.md §7.3), in
+        batches of `WATCH_BATCH`. Nothing to do while the link is down: the focus sends
+        its watch again each time the link comes up. Raises WcsUnavailable/WcsRefused."""
+        link = self.link
+        for start in range(0, len(conferences), WATCH_BATCH):
+            if link is None or not link.up:
+                return
+            op = {"op": "watch", "conferences": conferences[start:start + WATCH_BATCH]}
+            try:
+                result = await link.call(op, self.timeout)
+            except LinkDown:
+                return
+            except (LinkLost, TimeoutError) as exc:
+                raise WcsUnavailable(f"WCS watch (link): {type(exc).__name__}") from None
+            self._link_answer("WATCH", LINK_PATH, result, False, False)
 
     async def heartbeat(self, *, timeout: float | None = None) -> None:
         """Renew this process's lease (the WCS creates it on the first one). Silent on

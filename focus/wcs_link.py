@@ -13,6 +13,11 @@ over HTTP instead. An operation that was queued but never sent when the link dro
 `LinkDown` too; one that was sent and not answered gets `LinkLost` (it may or may not have
 happened, as with an HTTP request whose connection broke).
 
+The WCS also sends notices without an id: `{"ended": <conference id>}` when a conference
+this focus follows has ended (docs/protocol.md §7.3): `on_ended` gets the id, and the focus
+sends BYE on that conference's dialogs. `on_up` runs each time the link comes up, so the
+focus can (re)send its `watch` of the conferences it has dialogs in.
+
 Secrecy: results carry cookies; nothing here logs a frame, a result or an operation.
 """
 
@@ -25,6 +30,7 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -61,8 +67,14 @@ class WcsLink:
     """The persistent link of one focus process; `start()` it, `close()` it on shutdown."""
 
     def __init__(self, url: str, ssl_context: ssl.SSLContext, *, timeout: float,
-                 reconnect: Backoff | None = None) -> None:
+                 reconnect: Backoff | None = None,
+                 on_ended: Callable[[str], None] | None = None,
+                 on_up: Callable[[], None] | None = None) -> None:
         self.url = url
+        self.on_ended = on_ended
+        """Told the id of each conference the WCS says has ended."""
+        self.on_up = on_up
+        """Called each time the link comes up."""
         self._ssl = ssl_context
         self._timeout = timeout
         """Bounds each connection attempt, TLS handshake and upgrade included."""
@@ -175,6 +187,8 @@ class WcsLink:
             event["outage_seconds"] = round(time.monotonic() - self._down_since, 3)
             self._down_since = None
         log.info(json.dumps(event))
+        if self.on_up is not None:
+            self.on_up()
 
     def _went_down(self, reason: str) -> None:
         """Log the start of an outage once (the reason names no secret: no frame in it)."""
@@ -233,6 +247,9 @@ class WcsLink:
             for result in results:
                 op_id = result.get("id") if isinstance(result, dict) else None
                 if type(op_id) is not int:
+                    ended = result.get("ended") if isinstance(result, dict) else None
+                    if isinstance(ended, str) and self.on_ended is not None:
+                        self.on_ended(ended)
                     continue
                 future = self._pending.pop(op_id, None)
                 if future is not None and not future.done():

@@ -247,6 +247,9 @@ def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> d
             # A WebSocket upgrade is not an HTTP fuzzer's job: test_channel.py and
             # test_channel_answers_are_documented cover it.
             {"include-operation-id": "openChannel", "enabled": False},
+            # Ending the conference would end the run's cookie with it: tests/test_lifecycle.py
+            # covers it.
+            {"include-operation-id": "endConference", "enabled": False},
         ],
     }
 

@@ -103,8 +103,12 @@ async def test_upload_in_flight_after_revocation_commits_nothing(what: str, wcs:
 
 
 async def test_item_committed_before_the_end_is_shredded_by_it(wcs: Wcs) -> None:
-    """An upload that commits before the end is an ordinary item: the end shreds it."""
-    alice = await wcs.admit("UPEND", ALICE)
+    """An upload that commits before the end is an ordinary item: an end that shreds
+    (the tenant's `shred_content_at_end`, docs/protocol.md §8.6) shreds it."""
+    assert wcs.server is not None and wcs.server.service is not None
+    alice = await wcs.admit("UPEND", ALICE)  # the tenant exists from its first admit on
+    assert await wcs.server.service.store.set_tenant_shreds_content_at_end(
+        "contoso.example", True)
     blobs = blob_files(wcs)
     status, body = await wcs.upload(alice, os.urandom(10_000))
     assert status == 201, body

@@ -266,20 +266,23 @@ async def test_revoked_cookie_refused_at_once(wcs: Wcs) -> None:
         assert resp.status == 401
 
 
-async def test_end_conference_shreds_items(wcs: Wcs) -> None:
+async def test_end_conference_keeps_items_for_the_grace(wcs: Wcs) -> None:
+    """An end keeps the content for `wcs.content_grace_seconds` (tests/test_lifecycle.py
+    covers the shred after it and `shred_content_at_end`)."""
     alice = await wcs.admit("E1", "alice@contoso.example")
     await wcs.upload(alice, b"a" * 40_000)
     await wcs.upload(alice, b"b" * 40_000)
     assert len([p for p in wcs.cfg.share_dir.rglob("*") if p.is_file()]) == 2
     assert await wcs.end("E1") == 204
-    assert [p for p in wcs.cfg.share_dir.rglob("*") if p.is_file()] == []
+    assert len([p for p in wcs.cfg.share_dir.rglob("*") if p.is_file()]) == 2
+    assert await wcs.end("E1") == 404  # ended already: nothing ended by this call
     assert await wcs.end("nope") == 404
     # The organizer may reopen it; the old cookie stays dead.
     alice2 = await wcs.admit("E1", "alice@contoso.example")
     async with wcs.http.get(wcs.items_url("E1"), headers=alice.headers) as resp:
         assert resp.status == 401
     async with wcs.http.get(wcs.items_url("E1"), headers=alice2.headers) as resp:
-        assert resp.status == 200 and (await resp.json())["items"] == []
+        assert resp.status == 200 and len((await resp.json())["items"]) == 2
 
 
 async def test_blob_swapped_between_items_fails_decryption(wcs: Wcs) -> None:

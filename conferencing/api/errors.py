@@ -35,6 +35,7 @@ STATUS_BY_CODE = {
     "request_timeout": 408,
     "conflict": 409,
     "too_large": 413,
+    "conference_quota": 413,
     "unsupported_media_type": 415,
     "range_not_satisfiable": 416,
     "too_many_requests": 429,

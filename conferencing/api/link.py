@@ -7,10 +7,13 @@ each focus process keeps one WebSocket, `GET /internal/v1/link` on the internal 
 before the upgrade), and sends operations with ids, many in flight, several per frame:
 
 - client -> WCS: text frames, each a JSON array of 1 to `MAX_OPS_PER_FRAME` operations
-  `{"id": n, "op": "admit"|"revoke"|"heartbeat"|"release", ...fields}`;
+  `{"id": n, "op": "admit"|"revoke"|"heartbeat"|"release"|"watch", ...fields}`;
 - WCS -> client: text frames, each a JSON array of results `{"id": n, "status": s}` plus
   `"body"` (an admit's join body) or `"error": {"code", "message"}` exactly as the HTTP
-  answer would carry them (`api/internal_ops.py` does the work for both).
+  answer would carry them (`api/internal_ops.py` does the work for both), and notices
+  without an id: `{"ended": <conference id>}` when a conference the link follows ended.
+  The link follows the conference of every admit it carried and those a `watch` names
+  (`{"op": "watch", "conferences": [ids]}`, 204; conferencing/endings.py).
 
 Each operation runs as its own task, so concurrent admits reach the store together (which
 commits them together); results leave as they complete, everything completed within one
@@ -33,7 +36,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from webconf.deploy.db import is_unavailable
 
-from ..service import ConferenceService, ServiceError
+from ..service import ConferenceService, ServiceError, valid_id
 from . import internal_ops, strict_json
 from .context import SERVICE
 from .errors import STATUS_BY_CODE
@@ -50,6 +53,8 @@ MAX_OPS_PER_FRAME = 512
 """Operations in one client frame, and results in one WCS frame, at most."""
 MAX_IN_FLIGHT = 4096
 """Operations of one link running at once, at most."""
+MAX_WATCH = 8192
+"""Conference ids in one `watch` operation, at most (the focus splits a longer list)."""
 MAX_OP_ID = 2**53 - 1
 """Ids are integers 0 .. 2^53 - 1 (exact in every JSON implementation)."""
 CLOSE_MALFORMED = WSCloseCode.POLICY_VIOLATION
@@ -167,7 +172,12 @@ class _Link:
     # -- running -----------------------------------------------------------------------------
     async def _run(self, op_id: int, op: dict[str, Any]) -> None:
         try:
-            result = await execute(self.service, op)
+            if op.get("op") == "watch":
+                result = self._watch(op.get("conferences"))
+            else:
+                result = await execute(self.service, op)
+                if op.get("op") == "admit" and result["status"] == 201:
+                    self.service.endings.follow(self, result["body"]["conference"])
         finally:
             del self.running[op_id]
             if len(self.running) + MAX_OPS_PER_FRAME <= MAX_IN_FLIGHT:
@@ -175,6 +185,23 @@ class _Link:
         result["id"] = op_id
         self.results.append(result)
         self.results_ready.set()
+
+    def _watch(self, conferences: object) -> dict[str, Any]:
+        """Follow these conferences' ends (the focus's dialogs, sent when the link comes
+        up): 204, or 400 for anything but a list of at most `MAX_WATCH` conference ids."""
+        if not isinstance(conferences, list) or len(conferences) > MAX_WATCH or not all(
+                isinstance(c, str) and valid_id(c) for c in conferences):
+            return _error(400, "bad_request",
+                          f"conferences must be a list of at most {MAX_WATCH} conference ids")
+        for conference_id in conferences:
+            self.service.endings.follow(self, conference_id)
+        return {"status": 204}
+
+    def conference_ended(self, conference_id: str) -> None:
+        """A followed conference ended (conferencing/endings.py): tell the focus."""
+        if not self.ws.closed:
+            self.results.append({"ended": conference_id})
+            self.results_ready.set()
 
     # -- writing -----------------------------------------------------------------------------
     async def _write(self) -> None:
@@ -243,6 +270,7 @@ async def link(request: web.Request) -> web.StreamResponse:
         await current.serve()
     finally:
         links.discard(current)
+        current.service.endings.unfollow_all(current)
     return ws
 
 

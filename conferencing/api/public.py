@@ -133,6 +133,13 @@ async def delete_item(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def end_conference(request: web.Request) -> web.Response:
+    """`DELETE /v1/conferences/{conf}`: the organizer ends it for everyone (§8.6)."""
+    who = await authenticate(request)
+    await request.app[SERVICE].end_by_organizer(who)
+    return web.Response(status=204)
+
+
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
     """One `bytes=` range as (start, end_exclusive); None means serve the whole blob.
 
@@ -234,6 +241,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """The public API's routes, the data channel's included."""
     base = "/v1/conferences/{conf}"
+    app.router.add_delete(base, end_conference)
     app.router.add_post(f"{base}/items", upload_item)
     app.router.add_get(f"{base}/items", list_items)
     app.router.add_get(f"{base}/items/{{item}}/key", item_key)

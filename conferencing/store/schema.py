@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -30,7 +31,9 @@ tenants = Table(
     metadata,
     Column("domain", String(255), primary_key=True),
     Column("current_key_version", Integer, nullable=False),
-    Column("retain_content", Boolean, nullable=False, default=False),
+    # Shred a conference's content when it ends instead of after the grace period
+    # (`wcs.content_grace_seconds`, docs/protocol.md §8.6).
+    Column("shred_content_at_end", Boolean, nullable=False, server_default=false()),
     Column("created_at", Float, nullable=False),
 )
 

@@ -124,7 +124,7 @@ def _schema_error(url: str, status: SchemaStatus, where: str | None) -> StoreSch
     return StoreSchemaError(status, mismatch_message(status, where))
 
 
-ItemCommit = Literal["committed", "revoked", "conference_ended", "key_retired"]
+ItemCommit = Literal["committed", "revoked", "conference_ended", "key_retired", "quota"]
 """What `Store.commit_item` did: inserted the row, or refused it and why (`key_retired`:
 the tenant key version its DEK is wrapped under was retired meanwhile: rewrap and retry)."""
 
@@ -225,7 +225,7 @@ class Store:
         try:
             async with self._write() as conn:
                 await conn.execute(insert(tenants).values(
-                    domain=tenant, current_key_version=1, retain_content=False, created_at=now))
+                    domain=tenant, current_key_version=1, created_at=now))
                 await conn.execute(insert(tenant_keys).values(
                     tenant=tenant, version=1, wrapped_key=wrapped_key,
                     root_key_version=root_key_version, created_at=now))
@@ -233,11 +233,19 @@ class Store:
             return False
         return True
 
-    async def tenant_retains_content(self, tenant: str) -> bool:
+    async def tenant_shreds_content_at_end(self, tenant: str) -> bool:
+        """The tenant's `shred_content_at_end` setting (docs/protocol.md §8.6)."""
         async with self.engine.connect() as conn:
             value = await conn.scalar(
-                select(tenants.c.retain_content).where(tenants.c.domain == tenant))
+                select(tenants.c.shred_content_at_end).where(tenants.c.domain == tenant))
         return bool(value)
+
+    async def set_tenant_shreds_content_at_end(self, tenant: str, value: bool) -> bool:
+        """Set it; False if the tenant does not exist."""
+        async with self._write() as conn:
+            result = await conn.execute(update(tenants).where(tenants.c.domain == tenant)
+                                        .values(shred_content_at_end=value))
+        return bool(result.rowcount)
 
     # -- conferences -------------------------------------------------------------
     async def conference(self, conference_id: str) -> ConferenceRow | None:
@@ -275,15 +283,21 @@ class Store:
                                .values(ended_at=None))
 
     async def end_conference(self, conference_id: str, now: float,
-                             events: Sequence[NewEvent] = ()) -> list[ParticipantRow]:
-        """Mark the conference ended and every active participant left, revoking their
-        cookies and appending `events` in the same transaction. Returns the participants
-        it ended."""
+                             events: Sequence[NewEvent] = (), *,
+                             idle_before: float | None = None) -> list[ParticipantRow] | None:
+        """End the conference if it is not ended yet (with `idle_before`: only if nobody
+        joined since then and nobody holds a live cookie, `idle_condition`): mark every
+        active participant left, revoke their cookies and append `events`, in one
+        transaction. Returns the participants it ended, or None when this call ended
+        nothing (ended already, by another node, or no longer idle)."""
         async with self._write() as conn:
             await log.lock_conference(conn, conference_id)
-            await conn.execute(update(conferences).where(
+            q = update(conferences).where(
                 conferences.c.id == conference_id, conferences.c.ended_at.is_(None))
-                .values(ended_at=now))
+            if idle_before is not None:
+                q = q.where(idle_condition(idle_before, now))
+            if not (await conn.execute(q.values(ended_at=now))).rowcount:
+                return None
             # UPDATE ... RETURNING: exactly the rows this statement marked left. A revocation
             # that commits meanwhile (PostgreSQL runs writers at once) keeps its own row, so
             # no cookie is revoked twice (a unique violation).
@@ -299,6 +313,25 @@ class Store:
             seq = await log.append(conn, conference_id, events, now)
         self._announce(conference_id, seq)
         return ended
+
+    async def idle_conferences(self, before: float, now: float,
+                               limit: int = 100) -> list[str]:
+        """Open conferences that nobody joined since `before` and where no cookie is live
+        (candidates: `end_conference(idle_before=)` decides again, atomically)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(conferences.c.id).where(
+                conferences.c.ended_at.is_(None), idle_condition(before, now))
+                .order_by(conferences.c.created_at).limit(limit))).all()
+        return [r.id for r in rows]
+
+    async def ended_with_content(self, ended_before: float, limit: int = 100) -> list[str]:
+        """Conferences ended before `ended_before` that still hold items (to shred)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(conferences.c.id).where(
+                conferences.c.ended_at.is_not(None), conferences.c.ended_at < ended_before,
+                exists().where(items.c.conference_id == conferences.c.id))
+                .order_by(conferences.c.ended_at).limit(limit))).all()
+        return [r.id for r in rows]
 
     # -- participants ----------------------------------------------------------------
     async def add_participant(self, row: ParticipantRow,
@@ -370,8 +403,8 @@ class Store:
         return int(result.rowcount or 0)
 
     # -- items ---------------------------------------------------------------------
-    async def commit_item(self, row: ItemRow, *, jti: str,
-                          events: Sequence[NewEvent] = ()) -> ItemCommit:
+    async def commit_item(self, row: ItemRow, *, jti: str, events: Sequence[NewEvent] = (),
+                          max_conference_bytes: int | None = None) -> ItemCommit:
         """Insert the item's row only if its presenter may still share: the conference not
         ended, the presenter's participant row current and its cookie `jti` not revoked.
 
@@ -379,7 +412,10 @@ class Store:
         rows are locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer on SQLite), so a
         revocation or an end that commits first is seen, and one that commits later finds
         the item and shreds it with the rest (docs/protocol.md §4.1). The tenant key
-        version the DEK is wrapped under must still exist (§8.5)."""
+        version the DEK is wrapped under must still exist (§8.5). With
+        `max_conference_bytes`, "quota" when the conference's items and this one would
+        hold more plaintext bytes: the locked conference row orders concurrent commits,
+        so two uploads cannot both squeeze past (docs/protocol.md §8.6)."""
         async with self._write() as conn:
             ended_at = (await conn.execute(
                 select(conferences.c.ended_at).where(conferences.c.id == row.conference_id)
@@ -402,6 +438,10 @@ class Store:
                 read=True))).first()
             if key is None:
                 return "key_retired"
+            if max_conference_bytes is not None and (
+                    await _stored_bytes(conn, row.conference_id) + row.plaintext_size
+                    > max_conference_bytes):
+                return "quota"
             await conn.execute(insert(items).values(**row.__dict__))
             seq = await log.append(conn, row.conference_id, events, row.created_at)
         self._announce(row.conference_id, seq)
@@ -436,8 +476,25 @@ class Store:
         deleted: ItemRow = _row(ItemRow, row)
         return deleted
 
-    async def delete_items(self, conference_id: str) -> list[ItemRow]:
+    async def conference_bytes(self, conference_id: str) -> int:
+        """Plaintext bytes of the conference's items (what `wcs.max_conference_bytes`
+        caps)."""
+        async with self.engine.connect() as conn:
+            return await _stored_bytes(conn, conference_id)
+
+    async def delete_items(self, conference_id: str, *,
+                           ended_before: float | None = None) -> list[ItemRow]:
+        """Delete the conference's item rows (the wrapped DEKs: the crypto-shred; the
+        caller removes the blobs after). With `ended_before`: only if the conference is
+        still ended since before then, checked under its lock, so a reopen that commits
+        first keeps its content."""
         async with self._write() as conn:
+            await log.lock_conference(conn, conference_id)
+            if ended_before is not None:
+                ended_at = await conn.scalar(select(conferences.c.ended_at).where(
+                    conferences.c.id == conference_id))
+                if ended_at is None or ended_at >= ended_before:
+                    return []
             rows = (await conn.execute(
                 select(items).where(items.c.conference_id == conference_id))).all()
             await conn.execute(delete(items).where(items.c.conference_id == conference_id))
@@ -540,6 +597,20 @@ class Store:
                 select(func.count()).select_from(participants).where(
                     participants.c.left_at.is_(None))) or 0)
         return out
+
+
+def idle_condition(before: float, now: float) -> Any:
+    """A conference nobody joined since `before` (created before it) and in which no
+    participant still holds a live cookie (active and not expired at `now`)."""
+    return and_(conferences.c.created_at < before, ~exists().where(
+        participants.c.conference_id == conferences.c.id,
+        (participants.c.joined_at >= before)
+        | (participants.c.left_at.is_(None) & (participants.c.expires_at > now))))
+
+
+async def _stored_bytes(conn: AsyncConnection, conference_id: str) -> int:
+    return int(await conn.scalar(select(func.coalesce(func.sum(items.c.plaintext_size), 0))
+                                 .where(items.c.conference_id == conference_id)) or 0)
 
 
 __all__: Sequence[str] = (

@@ -48,7 +48,20 @@ class WcsSection:
     which every certificate `init` makes names)."""
     public_url: str = ""
     """URL handed to clients in the join result; defaults to https://public_host:https_port."""
-    max_upload_bytes: int = 2 * 1024**3
+    max_upload_bytes: int = 500 * 1024**2
+    """Largest item (plaintext bytes); 413 `too_large` beyond. "500 MB" is 500 MiB, the
+    unit of every byte setting here."""
+    max_conference_bytes: int = 500 * 1024**2
+    """Plaintext bytes of all of a conference's items together (500 MiB, the Skype for
+    Business MaxContentStorageMb); an upload that would go past it gets 413
+    `conference_quota` (docs/protocol.md §8.6)."""
+    content_grace_seconds: float = 15 * 86400.0
+    """How long a conference's content outlives its end (15 days): the organizer's INVITE
+    reopens it with its items within it; after it a periodic task shreds them."""
+    idle_end_seconds: float = 8 * 3600.0
+    """A conference that nobody joined for this long, and where no cookie is live, ends."""
+    lifecycle_sweep_seconds: float = 60.0
+    """How often a WCS ends idle conferences and shreds content past its grace; 0: never."""
     max_item_name_bytes: int = 1024
     cookie_ttl_seconds: int = 12 * 3600
     cookie_leeway_seconds: int = 30
@@ -77,7 +90,6 @@ class WcsSection:
     """After the grace below, an upload must average at least this rate (408 if not)."""
     upload_rate_grace_seconds: float = 10.0
     shutdown_grace_seconds: float = 10.0
-    retain_content_on_end: bool = False
     share_sweep_seconds: float = 3600.0
     """How often a running WCS removes share files no row references (a crash's
     leftovers), each only once older than any upload in progress may be

@@ -1,0 +1,32 @@
+"""Content lifecycle (docs/protocol.md §8.6): a tenant's "shred content at the end" setting
+replaces `retain_content`, whose meaning the grace model turned around (content is kept for
+`wcs.content_grace_seconds` after every end; this setting shreds it at the end instead).
+
+Revision ID: 0006_lifecycle
+Revises: 0002
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0006_lifecycle"
+down_revision: str | None = "0002"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tenants") as batch:
+        batch.add_column(sa.Column("shred_content_at_end", sa.Boolean(), nullable=False,
+                                   server_default=sa.false()))
+        batch.drop_column("retain_content")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tenants") as batch:
+        batch.add_column(sa.Column("retain_content", sa.Boolean(), nullable=False,
+                                   server_default=sa.false()))
+        batch.drop_column("shred_content_at_end")
