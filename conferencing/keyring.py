@@ -10,22 +10,38 @@ without a restart.
 A tenant key that cannot be unwrapped raises `TenantKeyUnavailable` (503
 `tenant_key_unavailable`): that tenant's content is unreadable, every other tenant is untouched
 and the server stays up.
+
+A tenant protected by a Customer Key (docs/protocol.md §8.4) has its key versions wrapped by
+AES keys in its HSM instead of a root key: the keyring asks the HSM (hsm.py) with each
+customer key in turn. Only when every one failed because the HSM could not be asked does it
+open the availability key's wrap, and audits that; a key that is gone or disabled is the
+customer revoking, which is never worked around. A failed unwrap is remembered for the cache
+time too, so a revoked tenant's requests do not each hammer the customer's HSM.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from webconf.deploy import keys
+from webconf.deploy.config import Config
 from webconf.deploy.keys import KeyFileError
 
 from .audit import AuditLog
-from .crypto import keywrap
+from .crypto import customer_wrap, keywrap
+from .hsm import Hsm, HsmKeyRevoked, HsmTarget, HsmUnreachable
 from .store import Store, TenantKeyRow
+from .store.customer_keys import CustomerKeyConfig, customer_key_config, set_revoked
 from .store.keyrows import add_tenant_key, purged_version
 
-__all__ = ["TenantKeyUnavailable", "TenantKeyring"]
+__all__ = ["CustomerKeyAccess", "TenantKeyUnavailable", "TenantKeyring"]
+
+log = logging.getLogger("webconf.keyring")
 
 
 class TenantKeyUnavailable(Exception):
@@ -37,12 +53,36 @@ class TenantKeyUnavailable(Exception):
         self.reason = reason
 
 
+@dataclass
+class CustomerKeyAccess:
+    """What a node needs to unwrap Customer Key tenants' keys."""
+
+    hsm: Hsm
+    modules: frozenset[str]
+    """`keys.hsm_modules`: the only PKCS#11 libraries this node loads."""
+    load_availability_key: Callable[[int], bytes]
+    _availability: dict[int, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> CustomerKeyAccess:
+        return cls(Hsm(cfg.keys.hsm_timeout_seconds), frozenset(cfg.keys.hsm_modules),
+                   lambda version: keys.load_availability_key(cfg, version))
+
+    def availability_key(self, version: int) -> bytes:
+        """The availability key `version`, read on first use (KeyFileError if absent)."""
+        key = self._availability.get(version)
+        if key is None:
+            key = self._availability[version] = self.load_availability_key(version)
+        return key
+
+
 class TenantKeyring:
     """Unwrapped tenant keys by (tenant, version), each cached for `cache_seconds`."""
 
     def __init__(self, store: Store, root_keys: dict[int, bytes], root_key_version: int, *,
                  cache_seconds: float, audit: AuditLog,
                  load_root_keys: Callable[[], dict[int, bytes]] | None = None,
+                 customer: CustomerKeyAccess | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.root_keys = dict(root_keys)
@@ -52,7 +92,14 @@ class TenantKeyring:
         self._load_root_keys = load_root_keys
         """Re-reads the key files: a root key added by `webconf keys rotate-root` after start."""
         self._clock = clock
+        self.customer = customer
+        """HSM access for Customer Key tenants (None: this keyring unwraps none)."""
         self._cache: dict[tuple[str, int], tuple[bytes, float]] = {}
+        self._failed: dict[tuple[str, int], tuple[str, float]] = {}
+        """Customer Key unwraps that failed, with their reason, until retried."""
+        self._unwrapping: dict[tuple[str, int], asyncio.Lock] = {}
+        """One HSM unwrap at a time per Customer Key version (a few per such tenant); the
+        others wait for its result."""
         self.unwrap_seconds: Callable[[float], None] = lambda seconds: None
         """Observer of each unwrap's duration (the service's decrypt histogram)."""
 
@@ -81,9 +128,12 @@ class TenantKeyring:
         """Drop cached keys (one tenant's, or all): the next use unwraps again."""
         if tenant is None:
             self._cache.clear()
+            self._failed.clear()
             return
         for cached in [k for k in self._cache if k[0] == tenant]:
             del self._cache[cached]
+        for failed in [k for k in self._failed if k[0] == tenant]:
+            del self._failed[failed]
 
     def _cached(self, tenant: str, version: int) -> bytes | None:
         entry = self._cache.get((tenant, version))
@@ -126,6 +176,12 @@ class TenantKeyring:
         cached = self._cached(row.tenant, row.version)
         if cached is not None:
             return cached
+        if row.customer_wraps is not None:
+            return await self._customer_key(row, row.customer_wraps)
+        if row.wrapped_key is None or row.root_key_version is None:
+            self.audit.record("key.unwrap_failed", tenant=row.tenant, version=row.version,
+                              reason="no wrapped copy stored")
+            raise TenantKeyUnavailable(row.tenant, "its key row holds no wrapped key")
         root = self._root_key(row.root_key_version)
         if root is None:
             self.audit.record("key.unwrap_failed", tenant=row.tenant, version=row.version,
@@ -151,3 +207,93 @@ class TenantKeyring:
                 self.root_keys = self._load_root_keys()
             root = self.root_keys.get(version)
         return root
+
+    # -- Customer Key (docs/protocol.md §8.4) --------------------------------------------
+    async def _customer_key(self, row: TenantKeyRow, document: str) -> bytes:
+        slot = (row.tenant, row.version)
+        lock = self._unwrapping.setdefault(slot, asyncio.Lock())
+        async with lock:
+            cached = self._cached(row.tenant, row.version)
+            if cached is not None:
+                return cached
+            failed = self._failed.get(slot)
+            if failed is not None and self._clock() < failed[1]:
+                raise TenantKeyUnavailable(row.tenant, failed[0])
+            started = time.perf_counter()
+            try:
+                key = await self._customer_unwrap(row, document)
+            except TenantKeyUnavailable as exc:
+                self._failed[slot] = (exc.reason, self._clock() + self.cache_seconds)
+                raise
+            self._failed.pop(slot, None)
+            self.unwrap_seconds(time.perf_counter() - started)
+            self._cache[slot] = (key, self._clock() + self.cache_seconds)
+            return key
+
+    def _fail(self, row: TenantKeyRow, reason: str) -> TenantKeyUnavailable:
+        self.audit.record("key.unwrap_failed", tenant=row.tenant, version=row.version,
+                          reason=reason)
+        log.warning("tenant key of %s v%d unavailable: %s", row.tenant, row.version, reason)
+        return TenantKeyUnavailable(row.tenant, reason)
+
+    async def _customer_unwrap(self, row: TenantKeyRow, document: str) -> bytes:
+        """Each customer key in turn; the availability key only if the HSM was unreachable
+        for all of them and the tenant has not revoked (docs/protocol.md §8.4)."""
+        tenant, version = row.tenant, row.version
+        try:
+            wraps = customer_wrap.decode(document)
+        except customer_wrap.WrapFormatError:
+            raise self._fail(row, "its customer wraps are malformed") from None
+        config = await customer_key_config(self.store, tenant)
+        if config is None or self.customer is None:
+            raise self._fail(row, "no Customer Key settings for the tenant")
+        revoked: list[str] = []
+        unreachable = ""
+        if config.module not in self.customer.modules:
+            unreachable = "its PKCS#11 module is not in keys.hsm_modules on this node"
+        else:
+            target = HsmTarget(config.module, config.token, config.pin_file)
+            for index, wrap in enumerate(wraps.hsm, 1):
+                aad = customer_wrap.hsm_aad(tenant, version, wrap.label)
+                try:
+                    key = await self.customer.hsm.decrypt(target, wrap.label, wrap.iv,
+                                                          wrap.wrapped, aad)
+                except HsmKeyRevoked as exc:
+                    revoked.append(f"customer key {index}: {exc.reason}")
+                    continue
+                except HsmUnreachable as exc:
+                    unreachable = f"HSM unreachable: {exc.reason}"
+                    break  # every key of the tenant is behind the same token
+                if revoked:
+                    log.warning("tenant %s: %s; customer key %d unwrapped", tenant,
+                                "; ".join(revoked), index)
+                if config.revoked_at is not None:
+                    await set_revoked(self.store, tenant, None)  # the customer restored it
+                return key
+        if revoked and not unreachable:
+            if config.revoked_at is None:
+                await set_revoked(self.store, tenant, time.time())
+            raise self._fail(row, "revoked: " + "; ".join(revoked))
+        if revoked:
+            raise self._fail(row, "; ".join([*revoked, unreachable]))
+        return await self._availability(row, config, wraps, unreachable)
+
+    async def _availability(self, row: TenantKeyRow, config: CustomerKeyConfig,
+                            wraps: customer_wrap.CustomerWraps, reason: str) -> bytes:
+        if config.revoked_at is not None:
+            raise self._fail(row, f"{reason}; the customer key was revoked, so the "
+                                  "availability key is not used")
+        assert self.customer is not None
+        try:
+            availability = self.customer.availability_key(wraps.availability.version)
+            key = customer_wrap.open_availability(availability, wraps.availability,
+                                                  tenant=row.tenant,
+                                                  tenant_key_version=row.version)
+        except (keys.KeyFileError, keywrap.KeyWrapError) as exc:
+            raise self._fail(row, f"{reason}; the availability key failed "
+                                  f"({type(exc).__name__})") from None
+        self.audit.record("key.availability_used", tenant=row.tenant, version=row.version,
+                          reason=reason)
+        log.warning("tenant key of %s v%d opened with the availability key: %s",
+                    row.tenant, row.version, reason)
+        return key

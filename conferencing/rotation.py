@@ -42,7 +42,8 @@ from webconf.deploy.keys import (
 
 from .audit import AuditLog
 from .crypto import keywrap
-from .keyring import TenantKeyring, TenantKeyUnavailable
+from .customer_key import CustomerKeyError, protect_tenant_key_version
+from .keyring import CustomerKeyAccess, TenantKeyring, TenantKeyUnavailable
 from .store import Store, keyrows
 from .store.store import StoreSchemaError
 
@@ -116,13 +117,14 @@ def _progress(line: str) -> None:
 
 # -- tenant keys ---------------------------------------------------------------------------
 
-def _protect_by_customer_key(cfg: Config, store: Store, tenant: str, version: int,
-                             tik: bytes) -> bool:
-    """Seam for Customer Key tenants (issue 12 item 2): the lead wires
-    `customer_key.protect_tenant_key_version(cfg, store, tenant, version, tik)` here. True:
-    the tenant's own HSM keys protect this version (and its row is stored by them); False:
-    wrap under the service root key."""
-    return False
+async def _protect_by_customer_key(cfg: Config, store: Store, tenant: str, version: int,
+                                   tik: bytes) -> bool:
+    """True: the tenant's own HSM keys protect this version, its row stored and made current
+    by them (docs/protocol.md §8.4); False: wrap under the service root key."""
+    try:
+        return await protect_tenant_key_version(cfg, store, tenant, version, tik)
+    except CustomerKeyError as exc:
+        raise RotationError(str(exc)) from None
 
 
 async def new_tenant_key_version(cfg: Config, store: Store, audit: AuditLog, tenant: str,
@@ -131,7 +133,7 @@ async def new_tenant_key_version(cfg: Config, store: Store, audit: AuditLog, ten
     tenant's Customer Key, else the newest root key), stored and made current at once.
     False if that version already exists (another rotation got there first)."""
     tik = keywrap.new_key()
-    if _protect_by_customer_key(cfg, store, tenant, version, tik):
+    if await _protect_by_customer_key(cfg, store, tenant, version, tik):
         audit.record("key.create", tenant=tenant, version=version, wrapped_by="customer-key")
         return True
     root_version = max(roots)
@@ -167,6 +169,7 @@ async def rotate_tenant(cfg: Config, store: Store, audit: AuditLog, tenant: str,
                                 "another rotation is running")
         _progress(f"rotate {tenant}: key version {target} is current")
     keyring = TenantKeyring(store, roots, cfg.keys.root_key_version, cache_seconds=3600.0,
+                            customer=CustomerKeyAccess.from_config(cfg),
                             audit=audit, load_root_keys=lambda: load_root_keys(cfg))
     rewrapped = 0
     for _ in range(MAX_PASSES):
@@ -284,6 +287,8 @@ async def _rewrap_tenant_keys(cfg: Config, store: Store, roots: dict[int, bytes]
     retired: dict[int, bytes] | None = None
     while rows := await keyrows.tenant_keys_under_root(store, target, batch):
         for row in rows:
+            if row.wrapped_key is None or row.root_key_version is None:
+                continue  # a Customer Key version: no root key wraps it (§8.4)
             root = roots.get(row.root_key_version)
             if root is None:  # a tenant made under a key retired meanwhile (§8.5)
                 retired = load_retired_root_keys(cfg) if retired is None else retired

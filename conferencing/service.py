@@ -52,7 +52,7 @@ from .endings import EndNotices
 from .etags import EtagMinter
 from .eventlog import EventFeed
 from .events import EventHub
-from .keyring import TenantKeyring, TenantKeyUnavailable
+from .keyring import CustomerKeyAccess, TenantKeyring, TenantKeyUnavailable
 from .lifecycle import EndReason, Lifecycle
 from .metrics import Metrics
 from .share import FileShare, ShareError
@@ -167,7 +167,8 @@ class ConferenceService:
         self.keyring = TenantKeyring(
             store, root_keys, cfg.keys.root_key_version,
             cache_seconds=cfg.keys.tenant_key_cache_seconds, audit=self.audit,
-            load_root_keys=lambda: load_root_keys(cfg, require_configured=False))
+            load_root_keys=lambda: load_root_keys(cfg, require_configured=False),
+            customer=CustomerKeyAccess.from_config(cfg))
         """Unwrapped tenant keys, each for a bounded time (keyring.py)."""
         self.keyring.unwrap_seconds = metrics.decrypt_seconds.observe
         self._known_tenants: set[str] = set()
@@ -395,6 +396,7 @@ class ConferenceService:
             raise ServiceError("bad_request", "invalid Content-Type")
         if sha256 is not None and not SHA256_RE.match(sha256):
             raise ServiceError("bad_request", "X-Content-SHA256 must be 64 lowercase hex digits")
+        await self._tenant_key(who.tenant)  # 503 before the body: no key, no upload (§8.4)
         item_id = protocol.new_id(12)
         dek = keywrap.new_key()
         context = item_context(who.tenant, who.conference_id, item_id)
@@ -503,7 +505,10 @@ class ConferenceService:
         return await self._unwrap(row)
 
     async def item_blob(self, row: ItemRow) -> BlobRef:
-        """The ciphertext of an item `authenticate_for_item` found."""
+        """The ciphertext of an item `authenticate_for_item` found; not while its tenant key
+        is unavailable (a revoked Customer Key makes content unreadable, docs/protocol.md
+        §8.4: the blob too, not only its key)."""
+        await self._tenant_key(row.tenant, row.tenant_key_version)
         try:
             size = await self.share.size(row.blob_id)
         except ShareError:

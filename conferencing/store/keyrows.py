@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .schema import conferences, items, tenant_keys, tenants
-from .store import Store, TenantKeyRow
+from .schema import conferences, customer_keys, items, tenant_keys, tenants
+from .store import Store, TenantKeyRow, tenant_key_row
 
 __all__ = [
     "DekRow",
@@ -57,8 +57,7 @@ class TenantKeys:
 
 
 def _key_row(r: object) -> TenantKeyRow:
-    m = r._mapping  # type: ignore[attr-defined]
-    return TenantKeyRow(m["tenant"], m["version"], m["wrapped_key"], m["root_key_version"])
+    return tenant_key_row(r)
 
 
 async def key_rows(store: Store, tenant: str) -> TenantKeys | None:
@@ -170,7 +169,8 @@ async def rewrap_tenant_key(store: Store, row: TenantKeyRow, wrapped_key: bytes,
 
 async def root_key_versions_in_use(store: Store) -> set[int]:
     async with store.engine.connect() as conn:
-        rows = (await conn.execute(select(tenant_keys.c.root_key_version).distinct())).all()
+        rows = (await conn.execute(select(tenant_keys.c.root_key_version).where(
+            tenant_keys.c.root_key_version.is_not(None)).distinct())).all()  # §8.4: NULL
     return {int(r[0]) for r in rows}
 
 
@@ -192,6 +192,9 @@ async def shred_tenant_keys(store: Store, tenant: str) -> tuple[int, int]:
         newest = await conn.scalar(select(func.max(tenant_keys.c.version)).where(
             tenant_keys.c.tenant == tenant))
         keys = await conn.execute(delete(tenant_keys).where(tenant_keys.c.tenant == tenant))
+        # Its Customer Key settings too: a tenant made again after a purge starts with
+        # service-managed keys until `webconf tenant customer-key` protects it (§8.4).
+        await conn.execute(delete(customer_keys).where(customer_keys.c.tenant == tenant))
         if newest is not None:
             await conn.execute(update(tenants).where(tenants.c.domain == tenant).values(
                 current_key_version=max(int(current), int(newest)) + 1))

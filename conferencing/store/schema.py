@@ -37,14 +37,35 @@ tenants = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# One row per tenant key (TIK) version. A service-managed version is wrapped by a root key
+# (`wrapped_key`, `root_key_version`); a version protected by the tenant's Customer Key has
+# both NULL and its wraps, under each HSM key and the availability key, in
+# `customer_wraps` (JSON, conferencing/crypto/customer_wrap.py; docs/protocol.md §8.4).
 tenant_keys = Table(
     "tenant_keys",
     metadata,
     Column("tenant", String(255), ForeignKey("tenants.domain"), primary_key=True),
     Column("version", Integer, primary_key=True),
-    Column("wrapped_key", LargeBinary, nullable=False),
-    Column("root_key_version", Integer, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("root_key_version", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
+    Column("customer_wraps", String, nullable=True),
+)
+
+# A tenant's Customer Key (docs/protocol.md §8.4): how every WCS node reaches its HSM (the
+# module path and PIN file must be the same on every node; the PIN itself is never stored
+# here) and the labels of its AES keys. `revoked_at`: when a node last found every customer
+# key gone or disabled; while set, the availability key is refused for the tenant.
+customer_keys = Table(
+    "customer_keys",
+    metadata,
+    Column("tenant", String(255), ForeignKey("tenants.domain"), primary_key=True),
+    Column("module", String(1024), nullable=False),
+    Column("token", String(255), nullable=False),
+    Column("pin_file", String(1024), nullable=False),
+    Column("labels", String, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
 )
 
 # A conference is its organizer's (docs/protocol.md §2.1): the URI's id is unique only per

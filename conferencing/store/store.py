@@ -48,8 +48,11 @@ from .writer import Admit, GroupWriter, PgTarget, Revoke, SqliteTarget, Target
 class TenantKeyRow:
     tenant: str
     version: int
-    wrapped_key: bytes
-    root_key_version: int
+    wrapped_key: bytes | None
+    """Under root key `root_key_version`; None for a Customer Key version."""
+    root_key_version: int | None
+    customer_wraps: str | None = None
+    """A Customer Key version's wraps (crypto/customer_wrap.py; docs/protocol.md §8.4)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,12 @@ the tenant key version its DEK is wrapped under was retired meanwhile: rewrap an
 
 EventHook = Callable[[str, int], None]
 """Told (conference id, seq) after a transaction that appended events commits."""
+
+
+def tenant_key_row(row: Any) -> TenantKeyRow:
+    m = row._mapping
+    return TenantKeyRow(m["tenant"], m["version"], m["wrapped_key"], m["root_key_version"],
+                        m["customer_wraps"])
 
 
 def _row(cls: Any, row: Any) -> Any:
@@ -216,8 +225,7 @@ class Store:
             row = (await conn.execute(q)).first()
         if row is None:
             return None
-        m = row._mapping
-        return TenantKeyRow(m["tenant"], m["version"], m["wrapped_key"], m["root_key_version"])
+        return tenant_key_row(row)
 
     async def create_tenant(self, tenant: str, wrapped_key: bytes, root_key_version: int,
                             now: float) -> bool:

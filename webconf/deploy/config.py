@@ -154,6 +154,12 @@ class KeysSection:
     tenant_key_cache_seconds: float = 300.0
     """How long a WCS keeps a tenant key it unwrapped: a key revoked at its source (a
     customer key disabled in the HSM) stops working on every node within this time."""
+    hsm_modules: list[str] = field(default_factory=list)
+    """The PKCS#11 libraries (absolute paths) a tenant's Customer Key may name; a node loads
+    no other, so a row in the database alone cannot make it run a library. The same list,
+    and the libraries at those paths, on every node (docs/protocol.md §8.4)."""
+    hsm_timeout_seconds: float = 10.0
+    """How long a call into an HSM may take; past it, the HSM counts as unreachable."""
 
 
 @dataclass

@@ -214,9 +214,16 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def create_private(path: Path) -> None:
-    """Create `path` empty and 0600 if it does not exist, else make it 0600."""
-    flags = os.O_CREAT | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
-    os.close(os.open(path, flags, PRIVATE_MODE))
+    """Create `path` empty and 0600 if it does not exist, else make it 0600.
+
+    An existing file is not opened: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, and SQLite's connections of this process (an in-process
+    server beside a second engine) would lose theirs; another process would then take
+    itself for the last user and delete the WAL index under them (SQLITE_IOERR_SHORT_READ).
+    """
+    if not path.exists():
+        flags = os.O_CREAT | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
+        os.close(os.open(path, flags, PRIVATE_MODE))
     os.chmod(path, PRIVATE_MODE)
 
 

@@ -11,6 +11,10 @@
 - `sip-directory.key` 32 random bytes: the AES-256-GCM key that seals the directory's Digest
                     HA1s at rest (focus/ha1_seal.py), so a copy of the database alone signs
                     no one in. Every focus node and `webconf user` use the same one.
+- `availability-v<N>.key` 32 random bytes: the Customer Key availability key (docs/protocol.md
+                    §8.4). It wraps the tenant keys of Customer Key tenants too, for use
+                    only while their HSM cannot be reached; made by the first `webconf
+                    tenant customer-key`.
 
 Files are created with O_EXCL and mode 0600 in a 0700 directory, and loading refuses any
 file that group or other could read or write: a leaked root key undoes the whole key
@@ -35,6 +39,9 @@ SECRET_BYTES = 32
 NONCE_KEY_NAME = "sip-nonce.key"
 DIRECTORY_KEY_NAME = "sip-directory.key"
 RETIRED_DIR = "retired"
+AVAILABILITY_KEY_VERSION = 1
+"""The availability key version new wraps use (a later rotation adds v2 beside it)."""
+MAX_PIN_BYTES = 256
 MAX_PEM_BYTES = 4096
 """An Ed25519 PKCS#8 PEM is ~120 bytes; anything far bigger is not one of ours."""
 
@@ -63,6 +70,10 @@ def nonce_key_path(cfg: Config) -> Path:
 
 def directory_key_path(cfg: Config) -> Path:
     return cfg.keys_dir / DIRECTORY_KEY_NAME
+
+
+def availability_key_path(cfg: Config, version: int = AVAILABILITY_KEY_VERSION) -> Path:
+    return cfg.keys_dir / f"availability-v{version}.key"
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -287,3 +298,31 @@ def load_directory_key(cfg: Config) -> bytes:
         except KeyFileError:
             pass  # another process created it first
     return _read_secret(path)
+
+
+def load_availability_key(cfg: Config, version: int = AVAILABILITY_KEY_VERSION, *,
+                          create: bool = False) -> bytes:
+    """The Customer Key availability key `version`; `create`: make it first if missing (two
+    processes racing agree on the one written first, O_EXCL). Only `webconf tenant
+    customer-key` creates it: a WCS that finds none cannot use it."""
+    path = availability_key_path(cfg, version)
+    if create and not path.exists():
+        _listing(cfg)  # no keys directory: not a deployment, say so
+        try:
+            _write_new_secret(path, secrets.token_bytes(SECRET_BYTES))
+        except KeyFileError:
+            pass  # another process created it first
+    return _read_secret(path)
+
+
+def read_pin_file(path: Path) -> str:
+    """An HSM user PIN from its file: one line, the file private to its owner (0600) like a
+    key file, else KeyFileError. Neither the PIN nor the file's bytes appear in any message."""
+    data = _read_private(path, max_bytes=MAX_PIN_BYTES)
+    try:
+        pin = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"PIN file {path} is not UTF-8 text") from None
+    if not pin or "\n" in pin or "\x00" in pin:
+        raise KeyFileError(f"PIN file {path} must hold the PIN on one line")
+    return pin

@@ -2,8 +2,8 @@
 replaces `retain_content`, whose meaning the grace model turned around (content is kept for
 `wcs.content_grace_seconds` after every end; this setting shreds it at the end instead).
 
-Revision ID: 0006_lifecycle
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-07
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006_lifecycle"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 
