@@ -21,6 +21,8 @@ from webconf.deploy.db import open_engine
 from webconf.deploy.init import init_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
+WCS_HEAD = migrate._head(WCS)
+"""The WCS wing's newest revision (the code's), whichever revision that is."""
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -72,10 +74,10 @@ def test_db_upgrade_and_status_commands(deployment: Config) -> None:
     base = str(deployment.base_dir)
     status = run("-m", "webconf", "db", "status", base)
     assert status.returncode == 0, status.stderr
-    assert "wcs: current (database at 0002, code at 0002)" in status.stdout
+    assert f"wcs: current (database at {WCS_HEAD}, code at {WCS_HEAD})" in status.stdout
     upgraded = run("-m", "webconf", "db", "upgrade", base)  # init migrated: a no-op
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "wcs: already at 0002" in upgraded.stdout
+    assert f"wcs: already at {WCS_HEAD}" in upgraded.stdout
     assert "focus: already at 0001" in upgraded.stdout
 
 
@@ -141,7 +143,8 @@ def test_concurrent_upgrades_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     texts = "".join(out for out, _ in outputs)
-    assert texts.count("wcs: empty -> 0002") + texts.count("wcs: already at 0002") == 2
+    assert texts.count(f"wcs: empty -> {WCS_HEAD}") + texts.count(
+        f"wcs: already at {WCS_HEAD}") == 2
     assert texts.count("focus: empty -> 0001") + texts.count("focus: already at 0001") == 2
     assert texts.count("empty -> ") == 2  # one run made both schemas, the other waited
     assert asyncio.run(migrate.status(pg_url, [WCS, FOCUS]))[0].state == "current"

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    true,
 )
 
 metadata = MetaData()
@@ -32,6 +33,18 @@ tenants = Table(
     Column("current_key_version", Integer, nullable=False),
     Column("retain_content", Boolean, nullable=False, default=False),
     Column("created_at", Float, nullable=False),
+)
+
+# An operator's per-tenant settings (`webconf tenant set`, conferencing/tenant_settings.py).
+# A row of its own, not `tenants`'s: a tenant may be configured before its first join made
+# its key. No row means every default.
+tenant_settings = Table(
+    "tenant_settings",
+    metadata,
+    Column("tenant", String(255), primary_key=True),
+    # `GET .../document` (the decrypting download, docs/protocol.md §8.3) is served.
+    Column("server_decrypt", Boolean, nullable=False, server_default=true()),
+    Column("updated_at", Float, nullable=False),
 )
 
 tenant_keys = Table(
@@ -59,6 +72,9 @@ conferences = Table(
     # The seq of the conference's newest event (conference_events): bumped in the
     # transaction that appends one, so its row lock orders the log (docs/protocol.md §4.4).
     Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    # Attendees may download items (`/content`, `/document`); the organizer's
+    # `PATCH /v1/conferences/{conf}` sets it (docs/protocol.md §8.3).
+    Column("downloads", Boolean, nullable=False, server_default=true()),
     UniqueConstraint("tenant", "organizer", "uri_id", name="uq_conferences_uri"),
 )
 
