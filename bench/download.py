@@ -17,6 +17,10 @@ Our URL is the item's `/content` with `Authorization: Bearer <cookie>` (so every
 verifies the cookie, including its revocation row in the store); nginx's has no auth.
 Rounds alternate which server goes first; rows report medians over the rounds and the
 ratio ours/nginx. MB = 10**6 bytes.
+
+The decrypting download (`/document`, docs/protocol.md §8.3) is driven the same way on the
+same item, right next to `/content` in each round, and gets rows of its own: its plaintext
+MB/s against `/content`'s ciphertext MB/s, goal >= 0.8x (decrypting is cheap next to TLS).
 """
 
 from __future__ import annotations
@@ -305,8 +309,9 @@ def _measure(st: Stack, admitted: Admission, size_mib: int, smoke: bool, rounds:
     # h2load: enough full-item requests for ~2 s (smoke ~0.5 s) at ~1 GB/s, >= 1 per client.
     budget = (512 if smoke else 2048) * 2**20
     n_requests = max(8, budget // (size_mib * 2**20) // 8 * 8)
+    document_url = ours_url.removesuffix("/content") + "/document"
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
-        "wrk": {"ours": [], "nginx": []}, "h2load": {"ours": [], "nginx": []}}
+        tool: {"ours": [], "document": [], "nginx": []} for tool in ("wrk", "h2load")}
     wcs_pid = st.pids["wcs"]
     with nginx(cfg, blob) as ngx:
         port = int(ngx.url.split(":")[2].split("/")[0])
@@ -314,11 +319,14 @@ def _measure(st: Stack, admitted: Admission, size_mib: int, smoke: bool, rounds:
         # Warm both (page cache, TLS session machinery, first-request imports).
         run_h2load(ours_url, auth, 8)
         run_h2load(ngx.url, {}, 8)
+        run_h2load(document_url, auth, 8)
         servers: dict[str, tuple[str, dict[str, str], Callable[[], float]]] = {
             "ours": (ours_url, auth, lambda: cpu_seconds(wcs_pid)),
+            "document": (document_url, auth, lambda: cpu_seconds(wcs_pid)),
             "nginx": (ngx.url, {}, ngx.cpu_seconds)}
         for r in range(rounds):
-            order = ["ours", "nginx"] if r % 2 == 0 else ["nginx", "ours"]
+            order = ["ours", "document", "nginx"] if r % 2 == 0 else [
+                "nginx", "document", "ours"]
             for who in order:
                 url, headers, cpu = servers[who]
                 results["wrk"][who].append(_timed(
@@ -349,7 +357,31 @@ def _measure(st: Stack, admitted: Admission, size_mib: int, smoke: bool, rounds:
                 "tls": suites, "wcs_peak_rss_mib": rss.get("wcs"),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
                 "baseline_is": "nginx 1 worker, TLS1.3 AES-256-GCM, sendfile on"}))
+        rows.append(_document_row(results[tool], name, label, size_mib, rounds))
     return rows
+
+
+def _document_row(runs: dict[str, list[dict[str, Any]]], name: str, label: str,
+                  size_mib: int, rounds: int) -> Row:
+    """`/document` (plaintext, decrypted by the WCS) against `/content` (the ciphertext)
+    of the same item, same tool, same rounds."""
+    doc_runs, content_runs = runs["document"], runs["ours"]
+    doc = median([x["mb_s"] for x in doc_runs])
+    content = median([x["mb_s"] for x in content_runs])
+    return Row(
+        metric=f"decrypting download MB/s (/document vs /content, {name}, {size_mib} MiB item)",
+        ours=round(doc, 1), baseline=round(content, 1), target=">= 0.8x",
+        passed=content > 0 and doc / content >= 0.8, unit="MB/s", detail={
+            "tool": label, "rounds": rounds, "item_mib": size_mib,
+            "document_mb_s": [round(x["mb_s"], 1) for x in doc_runs],
+            "content_mb_s": [round(x["mb_s"], 1) for x in content_runs],
+            "document_requests": [x["requests"] for x in doc_runs],
+            "document_cpu_s_per_gb": median([x["server_cpu_s_per_gb"] or 0
+                                             for x in doc_runs]),
+            "content_cpu_s_per_gb": median([x["server_cpu_s_per_gb"] or 0
+                                            for x in content_runs]),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "baseline_is": "the WCS's own /content of the same item (ciphertext)"})
 
 
 def run(smoke: bool) -> list[Row]:

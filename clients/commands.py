@@ -31,6 +31,7 @@ from typing import Any, TextIO, cast
 from webconf import cli_input
 from webconf.events import (
     ConferenceEnded,
+    ConferenceUpdated,
     EventError,
     ItemRemoved,
     ItemShared,
@@ -281,6 +282,9 @@ def add_fetch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--item", metavar="ID", help="fetch only this item")
     parser.add_argument("--save", type=Path, default=Path("."), metavar="DIR",
                         help="where to save the items (default: the current directory)")
+    parser.add_argument("--server-decrypt", action="store_true",
+                        help="let the conferencing server decrypt (GET .../document) instead "
+                             "of fetching the key; size and SHA-256 are still checked")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -609,6 +613,8 @@ async def _join_body(context: Context) -> int:
         elif isinstance(event, ConferenceEnded):
             out.line("conference ended")
             return True
+        elif isinstance(event, ConferenceUpdated):
+            out.line(f"conference.updated downloads={'on' if event.downloads else 'off'}")
         elif isinstance(event, UnknownEvent) and event.type == "channel.reconnected":
             out.line("channel reconnected")
         elif not isinstance(event, Welcome):
@@ -737,7 +743,8 @@ async def _fetch_body(context: Context) -> int:
     async def one(item: dict[str, Any]) -> None:
         async with limit:
             try:
-                result = await client.fetch_item(item, args.save)
+                result = await client.fetch_item(item, args.save,
+                                                 server_decrypt=args.server_decrypt)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the other items still come

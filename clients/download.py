@@ -5,7 +5,8 @@ The ciphertext (`GET item["url"]`) flows through `cobblestone.Decryptor`, which 
 to the destination; the file is fsynced and renamed into place only once the whole blob
 authenticated (final chunk included), the size matches `item["size"]` and the SHA-256
 matches the one the presenter declared. Any failure removes the temp file, so a forged,
-truncated or extended blob never leaves partial plaintext behind.
+truncated or extended blob never leaves partial plaintext behind. `download_document`
+takes the WCS's decrypting download instead (`.../document`) and keeps the same checks.
 
 Item names come from presenters and are not trusted: in a folder, `safe_filename` picks a
 name that cannot leave the folder, and an existing file is never overwritten.
@@ -21,12 +22,14 @@ import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiofiles.os
+import aiohttp
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from webconf.crypto.cobblestone import CobblestoneError, Decryptor
@@ -203,6 +206,29 @@ async def download_item(session: WcsSession, item: dict[str, Any], key: bytes, c
     existing file; a file path is replaced atomically. `dest=None` only decrypts, counts
     and hashes (load tests). `expected_sha256` defaults to the digest the item declares.
     """
+    async def fetch(temp: _TempFile | None) -> str:
+        return await _fetch(session, item, key, context, temp, progress)
+
+    return await _save(item, dest, expected_sha256, fetch)
+
+
+async def download_document(session: WcsSession, item: dict[str, Any], dest: Path | None, *,
+                            expected_sha256: str | None = None,
+                            progress: Callable[[int, int | None], None] | None = None,
+                            ) -> DownloadResult:
+    """`download_item` through the WCS's decrypting download (`.../document`,
+    docs/protocol.md §8.3): the server decrypts, so no key is fetched; the plaintext is
+    checked against the item's size and its SHA-256 (when declared) before it is kept. A
+    response cut short (the server found the blob tampered with) leaves nothing behind."""
+    async def fetch(temp: _TempFile | None) -> str:
+        return await _fetch_plain(session, item, temp, progress)
+
+    return await _save(item, dest, expected_sha256, fetch)
+
+
+async def _save(item: dict[str, Any], dest: Path | None, expected_sha256: str | None,
+                fetch: Callable[[_TempFile | None], Awaitable[str]]) -> DownloadResult:
+    """Run `fetch` into a temp file and keep it only if size and digest check out."""
     started = time.perf_counter()
     item_id = str(item["id"])
     name = str(item.get("name") or item_id)
@@ -217,7 +243,7 @@ async def download_item(session: WcsSession, item: dict[str, Any], key: bytes, c
             target, overwrite = dest, True
     temp = _TempFile(target.parent) if target is not None else None
     try:
-        sha256 = await _fetch(session, item, key, context, temp, progress)
+        sha256 = await fetch(temp)
         if expected is not None and sha256 != expected:
             raise ItemIntegrityError(item_id, name,
                                      f"sha256 mismatch (got {sha256}, expected {expected})")
@@ -231,6 +257,38 @@ async def download_item(session: WcsSession, item: dict[str, Any], key: bytes, c
         raise
     return DownloadResult(item_id=item_id, name=name, size=size, sha256=sha256,
                           path=path, seconds=time.perf_counter() - started)
+
+
+async def _fetch_plain(session: WcsSession, item: dict[str, Any], temp: _TempFile | None,
+                       progress: Callable[[int, int | None], None] | None) -> str:
+    """Stream the plaintext the WCS decrypted; return its hex SHA-256."""
+    item_id = str(item["id"])
+    name = str(item.get("name") or item_id)
+    size = int(item["size"])
+    url = session.check_url(f"{session.base_url}/items/{quote(item_id, safe='')}/document")
+
+    def integrity(message: str) -> ItemIntegrityError:
+        return ItemIntegrityError(item_id, name, message)
+
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        async with session.request("GET", url) as resp:
+            if progress is not None:
+                progress(0, size)
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                done = await _emit(chunk, done, size, digest, temp, integrity)
+                if progress is not None:
+                    progress(done, size)
+    except WcsError as exc:
+        if isinstance(exc.__cause__, aiohttp.ClientPayloadError):
+            # The WCS cuts the body short when its copy fails verification (§8.3).
+            raise integrity(f"the server cut the download short after {done} of {size} "
+                            f"bytes (its copy failed verification)") from None
+        raise DownloadError(item_id, name, str(exc)) from exc
+    if done != size:
+        raise integrity(f"truncated (received {done} of {size} bytes)")
+    return digest.hexdigest()
 
 
 async def _fetch(session: WcsSession, item: dict[str, Any], key: bytes, context: bytes,

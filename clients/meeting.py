@@ -18,7 +18,7 @@ import aiohttp
 
 from webconf.events import SharedItem
 
-from .download import DownloadResult, download_item
+from .download import DownloadResult, download_document, download_item
 from .sip import ConferenceDialog, JoinResult, SipConnection, SipError
 from .wcs import Channel, Progress, WcsSession, b64url_decode, client_ssl_context
 
@@ -113,8 +113,13 @@ class MeetingClient:
         return await download_item(self._session(), entry.item, key, context, dest,
                                    expected_sha256=entry.item.get("sha256"), progress=progress)
 
-    async def fetch_item(self, item: dict[str, Any], dest: Path | None) -> DownloadResult:
-        """Download an item from the list, fetching its key from the key endpoint."""
+    async def fetch_item(self, item: dict[str, Any], dest: Path | None, *,
+                         server_decrypt: bool = False) -> DownloadResult:
+        """Download an item from the list, fetching its key from the key endpoint; with
+        `server_decrypt`, the plaintext the WCS decrypts (`.../document`) instead."""
+        if server_decrypt:
+            return await download_document(self._session(), item, dest,
+                                           expected_sha256=item.get("sha256"))
         key, context = await self._session().item_key(item["id"])
         return await download_item(self._session(), item, key, context, dest,
                                    expected_sha256=item.get("sha256"))

@@ -53,6 +53,11 @@ class Metrics:
             "webconf_cookie_cache_misses",
             "Requests whose cookie took the full check (signature and store)",
             registry=self.registry)
+        self.documents_tampered = Counter(
+            "webconf_documents_tampered",
+            "Decrypting downloads (/document) cut short or refused because the blob on the "
+            "share failed verification, by what failed (docs/protocol.md §8.3)",
+            ["kind"], registry=self.registry)
         self.focus_leases_expired = Counter(
             "webconf_focus_leases_expired",
             "Focus leases this process found stale and whose participants it revoked",

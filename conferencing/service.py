@@ -56,7 +56,15 @@ from .keyring import CustomerKeyAccess, TenantKeyring, TenantKeyUnavailable
 from .lifecycle import EndReason, Lifecycle
 from .metrics import Metrics
 from .share import FileShare, ShareError
-from .store import ConferenceRow, EventRow, ItemRow, NewEvent, ParticipantRow, Store
+from .store import (
+    ConferenceRow,
+    DownloadSwitches,
+    EventRow,
+    ItemRow,
+    NewEvent,
+    ParticipantRow,
+    Store,
+)
 
 CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}"
                              r"(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=(\"[^\"\\]*\"|[A-Za-z0-9!#$&^_.+-]+))*$")
@@ -333,33 +341,43 @@ class ConferenceService:
 
     # -- authentication -------------------------------------------------------------
     async def authenticate(self, token: str | None, conference_id: str) -> Principal:
-        principal, _ = await self._authenticate(token, conference_id, None)
+        principal, _, _ = await self._authenticate(token, conference_id, None)
         return principal
 
     async def authenticate_for_item(self, token: str | None, conference_id: str,
                                     item_id: str) -> tuple[Principal, ItemRow]:
         """`authenticate` and `_item` in one database round trip: a download's whole
         metadata cost (the same checks, in the same order)."""
+        principal, row, _ = await self.authenticate_for_download(token, conference_id, item_id)
+        return principal, row
+
+    async def authenticate_for_download(
+            self, token: str | None, conference_id: str,
+            item_id: str) -> tuple[Principal, ItemRow, DownloadSwitches]:
+        """`authenticate_for_item`, with the item's download switches from the same query
+        (docs/protocol.md §8.3); the caller applies them (`downloads.check_download`)."""
         if not valid_id(item_id):
             await self.authenticate(token, conference_id)  # a bad cookie is told first
             raise ServiceError("not_found", "unknown item")
-        principal, row = await self._authenticate(token, conference_id, item_id)
+        principal, row, switches = await self._authenticate(token, conference_id, item_id)
         if row is None or row.tenant != principal.tenant:
             raise ServiceError("not_found", "unknown item")
-        return principal, row
+        return principal, row, switches or DownloadSwitches()
 
-    async def _authenticate(self, token: str | None, conference_id: str,
-                            item_id: str | None) -> tuple[Principal, ItemRow | None]:
+    async def _authenticate(self, token: str | None, conference_id: str, item_id: str | None
+                            ) -> tuple[Principal, ItemRow | None, DownloadSwitches | None]:
         """The cookie check of docs/protocol.md §3. A cookie that passed it shortly before
         is taken from the cache (cookie_cache.py: same `exp` rule, dropped at revocation);
-        a download still reads its item."""
+        a download still reads its item and its switches."""
         if not token:
             raise ServiceError("unauthorized", "missing cookie")
         cached = self.cookie_cache.get(token, conference_id)
         if cached is not None:
             self.metrics.cookie_cache_hits.inc()
-            item = None if item_id is None else await self.store.item(conference_id, item_id)
-            return Principal(cached), item
+            if item_id is None:
+                return Principal(cached), None, None
+            item, switches = await self.store.item_access(conference_id, item_id)
+            return Principal(cached), item, switches
         self.metrics.cookie_cache_misses.inc()
         try:
             claims = self.cookies.verify(token, conference_id=conference_id)
@@ -382,7 +400,7 @@ class ConferenceService:
             self.cookie_cache.put(ticket, token)
         finally:
             self.cookie_cache.end(ticket)
-        return Principal(claims), state.item
+        return Principal(claims), state.item, state.switches
 
     # -- items -------------------------------------------------------------------
     async def share_item(self, who: Principal, *, name: str, content_type: str,
@@ -503,6 +521,12 @@ class ConferenceService:
     async def item_key(self, row: ItemRow) -> ItemKey:
         """The key of an item `authenticate_for_item` found."""
         return await self._unwrap(row)
+
+    def item_name_and_type(self, row: ItemRow, key: ItemKey) -> tuple[str, str]:
+        """The item's name and content type, unsealed (the decrypting download's headers)."""
+        return (keywrap.open_item_field(key.dek, "name", row.sealed_name, context=key.context),
+                keywrap.open_item_field(key.dek, "content_type", row.sealed_content_type,
+                                        context=key.context))
 
     async def item_blob(self, row: ItemRow) -> BlobRef:
         """The ciphertext of an item `authenticate_for_item` found; not while its tenant key

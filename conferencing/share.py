@@ -162,6 +162,20 @@ class FileShare:
             raise ShareError("blob missing") from None
         return st.st_size
 
+    async def head(self, blob_id: str, length: int) -> tuple[bytes, int]:
+        """The blob's first `length` bytes (fewer if it is shorter) and its size, in one
+        worker-thread hop (the decrypting download's header and size check)."""
+        path = self.blob_path(blob_id)
+
+        def read() -> tuple[bytes, int]:
+            with open(path, "rb", buffering=0) as file:
+                return file.read(length) or b"", os.fstat(file.fileno()).st_size
+
+        try:
+            return await asyncio.to_thread(read)
+        except FileNotFoundError:
+            raise ShareError("blob missing") from None
+
     async def stream(self, blob_id: str, offset: int = 0, length: int | None = None,
                      chunk_size: int = 1024 * 1024) -> AsyncIterator[memoryview]:
         """Stream `length` bytes of the blob from `offset` as views of reused buffers.

@@ -33,6 +33,10 @@ def test_download_smoke() -> None:
         assert all(n > 0 for n in row.detail["ours_requests"] + row.detail["nginx_requests"])
         # both servers really ran TLS 1.3 with AES-256-GCM
         assert set(row.detail["tls"].values()) == {"TLSv1.3 TLS_AES_256_GCM_SHA384"}
+        doc = rows[f"decrypting download MB/s (/document vs /content, {tool}, 5 MiB item)"]
+        assert doc.ours > 0 and doc.baseline is not None and doc.baseline > 0, doc.detail
+        assert doc.target == ">= 0.8x" and doc.unit == "MB/s"
+        assert all(n > 0 for n in doc.detail["document_requests"])
 
 
 def test_upload_smoke() -> None:

@@ -5,6 +5,9 @@ In-process WCS on both store backends; the focus's BYE is tests/test_focus_bye.p
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,7 +167,11 @@ async def test_tenant_shreds_at_end(wcs: Wcs) -> None:
     service = service_of(wcs)
     alice = await wcs.admit("S1", ALICE)
     assert (await wcs.upload(alice, b"z" * 20_000))[0] == 201
-    assert await service.store.set_tenant_shreds_content_at_end("contoso.example", True)
+    set_cmd = subprocess.run(  # the operator's command, against the running server's store
+        [sys.executable, "-m", "webconf", "tenant", "set", str(wcs.cfg.base_dir),
+         "contoso.example", "shred_content_at_end=true"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert set_cmd.returncode == 0, set_cmd.stderr
     assert await service.store.tenant_shreds_content_at_end("contoso.example")
     assert not await service.store.tenant_shreds_content_at_end("fabrikam.example")
     assert (await end(wcs, alice))[0] == 204

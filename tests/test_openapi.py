@@ -218,7 +218,8 @@ def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> d
     from a dictionary holding `conf` three times out of four, so most requests get past
     authentication while the rest hit other (and invalid) conference ids. Links in the
     document carry item ids from an upload to its key, content and delete (the stateful
-    phase).
+    phase). The organizer's cookie may turn attendee downloads off (`updateConference`);
+    its own downloads stay open.
     """
     accepted_anyway = ["2xx", "3xx", "401", "403", "404", "409", "429"]
     return {
@@ -242,6 +243,9 @@ def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> d
                  "expected-statuses": [*accepted_anyway, "400"]}}},
             # A well-formed Range may still be unsatisfiable for this blob.
             {"include-operation-id": "getItemContent",
+             "checks": {"positive_data_acceptance": {
+                 "expected-statuses": [*accepted_anyway, "416"]}}},
+            {"include-operation-id": "getItemDocument",
              "checks": {"positive_data_acceptance": {
                  "expected-statuses": [*accepted_anyway, "416"]}}},
             # A WebSocket upgrade is not an HTTP fuzzer's job: test_channel.py and
@@ -318,6 +322,8 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
             ("GET", f"{base}/items @CONF", {200}),
             ("GET", f"{base}/items/{{item}}/key @CONF", {200}),
             ("GET", f"{base}/items/{{item}}/content @CONF", {200, 206, 304}),
+            ("GET", f"{base}/items/{{item}}/document @CONF", {200, 206, 304}),
+            ("PATCH", f"{base} @CONF", {200}),
             ("DELETE", f"{base}/items/{{item}} @CONF", {204})):
         assert any(counts[(method, path, s)] for s in statuses), (method, path, summary)
     # ... and other conferences were tried too (and refused).

@@ -12,6 +12,7 @@ from clients.sip import SipError, sip_error_kind
 from webconf import protocol
 from webconf.events import (
     ConferenceEnded,
+    ConferenceUpdated,
     EventError,
     ItemRemoved,
     ItemShared,
@@ -45,6 +46,7 @@ WIRE = [
         "id": "p1", "user": "alice@contoso.example", "role": "organizer"}}),
     (Revoked("left"), {"type": "revoked", "reason": "left"}),
     (ConferenceEnded(), {"type": "conference.ended"}),
+    (ConferenceUpdated(downloads=False), {"type": "conference.updated", "downloads": False}),
     (Welcome(conference="C1", participant="p1", role="organizer", items=(ENTRY,)),
      {"type": "welcome", "conference": "C1", "participant": "p1", "role": "organizer",
       "seq": 0, "items": [{"item": ITEM, "key": "a2V5", "context": "Y3R4"}]}),
@@ -80,6 +82,8 @@ def test_unknown_types_pass_through() -> None:
     {"type": "item.removed", "item": "it1"},
     {"type": "participant.joined", "participant": {"id": "p1"}},
     {"type": "revoked"},
+    {"type": "conference.updated"},
+    {"type": "conference.updated", "downloads": 0},
     {"type": "welcome", "conference": "C1", "participant": "p1", "role": "r", "items": {}},
     {"type": "welcome", "conference": "C1", "participant": "p1", "role": "r", "items": [1]},
 ])

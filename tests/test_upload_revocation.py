@@ -107,8 +107,8 @@ async def test_item_committed_before_the_end_is_shredded_by_it(wcs: Wcs) -> None
     (the tenant's `shred_content_at_end`, docs/protocol.md §8.6) shreds it."""
     assert wcs.server is not None and wcs.server.service is not None
     alice = await wcs.admit("UPEND", ALICE)  # the tenant exists from its first admit on
-    assert await wcs.server.service.store.set_tenant_shreds_content_at_end(
-        "contoso.example", True)
+    await wcs.server.service.store.set_tenant_settings(
+        "contoso.example", {"shred_content_at_end": True}, time.time())
     blobs = blob_files(wcs)
     status, body = await wcs.upload(alice, os.urandom(10_000))
     assert status == 201, body

@@ -2,10 +2,10 @@
 
 The WCS sends JSON text frames on the channel (docs/protocol.md §4): a `welcome` first,
 then `item.shared`, `item.removed`, `participant.joined`, `participant.left`, `revoked`,
-`conference.ended` and `pong` replies; a client sends only `ping`. Each message is a small
-frozen dataclass here (like aioquic's `h3/events.py`): the WCS builds one and sends
-`to_json()`, a client reads a frame with `parse_event()`. `to_json()` gives exactly the
-wire object, keys in wire order, so serializing it changes no byte on the wire.
+`conference.ended`, `conference.updated` and `pong` replies; a client sends only `ping`.
+Each message is a small frozen dataclass here (like aioquic's `h3/events.py`): the WCS
+builds one and sends `to_json()`, a client reads a frame with `parse_event()`. `to_json()`
+gives exactly the wire object, keys in wire order, so serializing it changes no byte on the wire.
 
 An item is carried as its JSON view (the object the HTTP API returns for an item, §4):
 the channel passes it through unchanged, so it stays a dict here, checked only for its id.
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
-    "FINAL_EVENTS", "ChannelEvent", "ConferenceEnded", "EventError", "ItemRemoved",
-    "ItemShared", "Participant", "ParticipantJoined", "ParticipantLeft", "Ping", "Pong",
-    "Resumed", "Revoked", "SharedItem", "UnknownEvent", "Welcome", "event_seq", "parse_event",
+    "FINAL_EVENTS", "ChannelEvent", "ConferenceEnded", "ConferenceUpdated", "EventError",
+    "ItemRemoved", "ItemShared", "Participant", "ParticipantJoined", "ParticipantLeft", "Ping",
+    "Pong", "Resumed", "Revoked", "SharedItem", "UnknownEvent", "Welcome", "event_seq",
+    "parse_event",
 ]
 
 
@@ -249,6 +250,26 @@ class ConferenceEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class ConferenceUpdated:
+    """The conference's settings changed (its organizer's `PATCH`, docs/protocol.md §8.3)."""
+
+    TYPE: ClassVar[str] = "conference.updated"
+    downloads: bool
+    """Attendees may download items (`/content`, `/document`)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "downloads": self.downloads}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConferenceUpdated:
+        downloads = data.get("downloads")
+        if not isinstance(downloads, bool):
+            raise EventError("conference.updated lacks a boolean 'downloads'",
+                             event_type=cls.TYPE)
+        return cls(downloads)
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """Client -> WCS keep-alive, the only message a client may send."""
 
@@ -297,8 +318,8 @@ def event_seq(data: dict[str, Any]) -> int | None:
 
 
 ChannelEvent: TypeAlias = (Welcome | Resumed | ItemShared | ItemRemoved | ParticipantJoined
-                           | ParticipantLeft | Revoked | ConferenceEnded | Ping | Pong
-                           | UnknownEvent)
+                           | ParticipantLeft | Revoked | ConferenceEnded | ConferenceUpdated
+                           | Ping | Pong | UnknownEvent)
 """Any channel message, either direction."""
 
 FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
@@ -306,7 +327,7 @@ FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
 
 _PARSERS: dict[str, Any] = {cls.TYPE: cls.from_json for cls in (
     Welcome, Resumed, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft, Revoked,
-    ConferenceEnded, Ping, Pong)}
+    ConferenceEnded, ConferenceUpdated, Ping, Pong)}
 
 
 def parse_event(data: object) -> ChannelEvent:

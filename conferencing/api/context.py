@@ -24,7 +24,7 @@ from webconf.deploy.config import Config
 
 from ..metrics import Metrics
 from ..service import ConferenceService, Principal, ServiceError, valid_id
-from ..store import ItemRow
+from ..store import DownloadSwitches, ItemRow
 
 SERVICE = web.AppKey("service", ConferenceService)
 METRICS = web.AppKey("metrics", Metrics)
@@ -107,6 +107,14 @@ async def authenticate_item(request: web.Request) -> tuple[Principal, ItemRow]:
     """`authenticate`, and the item of the path, read with the cookie's state at once."""
     conference_id, token = _checked_credentials(request)
     return await request.app[SERVICE].authenticate_for_item(
+        token, conference_id, request.match_info["item"])
+
+
+async def authenticate_download(
+        request: web.Request) -> tuple[Principal, ItemRow, DownloadSwitches]:
+    """`authenticate_item`, with the download switches read in the same query."""
+    conference_id, token = _checked_credentials(request)
+    return await request.app[SERVICE].authenticate_for_download(
         token, conference_id, request.match_info["item"])
 
 

@@ -30,6 +30,8 @@ STATUS_BY_CODE = {
     "unauthorized": 401,
     "forbidden": 403,
     "unknown_tenant": 403,
+    "server_decrypt_disabled": 403,
+    "downloads_disabled": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "request_timeout": 408,

@@ -7,7 +7,6 @@ in ~1 MiB chunks through a `StreamResponse` (FileResponse measured 8x slower ove
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -17,18 +16,22 @@ from aiohttp import web
 
 from webconf.deploy.config import WcsSection
 
+from ..downloads import check_download, record_download
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..service import ServiceError, b64url
+from . import document as decrypting
 from .channel import channel
 from .context import (
     AUTH_COOKIE,
     METRICS,
     SERVICE,
     authenticate,
+    authenticate_download,
     authenticate_item,
     bearer_token,
 )
 from .errors import json_error
+from .ranges import etag_matches, parse_range, requested_span
 
 __all__ = ["AUTH_COOKIE", "METRICS", "SERVICE", "UploadPace", "add_routes", "authenticate",
            "bearer_token", "load_openapi", "parse_range"]
@@ -37,8 +40,6 @@ READ_SIZE = 64 * 1024
 BODY_IDLE_SECONDS = 60.0
 """An upload whose body stalls this long (no bytes at all) is refused with 408; its pace
 (`UploadPace`) may refuse it sooner."""
-_RANGE_SPEC_RE = re.compile(r"^([0-9]*)-([0-9]*)$")  # ASCII digits only: `\d` is Unicode
-_INT64_DIGITS = 19
 
 
 @dataclass(frozen=True)
@@ -140,44 +141,9 @@ async def end_conference(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One `bytes=` range as (start, end_exclusive); None means serve the whole blob.
-
-    Raises ServiceError(range_not_satisfiable) for a malformed or unsatisfiable range.
-    Multiple ranges are answered with the whole representation (RFC 9110 §14.2 allows it).
-    """
-    header = header.strip()
-    if header[:6].lower() != "bytes=":
-        return None  # unknown unit: ignore the header
-    if "," in header:
-        return None
-    # The unit is case-insensitive (RFC 9110 §14.1); OWS is tolerated anywhere.
-    m = _RANGE_SPEC_RE.match(header[len("bytes="):].replace(" ", "").replace("\t", ""))
-    if m is None or (m.group(1) == "" and m.group(2) == ""):
-        raise ServiceError("range_not_satisfiable", "malformed Range header")
-    # Leading zeros are allowed; a position past int64 is past any blob. Never int() a
-    # digit string that long (Python refuses over 4300 digits, and it costs time).
-    first, last = m.group(1), m.group(2)
-    first = first.lstrip("0") or ("0" if first else "")
-    last = last.lstrip("0") or ("0" if last else "")
-    if len(first) > _INT64_DIGITS:
-        raise ServiceError("range_not_satisfiable", "Range out of bounds")
-    huge = 1 << 63
-    last_pos = None if last == "" else (int(last) if len(last) <= _INT64_DIGITS else huge)
-    if first == "":
-        suffix = last_pos or 0
-        if suffix == 0 or size == 0:
-            raise ServiceError("range_not_satisfiable", "empty suffix range")
-        return max(0, size - suffix), size  # a suffix longer than the blob: all of it
-    start = int(first)
-    if start >= size or (last_pos is not None and last_pos < start):
-        raise ServiceError("range_not_satisfiable", "Range not satisfiable")
-    end = size - 1 if last_pos is None else min(last_pos, size - 1)
-    return start, end + 1
-
-
 async def item_content(request: web.Request) -> web.StreamResponse:
-    _, row = await authenticate_item(request)
+    who, row, switches = await authenticate_download(request)
+    check_download(who, switches, "content")
     service = request.app[SERVICE]
     blob = await service.item_blob(row)
     headers = {
@@ -187,19 +153,15 @@ async def item_content(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "private, no-cache",
         "X-Content-Type-Options": "nosniff",
     }
-    inm = request.headers.get("If-None-Match")
-    if inm is not None and (inm.strip() == "*" or blob.etag in [t.strip() for t in inm.split(",")]):
+    if etag_matches(request.headers.get("If-None-Match"), blob.etag):
         return web.Response(status=304, headers=headers)
-    span: tuple[int, int] | None = None
-    range_header = request.headers.get("Range")
-    if_range = request.headers.get("If-Range")
-    if range_header is not None and (if_range is None or if_range.strip() == blob.etag):
-        try:
-            span = parse_range(range_header, blob.size)
-        except ServiceError as exc:
-            return json_error(416, exc.message, headers={
-                "Content-Range": f"bytes */{blob.size}", "ETag": blob.etag,
-                "Accept-Ranges": "bytes"})
+    try:
+        span = requested_span(request.headers.get("Range"), request.headers.get("If-Range"),
+                              blob.etag, blob.size)
+    except ServiceError as exc:
+        return json_error(416, exc.message, headers={
+            "Content-Range": f"bytes */{blob.size}", "ETag": blob.etag,
+            "Accept-Ranges": "bytes"})
     start, end = span if span is not None else (0, blob.size)
     resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     resp.content_length = end - start
@@ -218,6 +180,7 @@ async def item_content(request: web.Request) -> web.StreamResponse:
             del chunk  # let the share reuse the buffer (it never refills an exported one)
     finally:
         request.app[METRICS].bytes_out.inc(sent)
+        record_download(service.audit, who, row, sent, "content")
     await resp.write_eof()
     return resp
 
@@ -248,6 +211,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{base}/items/{{item}}/content", item_content)
     app.router.add_delete(f"{base}/items/{{item}}", delete_item)
     app.router.add_get(f"{base}/channel", channel)
+    decrypting.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     false,
+    true,
 )
 
 metadata = MetaData()
@@ -31,10 +32,22 @@ tenants = Table(
     metadata,
     Column("domain", String(255), primary_key=True),
     Column("current_key_version", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# An operator's per-tenant settings (`webconf tenant set`, conferencing/tenant_settings.py).
+# A row of its own, not `tenants`'s: a tenant may be configured before its first join made
+# its key. No row means every default.
+tenant_settings = Table(
+    "tenant_settings",
+    metadata,
+    Column("tenant", String(255), primary_key=True),
+    # `GET .../document` (the decrypting download, docs/protocol.md §8.3) is served.
+    Column("server_decrypt", Boolean, nullable=False, server_default=true()),
     # Shred a conference's content when it ends instead of after the grace period
     # (`wcs.content_grace_seconds`, docs/protocol.md §8.6).
     Column("shred_content_at_end", Boolean, nullable=False, server_default=false()),
-    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
 
 # One row per tenant key (TIK) version. A service-managed version is wrapped by a root key
@@ -83,6 +96,9 @@ conferences = Table(
     # The seq of the conference's newest event (conference_events): bumped in the
     # transaction that appends one, so its row lock orders the log (docs/protocol.md §4.4).
     Column("last_seq", BigInteger, nullable=False, server_default="0"),
+    # Attendees may download items (`/content`, `/document`); the organizer's
+    # `PATCH /v1/conferences/{conf}` sets it (docs/protocol.md §8.3).
+    Column("downloads", Boolean, nullable=False, server_default=true()),
     UniqueConstraint("tenant", "organizer", "uri_id", name="uq_conferences_uri"),
 )
 

@@ -39,6 +39,7 @@ from .schema import (
     participants,
     revoked_cookies,
     tenant_keys,
+    tenant_settings,
     tenants,
 )
 from .writer import Admit, GroupWriter, PgTarget, Revoke, SqliteTarget, Target
@@ -68,6 +69,8 @@ class ConferenceRow:
     ended_at: float | None
     last_seq: int = 0
     """The seq of its newest logged event (log.py)."""
+    downloads: bool = True
+    """Attendees may download its items (the organizer's switch, docs/protocol.md §8.3)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,17 @@ class ItemRow:
 
 
 @dataclass(frozen=True)
+class DownloadSwitches:
+    """Who may download an item, read with the item itself (docs/protocol.md §8.3): a
+    switch flipped is seen by the next download on every node, with no cache to expire."""
+
+    downloads: bool = True
+    """The conference's organizer lets attendees download (`conferences.downloads`)."""
+    server_decrypt: bool = True
+    """The tenant's operator serves the decrypting download (`tenant_settings`)."""
+
+
+@dataclass(frozen=True)
 class CookieState:
     """What a cookie check needs to know, read in one query."""
 
@@ -112,6 +126,8 @@ class CookieState:
     conference_ended: bool
     item: ItemRow | None = None
     """The item asked for with the cookie (`cookie_state(..., item_id=)`), if it exists."""
+    switches: DownloadSwitches | None = None
+    """With `item_id`: the download switches of the item's conference and tenant."""
 
 
 class StoreSchemaError(SchemaError):
@@ -143,6 +159,16 @@ def tenant_key_row(row: Any) -> TenantKeyRow:
 
 def _row(cls: Any, row: Any) -> Any:
     return cls(**dict(row._mapping))
+
+
+_SWITCH_COLUMNS = (conferences.c.downloads.label("switch_downloads"),
+                   tenant_settings.c.server_decrypt.label("switch_server_decrypt"))
+"""The download switches, selected with an item (a missing settings row is NULL: on)."""
+
+
+def _switches(m: Any) -> DownloadSwitches:
+    return DownloadSwitches(downloads=m["switch_downloads"] is not False,
+                            server_decrypt=m["switch_server_decrypt"] is not False)
 
 
 class Store:
@@ -242,18 +268,35 @@ class Store:
         return True
 
     async def tenant_shreds_content_at_end(self, tenant: str) -> bool:
-        """The tenant's `shred_content_at_end` setting (docs/protocol.md §8.6)."""
+        """The tenant's `shred_content_at_end` setting (docs/protocol.md §8.6; no row: no)."""
         async with self.engine.connect() as conn:
-            value = await conn.scalar(
-                select(tenants.c.shred_content_at_end).where(tenants.c.domain == tenant))
+            value = await conn.scalar(select(tenant_settings.c.shred_content_at_end).where(
+                tenant_settings.c.tenant == tenant))
         return bool(value)
 
-    async def set_tenant_shreds_content_at_end(self, tenant: str, value: bool) -> bool:
-        """Set it; False if the tenant does not exist."""
+    async def set_tenant_settings(self, tenant: str, values: dict[str, Any],
+                                  now: float) -> None:
+        """Set columns of the tenant's `tenant_settings` row, creating it (defaults for the
+        rest) on first use (conferencing/tenant_settings.py names the columns)."""
         async with self._write() as conn:
-            result = await conn.execute(update(tenants).where(tenants.c.domain == tenant)
-                                        .values(shred_content_at_end=value))
-        return bool(result.rowcount)
+            changed = await conn.execute(update(tenant_settings).where(
+                tenant_settings.c.tenant == tenant).values(**values, updated_at=now))
+            if changed.rowcount:
+                return
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(insert(tenant_settings).values(
+                        tenant=tenant, **values, updated_at=now))
+            except IntegrityError:  # a concurrent `set` made the row: change it
+                await conn.execute(update(tenant_settings).where(
+                    tenant_settings.c.tenant == tenant).values(**values, updated_at=now))
+
+    async def tenant_settings(self, tenant: str) -> dict[str, Any]:
+        """The tenant's settings row as a dict (empty: no row, every default)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(tenant_settings).where(
+                tenant_settings.c.tenant == tenant))).first()
+        return {} if row is None else dict(row._mapping)
 
     # -- conferences -------------------------------------------------------------
     async def conference(self, conference_id: str) -> ConferenceRow | None:
@@ -341,6 +384,23 @@ class Store:
                 .order_by(conferences.c.ended_at).limit(limit))).all()
         return [r.id for r in rows]
 
+    async def set_conference_downloads(self, conference_id: str, downloads: bool, now: float,
+                                       events: Sequence[NewEvent] = ()) -> bool | None:
+        """Set whether attendees may download, appending `events` in the same transaction
+        when the value changed. Returns whether it changed; None for an unknown conference."""
+        async with self._write() as conn:
+            if not await log.lock_conference(conn, conference_id):
+                return None
+            current = await conn.scalar(select(conferences.c.downloads).where(
+                conferences.c.id == conference_id))
+            if bool(current) == downloads:
+                return False
+            await conn.execute(update(conferences).where(conferences.c.id == conference_id)
+                               .values(downloads=downloads))
+            seq = await log.append(conn, conference_id, events, now)
+        self._announce(conference_id, seq)
+        return True
+
     # -- participants ----------------------------------------------------------------
     async def add_participant(self, row: ParticipantRow,
                               events: Sequence[NewEvent] = ()) -> None:
@@ -386,8 +446,9 @@ class Store:
                               conferences.c.ended_at.label("conference_ended_at")]
         if item_id is not None:
             source = conferences.outerjoin(items, and_(
-                items.c.conference_id == conferences.c.id, items.c.id == item_id))
-            columns += list(items.c)
+                items.c.conference_id == conferences.c.id, items.c.id == item_id)).outerjoin(
+                tenant_settings, tenant_settings.c.tenant == conferences.c.tenant)
+            columns += [*items.c, *_SWITCH_COLUMNS]
         q = select(*columns).select_from(source).where(conferences.c.id == conference_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
@@ -396,10 +457,13 @@ class Store:
                 return CookieState(is_revoked, None, False)
         m = row._mapping
         item = None
-        if item_id is not None and m["id"] is not None:
-            item = ItemRow(**{c.name: m[c.name] for c in items.c})
+        switches = None
+        if item_id is not None:
+            switches = _switches(m)
+            if m["id"] is not None:
+                item = ItemRow(**{c.name: m[c.name] for c in items.c})
         return CookieState(bool(m["revoked"]), m["conference_tenant"],
-                           m["conference_ended_at"] is not None, item)
+                           m["conference_ended_at"] is not None, item, switches)
 
     async def purge_expired_revocations(self, expired_before: float) -> int:
         """Drop the revocation rows of cookies whose `exp` is before `expired_before`;
@@ -460,6 +524,22 @@ class Store:
             row = (await conn.execute(select(items).where(
                 items.c.id == item_id, items.c.conference_id == conference_id))).first()
         return None if row is None else _row(ItemRow, row)
+
+    async def item_access(self, conference_id: str,
+                          item_id: str) -> tuple[ItemRow | None, DownloadSwitches]:
+        """The item and its download switches, in one query (a cached cookie's download)."""
+        q = (select(*items.c, *_SWITCH_COLUMNS)
+             .select_from(conferences.outerjoin(items, and_(
+                 items.c.conference_id == conferences.c.id, items.c.id == item_id)).outerjoin(
+                 tenant_settings, tenant_settings.c.tenant == conferences.c.tenant))
+             .where(conferences.c.id == conference_id))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        if row is None:
+            return None, DownloadSwitches()
+        m = row._mapping
+        item = None if m["id"] is None else ItemRow(**{c.name: m[c.name] for c in items.c})
+        return item, _switches(m)
 
     async def items(self, conference_id: str) -> list[ItemRow]:
         async with self.engine.connect() as conn:
@@ -622,7 +702,7 @@ async def _stored_bytes(conn: AsyncConnection, conference_id: str) -> int:
 
 
 __all__: Sequence[str] = (
-    "ConferenceRow", "CookieState", "EventRow", "ItemCommit", "ItemRow", "NewEvent",
-    "ParticipantRow", "Store",
+    "ConferenceRow", "CookieState", "DownloadSwitches", "EventRow", "ItemCommit", "ItemRow",
+    "NewEvent", "ParticipantRow", "Store",
     "StoreSchemaError", "TenantKeyRow",
 )

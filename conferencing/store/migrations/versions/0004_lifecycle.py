@@ -1,6 +1,7 @@
-"""Content lifecycle (docs/protocol.md §8.6): a tenant's "shred content at the end" setting
-replaces `retain_content`, whose meaning the grace model turned around (content is kept for
-`wcs.content_grace_seconds` after every end; this setting shreds it at the end instead).
+"""Content lifecycle (docs/protocol.md §8.6): `tenants.retain_content` goes, because the
+grace model turned its meaning around (content is kept for `wcs.content_grace_seconds`
+after every end); a tenant's `shred_content_at_end` setting (`tenant_settings`, revision
+0005) shreds it at the end instead.
 
 Revision ID: 0004
 Revises: 0003
@@ -20,8 +21,6 @@ depends_on: str | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("tenants") as batch:
-        batch.add_column(sa.Column("shred_content_at_end", sa.Boolean(), nullable=False,
-                                   server_default=sa.false()))
         batch.drop_column("retain_content")
 
 
@@ -29,4 +28,3 @@ def downgrade() -> None:
     with op.batch_alter_table("tenants") as batch:
         batch.add_column(sa.Column("retain_content", sa.Boolean(), nullable=False,
                                    server_default=sa.false()))
-        batch.drop_column("shred_content_at_end")
