@@ -399,11 +399,13 @@ async def test_channel_welcome_then_item_shared(wcs: Wcs, tmp_path: Path) -> Non
 async def test_channel_keepalives_are_invisible(wcs: Wcs) -> None:
     alice, bob = await meeting(wcs, "K1")
     async with session_for(wcs, alice) as a, session_for(wcs, bob) as b:
-        async with await Channel.connect(b, ping_interval=0.1) as channel:
+        # Pings every 0.4 s, so the idle timeout is 1 s: a loaded test machine's stall of
+        # a few hundred ms must not count as a dead channel.
+        async with await Channel.connect(b, ping_interval=0.4) as channel:
             pump = Pump(channel)
             events = aiter(pump)
             await next_event(events, "welcome")
-            await asyncio.sleep(0.6)  # ~6 pings and pongs; the idle timeout is 0.25 s
+            await asyncio.sleep(2.4)  # ~6 pings and pongs, each well inside the timeout
             item = await a.upload(_stream_of(b"x"), name="x", size=1)
             event = await next_event(events)
             while event["type"].startswith("participant."):
