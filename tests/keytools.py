@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from conferencing.store import Store
 from conferencing.store.schema import items, tenant_keys
 from webconf.crypto.cobblestone import Decryptor
 from webconf.deploy.config import Config
+from webconf.deploy.lifetime import die_with_parent
 
 from .conftest import Participant, Wcs
 
@@ -30,9 +32,11 @@ def b64d(text: str) -> bytes:
 
 
 async def start_cli(*args: str) -> asyncio.subprocess.Process:
+    """`webconf ARGS` as a subprocess that dies with the test run, even a killed one."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "webconf", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent(signal.SIGKILL))
 
 
 async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
