@@ -8,9 +8,9 @@ that a subcommand whose module is absent from an install is simply not offered.
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Callable
-from typing import Any
+
+from webconf.cli import load_command
 
 # group -> subcommand -> (module, add-arguments function, run function, one-line help)
 GROUPS: dict[str, dict[str, tuple[str, str, str, str]]] = {
@@ -32,24 +32,10 @@ GROUPS: dict[str, dict[str, tuple[str, str, str, str]]] = {
 }
 
 
-def _load(spec: tuple[str, str, str, str]) -> tuple[Callable[..., Any], Callable[..., int]] | None:
-    module_name, add_name, run_name, _ = spec
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    add, run = getattr(module, add_name, None), getattr(module, run_name, None)
-    if add is None or run is None:
-        return None
-    return add, run
-
-
 def _add_group(parser: argparse.ArgumentParser, group: str) -> None:
     sub = parser.add_subparsers(dest=f"{group}_command", metavar="SUBCOMMAND", required=True)
     for name, spec in GROUPS[group].items():
-        loaded = _load(spec)
+        loaded = load_command(spec)
         if loaded is None:
             continue
         add, run = loaded

@@ -46,7 +46,9 @@ OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def _load(spec: tuple[str, str, str, str]) -> tuple[Callable[..., Any], Callable[..., int]] | None:
+def load_command(spec: tuple[str, str, str, str]
+                 ) -> tuple[Callable[..., Any], Callable[..., int]] | None:
+    """A command's (add-arguments, run) functions; None when its module is not installed."""
     module_name, add_name, run_name, _ = spec
     try:
         module = importlib.import_module(module_name)
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "SIP conference focus.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, spec in {**COMMANDS, **OPTIONAL_COMMANDS}.items():
-        loaded = _load(spec)
+        loaded = load_command(spec)
         if loaded is None:
             continue
         add, run = loaded
