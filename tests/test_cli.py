@@ -33,10 +33,10 @@ def uri(conf: str) -> str:
     return f"sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:{conf}"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
-    """One `webconf serve` (focus + WCS subprocesses) for the whole module: fast."""
-    cfg = init_deployment(tmp_path_factory.mktemp("cli") / "dep", https_port=free_port(),
+def serving_stack(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Config]:
+    """One `webconf serve` (focus + WCS subprocesses) with the CLI tests' users, for a
+    module-scoped fixture: a module's tests share it, which keeps them fast."""
+    cfg = init_deployment(tmp_path_factory.mktemp(name) / "dep", https_port=free_port(),
                           internal_port=free_port(), sip_port=free_port(), tenants=TENANTS)
     asyncio.run(add_users(cfg))
     serve = ServeProcess(cfg.base_dir)
@@ -48,6 +48,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
             serve.terminate(20)
         except subprocess.TimeoutExpired:
             serve.kill9()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    yield from serving_stack(tmp_path_factory, "cli")
 
 
 def _env(user: str | None, password: str | None) -> dict[str, str]:

@@ -31,11 +31,9 @@ from conferencing.audit import read_records
 from webconf.crypto import cobblestone
 from webconf.crypto.cobblestone import item_context
 from webconf.deploy.config import Config
-from webconf.deploy.init import init_deployment
 
-from .conftest import TENANTS, Participant, ServeProcess, Wcs, free_port, wait_for
-from .test_cli import run, shared_items
-from .test_focus_e2e import add_users
+from .conftest import Participant, Wcs, wait_for
+from .test_cli import run, serving_stack, shared_items
 
 ROOT = Path(__file__).resolve().parents[1]
 ORGANIZER = "alice@contoso.example"
@@ -550,18 +548,7 @@ async def test_every_download_is_audited_with_the_bytes_sent(wcs: Wcs) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     """One `webconf serve` (focus + WCS subprocesses), with the CLI tests' users."""
-    cfg = init_deployment(tmp_path_factory.mktemp("doc") / "dep", https_port=free_port(),
-                          internal_port=free_port(), sip_port=free_port(), tenants=TENANTS)
-    asyncio.run(add_users(cfg))
-    serve = ServeProcess(cfg.base_dir)
-    serve.start()
-    try:
-        yield cfg
-    finally:
-        try:
-            serve.terminate(20)
-        except subprocess.TimeoutExpired:
-            serve.kill9()
+    yield from serving_stack(tmp_path_factory, "doc")
 
 
 def test_fetch_server_decrypt_end_to_end(stack: Config, tmp_path: Path) -> None:
