@@ -33,6 +33,7 @@ from webconf.events import (
     ConferenceEnded,
     ConferenceUpdated,
     EventError,
+    ItemConversion,
     ItemRemoved,
     ItemShared,
     ParticipantJoined,
@@ -615,6 +616,9 @@ async def _join_body(context: Context) -> int:
             return True
         elif isinstance(event, ConferenceUpdated):
             out.line(f"conference.updated downloads={'on' if event.downloads else 'off'}")
+        elif isinstance(event, ItemConversion):  # a deck that did not become a PDF
+            out.line(f"item.conversion {show(names.get(event.item_id, event.item_id))} "
+                     f"{show(event.status)}: {show(event.error)}")
         elif isinstance(event, UnknownEvent) and event.type == "channel.reconnected":
             out.line("channel reconnected")
         elif not isinstance(event, Welcome):

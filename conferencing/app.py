@@ -49,7 +49,9 @@ from .api import internal, link, public
 from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
 from .api.peer import focus_client_only
+from .convert import Converter
 from .cookies import CookieAuthority
+from .derived import ServiceDeckHost
 from .eventlog import PgListener
 from .events import EventHub
 from .leases import expire_focus_leases
@@ -125,6 +127,8 @@ class WcsServer:
     """Removes unreferenced share files while serving (`_sweep_share`)."""
     lifecycle_task: asyncio.Task[None] | None = None
     """Ends idle conferences and shreds content past its grace (`conferencing.lifecycle`)."""
+    converter: Converter | None = None
+    """Converts shared decks to PDFs in LibreOffice processes (`conferencing.convert`)."""
     guards: dict[str, ConnectionGuard] = field(default_factory=dict)
     """Each listener's connection cap and head timer (`conferencing.listener`)."""
 
@@ -144,6 +148,11 @@ class WcsServer:
             cfg, store, share, cookies, keys.load_root_keys(cfg),
             EventHub(queue_length=cfg.wcs.channel_queue_length), metrics)
         self.event_tasks = await _start_event_tasks(self.service)
+        # Decks to PDFs (docs/protocol.md §9.4); a previous crash's job directories go first.
+        self.converter = Converter(cfg.wcs, cfg.var_dir / "convert", metrics)
+        self.converter.host = ServiceDeckHost(self.service)
+        await self.converter.start()
+        self.service.converter = self.converter
         # Other nodes or workers may write into the share right now (a PostgreSQL store):
         # spare what may be their uploads in progress (conferencing/share.py).
         swept = await self.service.sweep_share(min_age_seconds=sweep_age(
@@ -230,6 +239,8 @@ class WcsServer:
             link.close_all(runner.app)
         await self.in_flight.wait_idle(drain_seconds(self.cfg))  # the grace, or what the
         # node's stop left of it after the focus (webconf/deploy/serve.py)
+        if self.converter is not None:  # after the drain: an upload's deck is queued, then
+            await self.converter.stop()  # LibreOffice killed, its plaintext removed
         for runner in reversed(self.runners):
             await runner.cleanup()
         self.runners.clear()

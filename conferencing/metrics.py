@@ -63,6 +63,18 @@ class Metrics:
             "Focus leases this process found stale and whose participants it revoked",
             registry=self.registry)
 
+        self.conversions = Counter(
+            "webconf_conversions",
+            "Deck conversions to PDF (docs/protocol.md §9.4) by outcome: converted, "
+            "unreadable, crashed, timeout, queue_full, unavailable, interrupted, refused "
+            "(the PDF was not stored: too large, quota, key), corrupt (the deck's blob "
+            "failed verification), dropped (the deck or its conference went meanwhile), "
+            "error (a bug or a store outage)",
+            ["outcome"], registry=self.registry)
+        self.conversion_seconds = Histogram(
+            "webconf_conversion_seconds", "Time LibreOffice took for one deck",
+            buckets=_SECONDS_BUCKETS, registry=self.registry)
+
     def report_restarts(self, read: Callable[[], Mapping[str, int]]) -> None:
         """Expose `read()` (component -> restarts) as `webconf_restarts` at each scrape."""
         self.registry.register(_RestartsCollector(read))

@@ -44,7 +44,9 @@ from webconf.events import (
 )
 from webconf.protocol import Admission
 
+from . import soffice
 from .audit import AuditLog
+from .convert import Converter, DeckRequest
 from .cookie_cache import CookieCache
 from .cookies import CookieAuthority, CookieClaims, CookieError
 from .crypto import keywrap
@@ -104,6 +106,35 @@ class Principal:
     @property
     def role(self) -> str:
         return self.claims.role
+
+    @property
+    def presenter(self) -> str:
+        """The SIP URI an item this principal shares names as its presenter."""
+        return self.claims.sub
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """Who stores a derived item: the original it was made from (a deck's PDF,
+    docs/protocol.md §9.4), in the name of the original's presenter."""
+
+    original: ItemRow
+
+    @property
+    def conference_id(self) -> str:
+        return self.original.conference_id
+
+    @property
+    def tenant(self) -> str:
+        return self.original.tenant
+
+    @property
+    def participant_id(self) -> str:
+        return self.original.presenter_pid
+
+    @property
+    def presenter(self) -> str:
+        return self.original.presenter
 
 
 @dataclass(frozen=True)
@@ -181,6 +212,8 @@ class ConferenceService:
         self.keyring.unwrap_seconds = metrics.decrypt_seconds.observe
         self._known_tenants: set[str] = set()
         """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
+        self.converter: Converter | None = None
+        """Converts shared decks to PDFs (convert.py); set by the WCS app."""
 
     # -- tenant keys ----------------------------------------------------------------
     async def _tenant_key(self, tenant: str, version: int | None = None) -> tuple[bytes, int]:
@@ -335,6 +368,11 @@ class ConferenceService:
         payload["seq"] = row.seq
         return _json(payload)
 
+    async def announce(self, conference_id: str, event: ChannelEvent) -> bool:
+        """Log an event that no other change carries (a failed conversion, §9.4); False
+        for an unknown or ended conference."""
+        return await self.store.append_events(conference_id, [_log(event)], time.time())
+
     async def trim_events(self, now: float) -> int:
         """Drop log rows past the retention (`wcs.event_retention_seconds`)."""
         return await self.store.trim_events(now - self.cfg.wcs.event_retention_seconds)
@@ -414,6 +452,21 @@ class ConferenceService:
             raise ServiceError("bad_request", "invalid Content-Type")
         if sha256 is not None and not SHA256_RE.match(sha256):
             raise ServiceError("bad_request", "X-Content-SHA256 must be 64 lowercase hex digits")
+        view = await self.store_item(who, name=name, content_type=content_type, body=body,
+                                     max_bytes=max_bytes, sha256=sha256)
+        kind = soffice.deck_kind(name, content_type)
+        if kind is not None and self.converter is not None:  # docs/protocol.md §9.4
+            await self.converter.submit(DeckRequest(
+                conference_id=who.conference_id, item_id=view["id"], kind=kind,
+                pdf_name=soffice.pdf_name(name, self.cfg.wcs.max_item_name_bytes)))
+        return view
+
+    async def store_item(self, who: Principal | Derivation, *, name: str, content_type: str,
+                         body: AsyncIterator[bytes], max_bytes: int,
+                         sha256: str | None = None) -> dict[str, Any]:
+        """The one path from plaintext to a shared item, for uploads and derived items
+        alike: encrypt while `body` streams, store the blob, commit the row (the event in
+        its transaction), audit; the item's view."""
         await self._tenant_key(who.tenant)  # 503 before the body: no key, no upload (§8.4)
         item_id = protocol.new_id(12)
         dek = keywrap.new_key()
@@ -454,7 +507,7 @@ class ConferenceService:
                 now = time.time()
                 row = ItemRow(
                     id=item_id, conference_id=who.conference_id, tenant=who.tenant,
-                    presenter_pid=who.participant_id, presenter=who.claims.sub,
+                    presenter_pid=who.participant_id, presenter=who.presenter,
                     blob_id=writer.blob_id,
                     wrapped_dek=keywrap.wrap_dek(tenant_key, dek, tenant=who.tenant,
                                                  conference_id=who.conference_id,
@@ -466,7 +519,8 @@ class ConferenceService:
                         dek, "content_type", content_type, context=context),
                     sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
                         dek, "sha256", sha256, context=context),
-                    plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now)
+                    plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now,
+                    derived_from=who.original.id if isinstance(who, Derivation) else None)
                 # A rotation retired the version between our read and our commit (§8.5):
                 # wrap again under the version now current.
                 if await self._commit_item(who, row, last=attempt == KEY_RETIRED_RETRIES):
@@ -475,17 +529,24 @@ class ConferenceService:
             await self.share.remove(writer.blob_id)
             raise
         self.audit.record("item.share", tenant=who.tenant, conference=who.conference_id,
-                          who=who.participant_id, item=row.id, bytes=plaintext_size)
+                          who=who.participant_id, item=row.id, bytes=plaintext_size,
+                          **({} if row.derived_from is None else
+                             {"derived_from": row.derived_from}))
         return self._item_view(row, dek, context)
 
-    async def _commit_item(self, who: Principal, row: ItemRow, *, last: bool = True) -> bool:
+    async def _commit_item(self, who: Principal | Derivation, row: ItemRow, *,
+                           last: bool = True) -> bool:
         """Record the item only if `who` may still share now, not just when the upload
         began: an upload can outlive its cookie's revocation or its conference's end
-        (docs/protocol.md §4.1). The store checks both in the transaction of the insert."""
-        if self.cookies.expired(who.claims.expires_at):  # the rule `verify` applies (§3)
-            raise ServiceError("unauthorized", "token expired")
+        (docs/protocol.md §4.1); a derived item, its original's deletion (§9.4). The
+        store checks these in the transaction of the insert."""
+        jti = None
+        if isinstance(who, Principal):
+            if self.cookies.expired(who.claims.expires_at):  # the rule `verify` applies (§3)
+                raise ServiceError("unauthorized", "token expired")
+            jti = who.claims.jti
         # The log row names the item only: no key in the log (or in a NOTIFY).
-        outcome = await self.store.commit_item(row, jti=who.claims.jti, events=[NewEvent(
+        outcome = await self.store.commit_item(row, jti=jti, events=[NewEvent(
             type=ItemShared.TYPE, payload=_json({"type": ItemShared.TYPE,
                                                  "item": {"id": row.id}}))],
             max_conference_bytes=self.cfg.wcs.max_conference_bytes)
@@ -495,6 +556,8 @@ class ConferenceService:
             raise ServiceError("unauthorized", "cookie revoked")
         if outcome == "conference_ended":
             raise ServiceError("unauthorized", "conference has ended")
+        if outcome == "original_gone":
+            raise ServiceError("not_found", "the original item was deleted")
         if outcome == "key_retired":
             if last:
                 raise ServiceError("tenant_key_unavailable",
@@ -552,6 +615,18 @@ class ConferenceService:
         self.audit.record("item.delete", tenant=who.tenant, conference=who.conference_id,
                           who=who.participant_id, item=item_id)
         await self.share.remove(deleted.blob_id)
+        if self.converter is not None:
+            self.converter.cancel(item_id)
+        # A deck's PDF goes with the deck (docs/protocol.md §9.4); a conversion still
+        # running finds the deck gone at its commit and stores nothing.
+        for derived in await self.store.derived_items(who.conference_id, item_id):
+            gone = await self.store.delete_item(who.conference_id, derived.id, time.time(),
+                                                [_log(ItemRemoved(derived.id))])
+            if gone is not None:
+                self.audit.record("item.delete", tenant=who.tenant,
+                                  conference=who.conference_id, who=who.participant_id,
+                                  item=derived.id, derived_from=item_id)
+                await self.share.remove(gone.blob_id)
 
     async def _item(self, who: Principal, item_id: str) -> ItemRow:
         if not valid_id(item_id):
@@ -602,6 +677,8 @@ class ConferenceService:
         if row.sealed_sha256 is not None:
             view["sha256"] = keywrap.open_item_field(dek, "sha256", row.sealed_sha256,
                                                      context=context)
+        if row.derived_from is not None:
+            view["derived_from"] = row.derived_from
         return view
 
     # -- housekeeping -----------------------------------------------------------------

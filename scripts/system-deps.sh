@@ -4,13 +4,14 @@
 # initdb when no server runs on 127.0.0.1:5432; tests/backends.py), HAProxy (the balancer
 # in front of two nodes in tests/test_multinode.py; the tests start their own), SoftHSM2
 # (the PKCS#11 HSM of the Customer Key tests; tests/hsm.py makes its tokens in a temp dir),
-# and the baselines.
+# LibreOffice Impress (the WCS converts shared decks to PDF with it, docs/protocol.md §9.4;
+# tests/test_decks.py), and the baselines.
 # Service start-up is suppressed during the install (policy-rc.d), so nothing listens on
 # ports 80/5060/5432 afterwards. Without root or apt it only warns: the tests that need a
 # missing SIP tool or HAProxy skip and say why; the PostgreSQL tests fail and say so, unless
 # WEBCONF_TEST_BACKENDS=sqlite.
 set -u
-packages="baresip-core linphone-cli sip-tester postgresql haproxy softhsm2"
+packages="baresip-core linphone-cli sip-tester postgresql haproxy softhsm2 libreoffice-impress"
 if [ "${1:-}" = "--bench" ]; then
   packages="$packages kamailio kamailio-tls-modules nginx-light wrk nghttp2-client"
 fi

@@ -1,8 +1,9 @@
 """The data channel's messages as typed events, written once for the WCS and the clients.
 
 The WCS sends JSON text frames on the channel (docs/protocol.md §4): a `welcome` first,
-then `item.shared`, `item.removed`, `participant.joined`, `participant.left`, `revoked`,
-`conference.ended`, `conference.updated` and `pong` replies; a client sends only `ping`.
+then `item.shared`, `item.removed`, `item.conversion`, `participant.joined`,
+`participant.left`, `revoked`, `conference.ended`, `conference.updated` and `pong`
+replies; a client sends only `ping`.
 Each message is a small frozen dataclass here (like aioquic's `h3/events.py`): the WCS
 builds one and sends `to_json()`, a client reads a frame with `parse_event()`. `to_json()`
 gives exactly the wire object, keys in wire order, so serializing it changes no byte on the wire.
@@ -18,9 +19,9 @@ from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
     "FINAL_EVENTS", "ChannelEvent", "ConferenceEnded", "ConferenceUpdated", "EventError",
-    "ItemRemoved", "ItemShared", "Participant", "ParticipantJoined", "ParticipantLeft", "Ping",
-    "Pong", "Resumed", "Revoked", "SharedItem", "UnknownEvent", "Welcome", "event_seq",
-    "parse_event",
+    "ItemConversion", "ItemRemoved", "ItemShared", "Participant", "ParticipantJoined",
+    "ParticipantLeft", "Ping", "Pong", "Resumed", "Revoked", "SharedItem", "UnknownEvent",
+    "Welcome", "event_seq", "parse_event",
 ]
 
 
@@ -270,6 +271,29 @@ class ConferenceUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemConversion:
+    """A shared deck could not be converted to PDF (docs/protocol.md §9.4): it stays shared
+    as it is. A successful conversion is an `item.shared` of the PDF instead."""
+
+    TYPE: ClassVar[str] = "item.conversion"
+    item_id: str
+    """The deck's item id."""
+    status: str
+    """"failed"."""
+    error: str
+    """Why, in a few words (never the deck's content)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "item": self.item_id, "status": self.status,
+                "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemConversion:
+        return cls(_str(data, "item", cls.TYPE), _str(data, "status", cls.TYPE),
+                   _str(data, "error", cls.TYPE))
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """Client -> WCS keep-alive, the only message a client may send."""
 
@@ -319,7 +343,7 @@ def event_seq(data: dict[str, Any]) -> int | None:
 
 ChannelEvent: TypeAlias = (Welcome | Resumed | ItemShared | ItemRemoved | ParticipantJoined
                            | ParticipantLeft | Revoked | ConferenceEnded | ConferenceUpdated
-                           | Ping | Pong | UnknownEvent)
+                           | ItemConversion | Ping | Pong | UnknownEvent)
 """Any channel message, either direction."""
 
 FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
@@ -327,7 +351,7 @@ FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
 
 _PARSERS: dict[str, Any] = {cls.TYPE: cls.from_json for cls in (
     Welcome, Resumed, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft, Revoked,
-    ConferenceEnded, ConferenceUpdated, Ping, Pong)}
+    ConferenceEnded, ConferenceUpdated, ItemConversion, Ping, Pong)}
 
 
 def parse_event(data: object) -> ChannelEvent:

@@ -138,8 +138,12 @@ items = Table(
     Column("plaintext_size", BigInteger, nullable=False),
     Column("ciphertext_size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    # The item this one was made from: a deck's PDF names its deck (docs/protocol.md §9.4).
+    # No foreign key: deleting the deck deletes its PDF in a step of its own.
+    Column("derived_from", String(64), nullable=True),
     UniqueConstraint("blob_id", name="uq_items_blob"),
     Index("ix_items_conference", "conference_id"),
+    Index("ix_items_derived_from", "derived_from"),
 )
 
 revoked_cookies = Table(

@@ -104,6 +104,8 @@ class ItemRow:
     plaintext_size: int
     ciphertext_size: int
     created_at: float
+    derived_from: str | None = None
+    """The item this one was made from (a deck's PDF, docs/protocol.md §9.4)."""
 
 
 @dataclass(frozen=True)
@@ -143,9 +145,11 @@ def _schema_error(url: str, status: SchemaStatus, where: str | None) -> StoreSch
     return StoreSchemaError(status, mismatch_message(status, where))
 
 
-ItemCommit = Literal["committed", "revoked", "conference_ended", "key_retired", "quota"]
+ItemCommit = Literal["committed", "revoked", "conference_ended", "key_retired", "quota",
+                     "original_gone"]
 """What `Store.commit_item` did: inserted the row, or refused it and why (`key_retired`:
-the tenant key version its DEK is wrapped under was retired meanwhile: rewrap and retry)."""
+the tenant key version its DEK is wrapped under was retired meanwhile: rewrap and retry;
+`original_gone`: a derived item's original was deleted meanwhile)."""
 
 EventHook = Callable[[str, int], None]
 """Told (conference id, seq) after a transaction that appended events commits."""
@@ -475,10 +479,13 @@ class Store:
         return int(result.rowcount or 0)
 
     # -- items ---------------------------------------------------------------------
-    async def commit_item(self, row: ItemRow, *, jti: str, events: Sequence[NewEvent] = (),
+    async def commit_item(self, row: ItemRow, *, jti: str | None,
+                          events: Sequence[NewEvent] = (),
                           max_conference_bytes: int | None = None) -> ItemCommit:
         """Insert the item's row only if its presenter may still share: the conference not
         ended, the presenter's participant row current and its cookie `jti` not revoked.
+        A derived item (`row.derived_from`, no `jti`) needs its original instead: the
+        presenter may have left since the deck was shared, which stays shared too.
 
         The checks and the insert share one transaction, and the conference and participant
         rows are locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer on SQLite), so a
@@ -494,14 +501,16 @@ class Store:
                 .with_for_update())).first()
             if ended_at is None or ended_at[0] is not None:
                 return "conference_ended"
-            left_at = (await conn.execute(
-                select(participants.c.left_at).where(
-                    participants.c.id == row.presenter_pid,
-                    participants.c.conference_id == row.conference_id,
-                    participants.c.jti == jti).with_for_update())).first()
-            revoked = await conn.scalar(select(exists().where(revoked_cookies.c.jti == jti)))
-            if left_at is None or left_at[0] is not None or revoked:
-                return "revoked"
+            if jti is None:
+                original = (await conn.execute(select(items.c.id).where(
+                    items.c.id == row.derived_from,
+                    items.c.conference_id == row.conference_id).with_for_update())).first()
+                if row.derived_from is None or original is None:
+                    return "original_gone"
+            else:
+                outcome = await _presenter_current(conn, row, jti)
+                if outcome is not None:
+                    return outcome
             # Shared lock on the key row: a rotation retiring this version waits for us, or
             # has deleted it and we see it gone (docs/protocol.md §8.5).
             key = (await conn.execute(select(tenant_keys.c.version).where(
@@ -563,6 +572,28 @@ class Store:
         self._announce(conference_id, seq)
         deleted: ItemRow = _row(ItemRow, row)
         return deleted
+
+    async def derived_items(self, conference_id: str, item_id: str) -> list[ItemRow]:
+        """The items made from `item_id` (its deck's PDF, docs/protocol.md §9.4)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(items).where(
+                items.c.conference_id == conference_id,
+                items.c.derived_from == item_id))).all()
+        return [_row(ItemRow, r) for r in rows]
+
+    async def append_events(self, conference_id: str, events: Sequence[NewEvent],
+                            now: float) -> bool:
+        """Log events that no other change carries (a failed conversion); False, and
+        nothing logged, for an unknown or ended conference."""
+        async with self._write() as conn:
+            ended_at = (await conn.execute(
+                select(conferences.c.ended_at).where(conferences.c.id == conference_id)
+                .with_for_update())).first()
+            if ended_at is None or ended_at[0] is not None:
+                return False
+            seq = await log.append(conn, conference_id, events, now)
+        self._announce(conference_id, seq)
+        return True
 
     async def conference_bytes(self, conference_id: str) -> int:
         """Plaintext bytes of the conference's items (what `wcs.max_conference_bytes`
@@ -694,6 +725,20 @@ def idle_condition(before: float, now: float) -> Any:
         participants.c.conference_id == conferences.c.id,
         (participants.c.joined_at >= before)
         | (participants.c.left_at.is_(None) & (participants.c.expires_at > now))))
+
+
+async def _presenter_current(conn: AsyncConnection, row: ItemRow,
+                             jti: str) -> ItemCommit | None:
+    """"revoked" unless the uploader's participation and cookie `jti` are current (locked)."""
+    left_at = (await conn.execute(
+        select(participants.c.left_at).where(
+            participants.c.id == row.presenter_pid,
+            participants.c.conference_id == row.conference_id,
+            participants.c.jti == jti).with_for_update())).first()
+    revoked = await conn.scalar(select(exists().where(revoked_cookies.c.jti == jti)))
+    if left_at is None or left_at[0] is not None or revoked:
+        return "revoked"
+    return None
 
 
 async def _stored_bytes(conn: AsyncConnection, conference_id: str) -> int:

@@ -106,6 +106,24 @@ class WcsSection:
     event_listener_keepalive_seconds: float = 5.0
     """How often the NOTIFY connection is checked (PostgreSQL), and so how soon a silently
     dropped one is replaced."""
+    convert_decks: bool = True
+    """Convert shared `.pptx`/`.odp` decks to PDF with LibreOffice (`soffice`), shared as
+    derived items (docs/protocol.md §9.4)."""
+    convert_soffice: str = "soffice"
+    """The LibreOffice command (a name on PATH or a path)."""
+    convert_timeout_seconds: float = 60.0
+    """A conversion running longer is killed and reported as failed."""
+    convert_memory_bytes: int = 1536 * 1024**2
+    """The converter's address-space cap (RLIMIT_AS); LibreOffice 7.4 needs about 500 MiB
+    for a small deck."""
+    convert_queue_length: int = 8
+    """Decks waiting for a converter; one more is refused (`item.conversion` failed)."""
+    convert_concurrency: int = 1
+    """Conversions at once in this process."""
+    convert_allow_network: bool = False
+    """Convert even where no network namespace can be made (`unshare -n`, or `-rn` as a
+    user): LibreOffice then runs with the host's network. Off: conversion is unavailable
+    there, and said so in the log."""
 
 
 @dataclass
@@ -353,6 +371,12 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"focus.heartbeat_seconds ({f.heartbeat_seconds:g}) must be above 0 and below "
             f"focus.node_timeout_seconds ({f.node_timeout_seconds:g})")
+    w = cfg.wcs
+    if w.convert_timeout_seconds <= 0 or w.convert_concurrency < 1 or (
+            w.convert_queue_length < 0) or w.convert_memory_bytes <= 0:
+        raise ConfigError("wcs.convert_timeout_seconds and wcs.convert_memory_bytes must be "
+                          "above 0, wcs.convert_concurrency at least 1 and "
+                          "wcs.convert_queue_length 0 or above")
     if cfg.wcs.share_sweep_seconds < 0:
         raise ConfigError(f"wcs.share_sweep_seconds ({cfg.wcs.share_sweep_seconds:g}) must "
                           "be 0 (off) or above")
