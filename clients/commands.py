@@ -36,8 +36,6 @@ from webconf.events import (
     ItemConversion,
     ItemRemoved,
     ItemShared,
-    ParticipantJoined,
-    ParticipantLeft,
     Revoked,
     UnknownEvent,
     Welcome,
@@ -47,6 +45,7 @@ from webconf.protocol import conference_id_of, conference_uri
 
 from .download import DownloadError, DownloadResult, ItemIntegrityError
 from .meeting import DEFAULT_SIP_PORT, FocusAddress, MeetingClient, conference_domain
+from .roster import roster_line
 from .sip import SipError
 from .wcs import WcsError, client_ssl_context
 
@@ -605,17 +604,15 @@ async def _join_body(context: Context) -> int:
             if task is not None:
                 task.cancel()
             out.line(f"item.removed {show(names.pop(item_id, item_id))} (item {show(item_id)})")
-        elif isinstance(event, (ParticipantJoined, ParticipantLeft)):
-            who = event.participant
-            out.line(f"{event.TYPE} {show(who.user)} ({show(who.role)})")
-        elif isinstance(event, Revoked):
-            out.line("revoked")
-            return True
+        elif (line := roster_line(event, show)) is not None:
+            out.line(line)
+            return isinstance(event, Revoked)
         elif isinstance(event, ConferenceEnded):
             out.line("conference ended")
             return True
         elif isinstance(event, ConferenceUpdated):
-            out.line(f"conference.updated downloads={'on' if event.downloads else 'off'}")
+            out.line(f"conference.updated downloads={'on' if event.downloads else 'off'} "
+                     f"locked={'on' if event.locked else 'off'}")
         elif isinstance(event, ItemConversion):  # a deck that did not become a PDF
             out.line(f"item.conversion {show(names.get(event.item_id, event.item_id))} "
                      f"{show(event.status)}: {show(event.error)}")

@@ -8,6 +8,7 @@ leave (BYE). Load tests share one SIP connection and one HTTPS pool between many
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ import aiohttp
 from webconf.events import SharedItem
 
 from .download import DownloadResult, download_document, download_item
+from .roster import LiveRoster, Member
 from .sip import ConferenceDialog, JoinResult, SipConnection, SipError
-from .wcs import Channel, Progress, WcsSession, b64url_decode, client_ssl_context
+from .wcs import Channel, Progress, WcsError, WcsSession, b64url_decode, client_ssl_context
 
 DEFAULT_SIP_PORT = 5061
 
@@ -65,6 +67,7 @@ class MeetingClient:
         self.joined: JoinResult | None = None
         self.wcs: WcsSession | None = None
         self.channel: Channel | None = None
+        self._roster = LiveRoster()
 
     async def join(self) -> JoinResult:
         if self.sip is None:
@@ -81,7 +84,11 @@ class MeetingClient:
 
     @property
     def role(self) -> str:
-        return self.joined.role if self.joined else ""
+        """Our role in force: the join's, then as the roster's events changed it (§9.2)."""
+        if self.joined is None:
+            return ""
+        me = self._roster.members.get(self.joined.participant)
+        return me.role if me is not None else self.joined.role
 
     def _session(self) -> WcsSession:
         if self.wcs is None:
@@ -92,13 +99,50 @@ class MeetingClient:
         self.channel = await Channel.connect(self._session())
         return self.channel
 
+    @property
+    def roster(self) -> dict[str, Member]:
+        """The live participants by id (docs/protocol.md §9.2): loaded when `events()`
+        starts, then kept current by the events it yields (a reconnect that could not
+        replay what it missed loads it again)."""
+        return self._roster.members
+
+    @property
+    def locked(self) -> bool:
+        """The conference is locked, as of the roster and the events since."""
+        return self._roster.locked
+
+    async def load_roster(self) -> dict[str, Member]:
+        """(Re)load the roster with `GET .../participants`."""
+        self._roster.load(await self._session().participants())
+        return self.roster
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Channel events, the welcome's items first (as `item.shared`)."""
+        """Channel events, the welcome's items first (as `item.shared`); the roster
+        (`roster`) follows them."""
         channel = self.channel or await self.open_channel()
+        with contextlib.suppress(WcsError):  # no roster (yet): the meeting goes on
+            await self.load_roster()  # after the welcome: events up to its seq are in it
         for entry in channel.welcome.get("items", []):
             yield {"type": "item.shared", **entry, "from_welcome": True}
         async for event in channel.events():
+            if event.get("type") == "channel.reconnected" and not event.get("resumed"):
+                with contextlib.suppress(WcsError):
+                    await self.load_roster()  # events were missed: read it afresh
+            else:
+                self._roster.apply(event)
             yield event
+
+    async def set_role(self, participant_id: str, role: str) -> dict[str, Any]:
+        """Give a participant another role (the organizer only)."""
+        return await self._session().set_role(participant_id, role)
+
+    async def eject(self, participant_id: str) -> None:
+        """Eject a participant (the organizer only; the focus then sends them BYE)."""
+        await self._session().eject(participant_id)
+
+    async def lock(self, locked: bool = True) -> dict[str, Any]:
+        """Lock (or unlock) the conference: no new joins but the organizer's."""
+        return await self._session().update_conference(locked=locked)
 
     async def share(self, path: str | Path, *, name: str | None = None,
                     progress: Progress | None = None) -> dict[str, Any]:

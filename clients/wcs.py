@@ -253,6 +253,26 @@ class WcsSession:
         """End the conference for everyone (organizer only; docs/protocol.md §8.6)."""
         await self._json("DELETE", self.base_url)
 
+    async def update_conference(self, **settings: bool) -> dict[str, Any]:
+        """Change the conference's settings (`downloads`, `locked`; organizer only,
+        docs/protocol.md §8.3, §9.2); returns every setting as it now is."""
+        return dict(await self._json("PATCH", self.base_url, json=settings))
+
+    async def participants(self) -> dict[str, Any]:
+        """The roster: `{"conference", "seq", "locked", "participants": [...]}` (§9.2)."""
+        return dict(await self._json("GET", f"{self.base_url}/participants"))
+
+    async def set_role(self, participant_id: str, role: str) -> dict[str, Any]:
+        """Give a participant another role (organizer only, §9.2); returns its entry."""
+        return dict(await self._json(
+            "PATCH", f"{self.base_url}/participants/{_check_id(participant_id)}",
+            json={"role": role}))
+
+    async def eject(self, participant_id: str) -> None:
+        """Eject a participant (organizer only, §9.2)."""
+        await self._json("DELETE",
+                         f"{self.base_url}/participants/{_check_id(participant_id)}")
+
     async def list_items(self) -> list[dict[str, Any]]:
         body = await self._json("GET", f"{self.base_url}/items")
         return list(body["items"])

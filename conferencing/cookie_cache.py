@@ -14,7 +14,8 @@ verification and the store query. Nothing about what is accepted changes:
   has the least time left).
 - Revocation, within one second on every node (docs/protocol.md §4.4): the cache watches the
   event log of every conference it holds entries of (`EventFeed.watch`), and drops a
-  participant's entries at its `revoked` row and a conference's at `conference.ended`. A hit
+  participant's entries at its `revoked` row (and at `participant.role_changed`: the role
+  in force is read again, docs/protocol.md §9.2) and a conference's at `conference.ended`. A hit
   needs the conference's track to have been in sync less than `fresh_seconds` ago (the
   feed's poll renews that every second): a lost NOTIFY, a slow reader or a database outage
   make entries miss, never serve a revoked cookie. This process's own revocations and ends
@@ -36,10 +37,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from webconf.events import ConferenceEnded, Revoked
+from webconf.events import ConferenceEnded, ParticipantRoleChanged, Revoked
 
 from .cookies import CookieClaims
 from .eventlog import EventFeed, Track
+from .events import role_change
 from .store import EventRow
 
 MAX_ENTRIES = 50_000
@@ -158,10 +160,12 @@ class CookieCache:
         conf.pending.add(ticket)
         return ticket
 
-    def put(self, ticket: Ticket, token: str) -> bool:
-        """Cache the ticket's cookie (it passed the whole check); False if it may not be."""
+    def put(self, ticket: Ticket, token: str, claims: CookieClaims | None = None) -> bool:
+        """Cache the ticket's cookie (it passed the whole check); False if it may not be.
+        `claims`: what hits are to get, when not the ticket's (the role in force, §9.2)."""
         conf = ticket.conference
-        claims = ticket.claims
+        if claims is None:
+            claims = ticket.claims
         if (ticket.stale or not ticket.armed or ticket.track is not conf.track
                 or self._conferences.get(claims.conference_id) is not conf):
             return False
@@ -186,9 +190,14 @@ class CookieCache:
 
     # -- invalidation ---------------------------------------------------------------
     def on_row(self, row: EventRow) -> None:
-        """The feed's row listener: revocations and ends drop their cookies."""
+        """The feed's row listener: revocations and ends drop their cookies; so does a
+        role change, so that the next request reads the role in force (§9.2)."""
         if row.type == Revoked.TYPE and row.participant_id is not None:
             self.drop_participant(row.conference_id, row.participant_id)
+        elif row.type == ParticipantRoleChanged.TYPE:
+            who = role_change(row.payload)
+            if who is not None:
+                self.drop_participant(row.conference_id, who.id)
         elif row.type == ConferenceEnded.TYPE:
             self.drop_conference(row.conference_id)
 

@@ -5,7 +5,8 @@ so a change is seen by the next request on every node:
 
 - the tenant's `server_decrypt` (`webconf tenant set`, tenant_settings.py) turns the
   decrypting download (`/document`) off for everyone: 403 `server_decrypt_disabled`;
-- the conference's `downloads` (its organizer's `PATCH /v1/conferences/{conf}`) forbids
+- the conference's `downloads` (its organizer's `PATCH /v1/conferences/{conf}`,
+  conference_settings.py) forbids
   attendees both downloads (`/content` and `/document`): 403 `downloads_disabled`.
   Presenters and the organizer still download; the key endpoint and the channel, which
   attendees need to follow the meeting, stay open.
@@ -18,23 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass
-from typing import Any, Literal
-
-from webconf.events import ConferenceUpdated
+from typing import Literal
 
 from .audit import AuditLog
 from .metrics import Metrics
-from .service import ConferenceService, Principal, ServiceError
-from .store import DownloadSwitches, ItemRow, NewEvent
+from .service import Principal, ServiceError
+from .store import DownloadSwitches, ItemRow
 
 DownloadPath = Literal["content", "document"]
 
 log = logging.getLogger("webconf.wcs.download")
-
-CONFERENCE_SETTINGS = ("downloads",)
-"""The fields `PATCH /v1/conferences/{conf}` accepts."""
 
 
 def check_download(who: Principal, switches: DownloadSwitches, path: DownloadPath) -> None:
@@ -61,45 +55,3 @@ def report_tampered(metrics: Metrics, who: Principal, row: ItemRow, kind: str,
     log.error(json.dumps({"event": "document.tampered", "tenant": who.tenant,
                           "conference": who.conference_id, "item": row.id,
                           "blob": row.blob_id, "kind": kind, "chunk": chunk, "sent": sent}))
-
-
-@dataclass(frozen=True)
-class ConferenceChanges:
-    """A validated `PATCH /v1/conferences/{conf}` body."""
-
-    downloads: bool
-
-
-def parse_conference_changes(body: object) -> ConferenceChanges:
-    """Strict: a JSON object of known fields of the right types, at least one (400)."""
-    if not isinstance(body, dict):
-        raise ServiceError("bad_request", "body must be a JSON object")
-    unknown = sorted(set(body) - set(CONFERENCE_SETTINGS))
-    if unknown:
-        raise ServiceError("bad_request", f"unknown field {unknown[0]!r}")
-    if "downloads" not in body:
-        raise ServiceError("bad_request", "nothing to change: give 'downloads'")
-    if not isinstance(body["downloads"], bool):
-        raise ServiceError("bad_request", "'downloads' must be true or false")
-    return ConferenceChanges(downloads=body["downloads"])
-
-
-def require_organizer(who: Principal) -> None:
-    if who.role != "organizer":
-        raise ServiceError("forbidden", "only the organizer may change the conference")
-
-
-async def update_conference(service: ConferenceService, who: Principal,
-                            changes: ConferenceChanges) -> dict[str, Any]:
-    """Apply the organizer's changes; a change pushes `conference.updated` to every
-    channel through the event log (in the transaction of the change). Returns the
-    conference's settings."""
-    require_organizer(who)
-    event = ConferenceUpdated(downloads=changes.downloads)
-    changed = await service.store.set_conference_downloads(
-        who.conference_id, changes.downloads, time.time(),
-        [NewEvent(type=ConferenceUpdated.TYPE,
-                  payload=json.dumps(event.to_json(), separators=(",", ":")))])
-    if changed is None:
-        raise ServiceError("not_found", "unknown conference")
-    return {"conference": who.conference_id, "downloads": changes.downloads}

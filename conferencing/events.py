@@ -27,6 +27,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from webconf.events import EventError, Participant, ParticipantRoleChanged
+
+from .store.log import EventRow
+
 CLOSE = object()
 """Sentinel queued after a final event: the channel closes once it has sent it."""
 
@@ -40,6 +44,9 @@ class Subscription:
     close_reason: str = ""
     cursor: int = 0
     """The seq of the newest event this channel has (welcome, replay or push)."""
+    role: str = ""
+    """The participant's role in force: set when the channel opens, then kept current by
+    `participant.role_changed` rows (`EventHub.follow_role`, docs/protocol.md §9.2)."""
     on_unsubscribe: Callable[[Subscription], None] | None = field(default=None, repr=False)
     """Told once when the channel lets go (the feed stops tracking an empty conference)."""
     _hub: EventHub | None = field(default=None, repr=False)
@@ -149,6 +156,18 @@ class EventHub:
                 sub.closed = True
                 sub.close_reason = close_reason
 
+    def follow_role(self, row: EventRow) -> None:
+        """A row listener of the feed: a `participant.role_changed` row sets the role of
+        that participant's channels here, before they are sent the event."""
+        if row.type != ParticipantRoleChanged.TYPE:
+            return
+        who = role_change(row.payload)
+        if who is None:
+            return
+        for sub in self._by_conference.get(row.conference_id, ()):
+            if sub.participant_id == who.id:
+                sub.role = who.role
+
     def _cut_off(self, sub: Subscription, reason: str) -> None:
         sub.overflowed = True
         sub.closed = True
@@ -177,3 +196,12 @@ class EventHub:
                         self._cut_off(sub, reason)
                     else:
                         sub._put(CLOSE)
+
+
+def role_change(payload: str) -> Participant | None:
+    """The participant, with its new role, of a `participant.role_changed` row's payload
+    (None if the payload is not one)."""
+    try:
+        return ParticipantRoleChanged.from_json(json.loads(payload)).participant
+    except (ValueError, EventError, TypeError, AttributeError):
+        return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -194,6 +195,7 @@ class ConferenceService:
                               poll_seconds=cfg.wcs.event_poll_seconds)
         """The one path from the event log to this process's channels."""
         store.on_commit = self.feed.wake
+        self.feed.row_listeners.append(events.follow_role)
         self.endings = EndNotices(self.feed, store)
         """Which focus links follow which conferences' ends (endings.py)."""
         self.cookie_cache = CookieCache(self.feed, expired=cookies.expired)
@@ -265,6 +267,9 @@ class ConferenceService:
                 id=new_conference_id(), tenant=tenant, organizer=organizer, uri_id=uri_id,
                 created_at=now, ended_at=None))
         conference_id = conf.id
+        if conf.locked and conf.ended_at is None and user != conf.organizer:
+            # docs/protocol.md §9.2: the focus answers the INVITE with 403.
+            raise ServiceError("conference_locked", "the organizer has locked the conference")
         if conf.ended_at is not None:
             if user != conf.organizer:  # only the organizer reopens (§8.6)
                 raise ServiceError("not_found", "conference has ended")
@@ -288,10 +293,12 @@ class ConferenceService:
                          cookie=cookie, expires_at=rfc3339(claims.expires_at),
                          webconf_url=self.cfg.public_url)
 
-    async def revoke_participant(self, conference_id: str, participant_id: str) -> bool:
-        """Revoke the participant's cookie and close its channels; False if unknown."""
+    async def revoke_participant(self, conference_id: str, participant_id: str, *,
+                                 reason: str = "left") -> bool:
+        """Revoke the participant's cookie and close its channels; False if unknown.
+        `reason` is the `revoked` event's ("left", or "ejected" by the organizer)."""
         def events(p: ParticipantRow) -> list[NewEvent]:
-            return [_log(Revoked(reason="left"), participant_id=p.id, final=True),
+            return [_log(Revoked(reason=reason), participant_id=p.id, final=True),
                     _log(ParticipantLeft(Participant(id=p.id, user=p.user, role=p.role)))]
 
         try:
@@ -435,7 +442,11 @@ class ConferenceService:
                 raise ServiceError("forbidden", "conference belongs to another tenant")
             if state.conference_ended:
                 raise ServiceError("unauthorized", "conference has ended")
-            self.cookie_cache.put(ticket, token)
+            if state.role is not None and state.role != claims.role:
+                # The role in force is the store's (docs/protocol.md §9.2), not the one
+                # minted into the cookie; the cache keeps it until a role change drops it.
+                claims = dataclasses.replace(claims, role=state.role)
+            self.cookie_cache.put(ticket, token, claims)
         finally:
             self.cookie_cache.end(ticket)
         return Principal(claims), state.item, state.switches
@@ -549,7 +560,9 @@ class ConferenceService:
         outcome = await self.store.commit_item(row, jti=jti, events=[NewEvent(
             type=ItemShared.TYPE, payload=_json({"type": ItemShared.TYPE,
                                                  "item": {"id": row.id}}))],
-            max_conference_bytes=self.cfg.wcs.max_conference_bytes)
+            max_conference_bytes=self.cfg.wcs.max_conference_bytes, uploaders=UPLOADERS)
+        if outcome == "forbidden":  # demoted while the body streamed (§9.2)
+            raise ServiceError("forbidden", "only presenters and the organizer may share")
         if outcome == "quota":  # a concurrent upload took the room first
             raise _over_quota(self.cfg.wcs.max_conference_bytes)
         if outcome == "revoked":

@@ -492,7 +492,8 @@ async def test_organizer_forbids_attendee_downloads(wcs: Wcs) -> None:
         async with wcs.http.patch(url, json={"downloads": False},
                                   headers=alice.headers) as resp:
             assert resp.status == 200
-            assert await resp.json() == {"conference": alice.conference, "downloads": False}
+            assert await resp.json() == {"conference": alice.conference, "downloads": False,
+                                          "locked": False}
         event = await channel.receive_json(timeout=5)
         assert event["type"] == "conference.updated" and event["downloads"] is False
         for path in ("content", "document"):
@@ -508,9 +509,11 @@ async def test_organizer_forbids_attendee_downloads(wcs: Wcs) -> None:
             assert resp.status == 200
         async with wcs.http.patch(url, json={"downloads": True},
                                   headers=alice.headers) as resp:
-            assert await resp.json() == {"conference": alice.conference, "downloads": True}
+            assert await resp.json() == {"conference": alice.conference, "downloads": True,
+                                          "locked": False}
         event = await channel.receive_json(timeout=5)
-        assert event == {"type": "conference.updated", "downloads": True, "seq": event["seq"]}
+        assert event == {"type": "conference.updated", "downloads": True, "locked": False,
+                         "seq": event["seq"]}
         assert (await get(wcs, bob, item))[2] == data
     finally:
         await channel.close()

@@ -211,7 +211,8 @@ async def test_channel_answers_are_documented(wcs: Wcs) -> None:
 
 # -- schemathesis against the running WCS ---------------------------------------------------
 
-def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> dict[str, Any]:
+def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path,
+                        pids: list[str] | None = None) -> dict[str, Any]:
     """Everything the run needs, as a schemathesis.toml.
 
     The cookie is the organizer's of `CONF`, whose public id is `conf`; `{conf}` is drawn
@@ -219,7 +220,8 @@ def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> d
     authentication while the rest hit other (and invalid) conference ids. Links in the
     document carry item ids from an upload to its key, content and delete (the stateful
     phase). The organizer's cookie may turn attendee downloads off (`updateConference`);
-    its own downloads stay open.
+    its own downloads stay open. `{pid}` is drawn from `pids` (attendees of `CONF`) three
+    times out of four, so role changes and ejects succeed too (docs/protocol.md §9.2).
     """
     accepted_anyway = ["2xx", "3xx", "401", "403", "404", "409", "429"]
     return {
@@ -231,8 +233,10 @@ def schemathesis_config(wcs: Wcs, cookie: str, conf: str, report_dir: Path) -> d
         "request-timeout": 10.0,
         "workers": 1,
         "generation": {"max-examples": 40, "database": "none", "no-shrink": False},
-        "dictionaries": {"conference": {"values": [conf]}},
-        "parameters": {"path.conf": {"dictionary": "conference", "probability": 0.75}},
+        "dictionaries": {"conference": {"values": [conf]},
+                         "participant": {"values": pids or ["none"]}},
+        "parameters": {"path.conf": {"dictionary": "conference", "probability": 0.75},
+                       "path.pid": {"dictionary": "participant", "probability": 0.75}},
         "reports": {"json": {"enabled": True, "path": str(report_dir / "report.json")},
                     "har": {"enabled": True, "path": str(report_dir / "requests.har")}},
         "operations": [
@@ -268,6 +272,7 @@ def status_counts(har_path: Path, public_conf: str) -> Counter[tuple[str, str, i
         conf = conf_match.group(1) if conf_match else ""
         shape = re.sub(r"^/v1/conferences/[^/]*", "/v1/conferences/{conf}", path)
         shape = re.sub(r"/items/[^/]+", "/items/{item}", shape)
+        shape = re.sub(r"/participants/[^/]+", "/participants/{pid}", shape)
         counts[(entry["request"]["method"], shape + (" @CONF" if conf == public_conf else ""),
                 entry["response"]["status"])] += 1
     return counts
@@ -283,10 +288,13 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
     for i in range(2):
         status, body = await wcs.upload(alice, os.urandom(40_000 + i), name=f"seed{i}.bin")
         assert status == 201, body
+    attendees = [await wcs.admit(CONF, f"user{i}@contoso.example", organizer=ORGANIZER)
+                 for i in range(8)]
     report_dir = tmp_path / "report"
     config = tmp_path / "schemathesis.toml"
     config.write_text(tomli_w.dumps(
-        schemathesis_config(wcs, alice.cookie, alice.conference, report_dir)))
+        schemathesis_config(wcs, alice.cookie, alice.conference, report_dir,
+                            [a.pid for a in attendees])))
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config),
@@ -324,6 +332,9 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
             ("GET", f"{base}/items/{{item}}/content @CONF", {200, 206, 304}),
             ("GET", f"{base}/items/{{item}}/document @CONF", {200, 206, 304}),
             ("PATCH", f"{base} @CONF", {200}),
+            ("GET", f"{base}/participants @CONF", {200}),
+            ("PATCH", f"{base}/participants/{{pid}} @CONF", {200}),
+            ("DELETE", f"{base}/participants/{{pid}} @CONF", {204}),
             ("DELETE", f"{base}/items/{{item}} @CONF", {204})):
         assert any(counts[(method, path, s)] for s in statuses), (method, path, summary)
     # ... and other conferences were tried too (and refused).

@@ -2,7 +2,8 @@
 
 The WCS sends JSON text frames on the channel (docs/protocol.md §4): a `welcome` first,
 then `item.shared`, `item.removed`, `item.conversion`, `participant.joined`,
-`participant.left`, `revoked`, `conference.ended`, `conference.updated` and `pong`
+`participant.left`, `participant.role_changed`, `revoked`, `conference.ended`,
+`conference.updated` and `pong`
 replies; a client sends only `ping`.
 Each message is a small frozen dataclass here (like aioquic's `h3/events.py`): the WCS
 builds one and sends `to_json()`, a client reads a frame with `parse_event()`. `to_json()`
@@ -20,8 +21,8 @@ from typing import Any, ClassVar, TypeAlias
 __all__ = [
     "FINAL_EVENTS", "ChannelEvent", "ConferenceEnded", "ConferenceUpdated", "EventError",
     "ItemConversion", "ItemRemoved", "ItemShared", "Participant", "ParticipantJoined",
-    "ParticipantLeft", "Ping", "Pong", "Resumed", "Revoked", "SharedItem", "UnknownEvent",
-    "Welcome", "event_seq", "parse_event",
+    "ParticipantLeft", "ParticipantRoleChanged", "Ping", "Pong", "Resumed", "Revoked",
+    "SharedItem", "UnknownEvent", "Welcome", "event_seq", "parse_event",
 ]
 
 
@@ -221,12 +222,29 @@ class ParticipantLeft:
 
 
 @dataclass(frozen=True, slots=True)
+class ParticipantRoleChanged:
+    """The organizer changed someone's role (docs/protocol.md §9.2); `participant.role` is
+    the new one, in force from the participant's next request."""
+
+    TYPE: ClassVar[str] = "participant.role_changed"
+    participant: Participant
+    """Whose role changed, with the new role."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "participant": self.participant.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ParticipantRoleChanged:
+        return cls(Participant.from_json(data, cls.TYPE))
+
+
+@dataclass(frozen=True, slots=True)
 class Revoked:
     """Final event for this participant: its cookie was revoked; the channel closes (1008)."""
 
     TYPE: ClassVar[str] = "revoked"
     reason: str
-    """Why ("left")."""
+    """Why: "left" (BYE, end of the dialog) or "ejected" (the organizer, §9.2)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.TYPE, "reason": self.reason}
@@ -257,17 +275,20 @@ class ConferenceUpdated:
     TYPE: ClassVar[str] = "conference.updated"
     downloads: bool
     """Attendees may download items (`/content`, `/document`)."""
+    locked: bool = False
+    """Only the organizer may join (docs/protocol.md §9.2)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "downloads": self.downloads}
+        return {"type": self.TYPE, "downloads": self.downloads, "locked": self.locked}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConferenceUpdated:
         downloads = data.get("downloads")
-        if not isinstance(downloads, bool):
-            raise EventError("conference.updated lacks a boolean 'downloads'",
+        locked = data.get("locked", False)  # absent: a WCS from before the lock
+        if not isinstance(downloads, bool) or not isinstance(locked, bool):
+            raise EventError("conference.updated lacks a boolean 'downloads' or 'locked'",
                              event_type=cls.TYPE)
-        return cls(downloads)
+        return cls(downloads, locked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,16 +363,17 @@ def event_seq(data: dict[str, Any]) -> int | None:
 
 
 ChannelEvent: TypeAlias = (Welcome | Resumed | ItemShared | ItemRemoved | ParticipantJoined
-                           | ParticipantLeft | Revoked | ConferenceEnded | ConferenceUpdated
-                           | ItemConversion | Ping | Pong | UnknownEvent)
+                           | ParticipantLeft | ParticipantRoleChanged | Revoked | ConferenceEnded
+                           | ConferenceUpdated | ItemConversion | Ping | Pong | UnknownEvent)
 """Any channel message, either direction."""
 
 FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
 """Types after which the WCS closes the channel: no reconnect will be admitted."""
 
 _PARSERS: dict[str, Any] = {cls.TYPE: cls.from_json for cls in (
-    Welcome, Resumed, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft, Revoked,
-    ConferenceEnded, ConferenceUpdated, ItemConversion, Ping, Pong)}
+    Welcome, Resumed, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft,
+    ParticipantRoleChanged, Revoked, ConferenceEnded, ConferenceUpdated, ItemConversion, Ping,
+    Pong)}
 
 
 def parse_event(data: object) -> ChannelEvent:

@@ -10,6 +10,10 @@ the `webconf_auth` cookie must come from one of our own origins (`context.authen
 A revoked or ended participant gets its final event and then a close; a cookie that
 expires closes the channel at `exp`.
 
+The channel's role is the one in force (docs/protocol.md §9.2): read when it opens, then
+moved by its participant's `participant.role_changed` (`Subscription.role`); a check of
+anything the client sends uses `current_principal`.
+
 Every event carries its `seq` in the conference's event log (docs/protocol.md §4.3), and
 the welcome the seq its item list reflects. `?after=N` resumes a channel: while the log
 still holds every event after N, a `resumed` frame and those events replace the welcome.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -31,7 +36,7 @@ from ..service import Principal, ServiceError
 from . import strict_json
 from .context import CHANNELS, METRICS, SERVICE, authenticate
 
-__all__ = ["CHANNELS", "CLOSE_REVOKED", "channel"]
+__all__ = ["CHANNELS", "CLOSE_REVOKED", "channel", "current_principal"]
 
 FLOOD_WINDOW_SECONDS = 1.0
 FLOOD_MAX_MESSAGES = 20
@@ -39,6 +44,14 @@ CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
 CHANNEL_MAX_DEPTH = 4
 """A ping is one flat object; anything nested deeper is abuse."""
 MAX_SEQ_DIGITS = 18
+
+
+def current_principal(who: Principal, sub: Subscription) -> Principal:
+    """The channel's participant with the role in force now (docs/protocol.md §9.2): what
+    any check of a client's channel message must use, not the role at open time."""
+    if not sub.role or sub.role == who.role:
+        return who
+    return Principal(dataclasses.replace(who.claims, role=sub.role))
 
 
 def _after(request: web.Request) -> int | None:
@@ -75,8 +88,11 @@ async def channel(request: web.Request) -> web.StreamResponse:
             raise ServiceError("too_many_requests",
                                "too many data channels for this participant")
         # A revocation or end that committed while we authenticated was delivered before
-        # this subscription existed; check again now that none can be missed.
-        await authenticate(request)
+        # this subscription existed; check again now that none can be missed. The role
+        # read then is in force from here on; later changes reach `sub.role` through the
+        # log (EventHub.follow_role, docs/protocol.md §9.2).
+        who = await authenticate(request)
+        sub.role = who.role
         replay = False
         if after is not None:
             last, replay = await service.store.log_holds(who.conference_id, after)

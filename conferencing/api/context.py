@@ -25,6 +25,8 @@ from webconf.deploy.config import Config
 from ..metrics import Metrics
 from ..service import ConferenceService, Principal, ServiceError, valid_id
 from ..store import DownloadSwitches, ItemRow
+from .strict_json import JsonError
+from .strict_json import loads as strict_loads
 
 SERVICE = web.AppKey("service", ConferenceService)
 METRICS = web.AppKey("metrics", Metrics)
@@ -37,6 +39,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
 """`Sec-Fetch-Site` values of requests no other site started (`none`: the user typed it)."""
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+
+MAX_JSON_BODY = 16 * 1024
+"""A JSON request body (settings, a role) is a few dozen bytes; this bounds it."""
 
 Origin = tuple[str, str, int]
 """(scheme, host, port), lower-case, the port explicit: how origins are compared."""
@@ -127,3 +132,20 @@ def _checked_credentials(request: web.Request) -> tuple[str, str | None]:
     if from_browser_cookie and _changes_state(request):
         check_same_origin(request, request.app[SERVICE].cfg)
     return conference_id, token
+
+
+async def json_body(request: web.Request) -> object:
+    """A small JSON request body, strictly parsed (strict_json): `application/json` or no
+    `Content-Type` (else 415), at most `MAX_JSON_BODY` bytes (else 413), JSON (else 400)."""
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and request.content_type != "application/json":
+        raise ServiceError("unsupported_media_type", "the body must be application/json")
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ServiceError("too_large", "request body too large")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise ServiceError("too_large", "request body too large")
+    try:
+        return strict_loads(raw)
+    except JsonError as exc:
+        raise ServiceError("bad_request", f"body is not acceptable JSON: {exc}") from None

@@ -18,24 +18,15 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..conference_settings import parse_conference_changes, require_organizer, update_conference
 from ..document import DocumentCorrupt, open_document, plaintext
-from ..downloads import (
-    check_download,
-    parse_conference_changes,
-    record_download,
-    report_tampered,
-    require_organizer,
-    update_conference,
-)
+from ..downloads import check_download, record_download, report_tampered
 from ..service import ServiceError
 from ..share import ShareError
-from .context import METRICS, SERVICE, authenticate, authenticate_download
+from .context import METRICS, SERVICE, authenticate, authenticate_download, json_body
 from .errors import json_error
 from .ranges import etag_matches, requested_span
-from .strict_json import JsonError
-from .strict_json import loads as strict_loads
 
-MAX_BODY = 16 * 1024
 """A conference's settings fit in far less."""
 FALLBACK_NAME_CHARS = 150
 _ATTR_CHARS = "!#$&+-.^_`|~"
@@ -118,18 +109,7 @@ async def item_document(request: web.Request) -> web.StreamResponse:
 async def update_conference_settings(request: web.Request) -> web.Response:
     who = await authenticate(request)
     require_organizer(who)  # before the body: others learn nothing from their input
-    content_type = request.headers.get("Content-Type")
-    if content_type is not None and request.content_type != "application/json":
-        raise ServiceError("unsupported_media_type", "the body must be application/json")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ServiceError("too_large", "request body too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ServiceError("too_large", "request body too large")
-    try:
-        body = strict_loads(raw)
-    except JsonError as exc:
-        raise ServiceError("bad_request", f"body is not acceptable JSON: {exc}") from None
+    body = await json_body(request)
     settings = await update_conference(request.app[SERVICE], who,
                                        parse_conference_changes(body))
     return web.json_response(settings, headers={"Cache-Control": "no-store"})

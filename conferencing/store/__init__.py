@@ -7,11 +7,13 @@ from .store import (
     DownloadSwitches,
     ItemRow,
     ParticipantRow,
+    RoleChange,
+    RosterRows,
     Store,
     TenantKeyRow,
 )
 
 __all__ = [
     "ConferenceRow", "CookieState", "DownloadSwitches", "EventRow", "ItemRow", "NewEvent",
-    "ParticipantRow", "Store", "TenantKeyRow",
+    "ParticipantRow", "RoleChange", "RosterRows", "Store", "TenantKeyRow",
 ]

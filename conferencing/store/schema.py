@@ -99,6 +99,8 @@ conferences = Table(
     # Attendees may download items (`/content`, `/document`); the organizer's
     # `PATCH /v1/conferences/{conf}` sets it (docs/protocol.md §8.3).
     Column("downloads", Boolean, nullable=False, server_default=true()),
+    # No new joins but the organizer's (the organizer's `PATCH`, docs/protocol.md §9.2).
+    Column("locked", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("tenant", "organizer", "uri_id", name="uq_conferences_uri"),
 )
 

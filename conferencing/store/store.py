@@ -31,6 +31,7 @@ from webconf.deploy.migrate import (
 from . import log
 from .log import EventRow, NewEvent
 from .migrations import SCHEMA
+from .participation import ParticipantRow, ParticipationQueries, RoleChange, RosterRows
 from .schema import (
     conference_events,
     conferences,
@@ -71,21 +72,8 @@ class ConferenceRow:
     """The seq of its newest logged event (log.py)."""
     downloads: bool = True
     """Attendees may download its items (the organizer's switch, docs/protocol.md §8.3)."""
-
-
-@dataclass(frozen=True)
-class ParticipantRow:
-    id: str
-    conference_id: str
-    tenant: str
-    user: str
-    role: str
-    jti: str
-    joined_at: float
-    expires_at: float
-    left_at: float | None
-    focus_node: str | None = None
-    """The focus lease ("node.incarnation") holding the participant's dialog."""
+    locked: bool = False
+    """Only its organizer may join (the organizer's lock, docs/protocol.md §9.2)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +118,9 @@ class CookieState:
     """The item asked for with the cookie (`cookie_state(..., item_id=)`), if it exists."""
     switches: DownloadSwitches | None = None
     """With `item_id`: the download switches of the item's conference and tenant."""
+    role: str | None = None
+    """The cookie's participant's role now (docs/protocol.md §9.2: it may have changed
+    since the cookie was minted); None if no participant holds the `jti`."""
 
 
 class StoreSchemaError(SchemaError):
@@ -146,10 +137,11 @@ def _schema_error(url: str, status: SchemaStatus, where: str | None) -> StoreSch
 
 
 ItemCommit = Literal["committed", "revoked", "conference_ended", "key_retired", "quota",
-                     "original_gone"]
+                     "original_gone", "forbidden"]
 """What `Store.commit_item` did: inserted the row, or refused it and why (`key_retired`:
 the tenant key version its DEK is wrapped under was retired meanwhile: rewrap and retry;
-`original_gone`: a derived item's original was deleted meanwhile)."""
+`original_gone`: a derived item's original was deleted meanwhile; `forbidden`: the
+uploader's role no longer shares)."""
 
 EventHook = Callable[[str, int], None]
 """Told (conference id, seq) after a transaction that appended events commits."""
@@ -175,8 +167,9 @@ def _switches(m: Any) -> DownloadSwitches:
                             server_decrypt=m["switch_server_decrypt"] is not False)
 
 
-class Store:
-    """Async access to the metadata database."""
+class Store(ParticipationQueries):
+    """Async access to the metadata database (roles, roster and settings:
+    participation.py)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -334,8 +327,9 @@ class Store:
 
     async def reopen_conference(self, conference_id: str) -> None:
         async with self._write() as conn:
+            # A reopened meeting starts unlocked (docs/protocol.md §9.2).
             await conn.execute(update(conferences).where(conferences.c.id == conference_id)
-                               .values(ended_at=None))
+                               .values(ended_at=None, locked=False))
 
     async def end_conference(self, conference_id: str, now: float,
                              events: Sequence[NewEvent] = (), *,
@@ -388,23 +382,6 @@ class Store:
                 .order_by(conferences.c.ended_at).limit(limit))).all()
         return [r.id for r in rows]
 
-    async def set_conference_downloads(self, conference_id: str, downloads: bool, now: float,
-                                       events: Sequence[NewEvent] = ()) -> bool | None:
-        """Set whether attendees may download, appending `events` in the same transaction
-        when the value changed. Returns whether it changed; None for an unknown conference."""
-        async with self._write() as conn:
-            if not await log.lock_conference(conn, conference_id):
-                return None
-            current = await conn.scalar(select(conferences.c.downloads).where(
-                conferences.c.id == conference_id))
-            if bool(current) == downloads:
-                return False
-            await conn.execute(update(conferences).where(conferences.c.id == conference_id)
-                               .values(downloads=downloads))
-            seq = await log.append(conn, conference_id, events, now)
-        self._announce(conference_id, seq)
-        return True
-
     # -- participants ----------------------------------------------------------------
     async def add_participant(self, row: ParticipantRow,
                               events: Sequence[NewEvent] = ()) -> None:
@@ -445,9 +422,11 @@ class Store:
         """Revocation and conference state for one cookie, in one round trip; with
         `item_id`, that item of the conference too (a download's one query)."""
         revoked = exists().where(revoked_cookies.c.jti == jti).label("revoked")
+        role = select(participants.c.role).where(
+            participants.c.jti == jti).scalar_subquery().label("participant_role")
         source: Any = conferences
         columns: list[Any] = [revoked, conferences.c.tenant.label("conference_tenant"),
-                              conferences.c.ended_at.label("conference_ended_at")]
+                              conferences.c.ended_at.label("conference_ended_at"), role]
         if item_id is not None:
             source = conferences.outerjoin(items, and_(
                 items.c.conference_id == conferences.c.id, items.c.id == item_id)).outerjoin(
@@ -467,7 +446,8 @@ class Store:
             if m["id"] is not None:
                 item = ItemRow(**{c.name: m[c.name] for c in items.c})
         return CookieState(bool(m["revoked"]), m["conference_tenant"],
-                           m["conference_ended_at"] is not None, item, switches)
+                           m["conference_ended_at"] is not None, item, switches,
+                           m["participant_role"])
 
     async def purge_expired_revocations(self, expired_before: float) -> int:
         """Drop the revocation rows of cookies whose `exp` is before `expired_before`;
@@ -481,7 +461,8 @@ class Store:
     # -- items ---------------------------------------------------------------------
     async def commit_item(self, row: ItemRow, *, jti: str | None,
                           events: Sequence[NewEvent] = (),
-                          max_conference_bytes: int | None = None) -> ItemCommit:
+                          max_conference_bytes: int | None = None,
+                          uploaders: Sequence[str] = ("organizer", "presenter")) -> ItemCommit:
         """Insert the item's row only if its presenter may still share: the conference not
         ended, the presenter's participant row current and its cookie `jti` not revoked.
         A derived item (`row.derived_from`, no `jti`) needs its original instead: the
@@ -489,8 +470,9 @@ class Store:
 
         The checks and the insert share one transaction, and the conference and participant
         rows are locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer on SQLite), so a
-        revocation or an end that commits first is seen, and one that commits later finds
-        the item and shreds it with the rest (docs/protocol.md §4.1). The tenant key
+        revocation, a demotion (the role must still be one of `uploaders`, §9.2) or an end
+        that commits first is seen, and one that commits later finds the item and shreds
+        it with the rest (docs/protocol.md §4.1). The tenant key
         version the DEK is wrapped under must still exist (§8.5). With
         `max_conference_bytes`, "quota" when the conference's items and this one would
         hold more plaintext bytes: the locked conference row orders concurrent commits,
@@ -508,7 +490,7 @@ class Store:
                 if row.derived_from is None or original is None:
                     return "original_gone"
             else:
-                outcome = await _presenter_current(conn, row, jti)
+                outcome = await _presenter_current(conn, row, jti, uploaders)
                 if outcome is not None:
                     return outcome
             # Shared lock on the key row: a rotation retiring this version waits for us, or
@@ -727,17 +709,20 @@ def idle_condition(before: float, now: float) -> Any:
         | (participants.c.left_at.is_(None) & (participants.c.expires_at > now))))
 
 
-async def _presenter_current(conn: AsyncConnection, row: ItemRow,
-                             jti: str) -> ItemCommit | None:
-    """"revoked" unless the uploader's participation and cookie `jti` are current (locked)."""
-    left_at = (await conn.execute(
-        select(participants.c.left_at).where(
+async def _presenter_current(conn: AsyncConnection, row: ItemRow, jti: str,
+                             uploaders: Sequence[str]) -> ItemCommit | None:
+    """"revoked" unless the uploader's participation and cookie `jti` are current (locked);
+    "forbidden" if the uploader was demoted meanwhile (docs/protocol.md §9.2)."""
+    presenter = (await conn.execute(
+        select(participants.c.left_at, participants.c.role).where(
             participants.c.id == row.presenter_pid,
             participants.c.conference_id == row.conference_id,
             participants.c.jti == jti).with_for_update())).first()
     revoked = await conn.scalar(select(exists().where(revoked_cookies.c.jti == jti)))
-    if left_at is None or left_at[0] is not None or revoked:
+    if presenter is None or presenter.left_at is not None or revoked:
         return "revoked"
+    if presenter.role not in uploaders:
+        return "forbidden"
     return None
 
 
@@ -748,6 +733,6 @@ async def _stored_bytes(conn: AsyncConnection, conference_id: str) -> int:
 
 __all__: Sequence[str] = (
     "ConferenceRow", "CookieState", "DownloadSwitches", "EventRow", "ItemCommit", "ItemRow",
-    "NewEvent", "ParticipantRow", "Store",
+    "NewEvent", "ParticipantRow", "RoleChange", "RosterRows", "Store",
     "StoreSchemaError", "TenantKeyRow",
 )
