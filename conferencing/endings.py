@@ -1,4 +1,4 @@
-"""Telling the focus processes that a conference ended (docs/protocol.md §7.3).
+"""Telling the focus processes that a conference ended, or its roster changed (§7.3).
 
 The focus holds the SIP dialogs and must send BYE on each when a conference ends, wherever
 the end happened (any WCS node, an idle sweep, the organizer's DELETE). Each WCS node learns
@@ -18,15 +18,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
-from webconf.events import ConferenceEnded
+from webconf.events import (
+    ConferenceEnded,
+    ConferenceUpdated,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantRoleChanged,
+)
 
 from .eventlog import EventFeed, Track
 from .store import EventRow, Store
 
 log = logging.getLogger("webconf.wcs.endings")
 
+ROSTER_TYPES = frozenset({ParticipantJoined.TYPE, ParticipantLeft.TYPE,
+                          ParticipantRoleChanged.TYPE, ConferenceUpdated.TYPE})
+"""Rows after which a conference's roster (or its lock) may differ."""
 MAX_FOLLOWED = 100_000
 """Conferences followed at most per node (one watch each); past it, follows are refused."""
 
@@ -35,6 +45,10 @@ class Follower(Protocol):
     """A focus link: told each followed conference's end once."""
 
     def conference_ended(self, conference_id: str) -> None: ...
+
+    def roster_changed(self, conference_id: str, seq: int) -> None: ...
+
+    def participant_left(self, conference_id: str, participant_id: str) -> None: ...
 
 
 class EndNotices:
@@ -48,11 +62,19 @@ class EndNotices:
         self._tasks: set[asyncio.Task[None]] = set()
         feed.row_listeners.append(self._on_row)
 
-    def follow(self, follower: Follower, conference_id: str) -> None:
-        """Tell `follower` when `conference_id` ends (at once if it has ended already)."""
+    def follow(self, follower: Follower, conference_id: str, *, roster: bool = False) -> None:
+        """Tell `follower` when `conference_id` ends (at once if it has ended already).
+
+        `roster`: the follower has just read the roster, before this call: tell it the seq
+        read up to once the log is watched, so that no change falls between the two."""
         followers = self._followers.get(conference_id)
         if followers is not None:
             followers.add(follower)
+            track = self._tracks.get(conference_id)
+            if roster and track is not None and track.ready.is_set():
+                follower.roster_changed(conference_id, track.delivered)
+            elif roster and track is not None:
+                self._spawn(self._tell_seq(follower, conference_id, track))
             return
         if len(self._followers) >= MAX_FOLLOWED:
             log.warning(json.dumps({"event": "endings.follow_refused",
@@ -60,10 +82,19 @@ class EndNotices:
             return
         self._followers[conference_id] = {follower}
         self._tracks[conference_id] = track = self._feed.watch(conference_id)
-        task = asyncio.get_running_loop().create_task(
-            self._check(conference_id, track), name="wcs-endings-check")
+        self._spawn(self._check(conference_id, track))
+        if roster:
+            self._spawn(self._tell_seq(follower, conference_id, track))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="wcs-endings-check")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _tell_seq(self, follower: Follower, conference_id: str, track: Track) -> None:
+        await track.ready.wait()
+        if follower in self._followers.get(conference_id, ()):
+            follower.roster_changed(conference_id, track.delivered)
 
     def unfollow_all(self, follower: Follower) -> None:
         """A link closed: it follows nothing any more."""
@@ -93,8 +124,17 @@ class EndNotices:
             self._tell(conference_id)
 
     def _on_row(self, row: EventRow) -> None:
-        if row.type == ConferenceEnded.TYPE and row.conference_id in self._followers:
+        followers = self._followers.get(row.conference_id)
+        if followers is None:
+            return
+        if row.type == ConferenceEnded.TYPE:
             self._tell(row.conference_id)
+        elif row.type in ROSTER_TYPES:
+            left = _left_participant(row) if row.type == ParticipantLeft.TYPE else None
+            for follower in list(followers):
+                if left is not None:
+                    follower.participant_left(row.conference_id, left)
+                follower.roster_changed(row.conference_id, row.seq)
 
     def _tell(self, conference_id: str) -> None:
         for follower in self._drop(conference_id):
@@ -105,3 +145,12 @@ class EndNotices:
             task.cancel()
         for conference_id in list(self._followers):
             self._drop(conference_id)
+
+
+def _left_participant(row: EventRow) -> str | None:
+    """The participant id a `participant.left` row names (None if it names none)."""
+    try:
+        who = json.loads(row.payload)["participant"]["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return who if isinstance(who, str) else None

@@ -14,7 +14,11 @@ Operations (each returns a list of `focus.events` outputs; `now` is wall-clock s
   mapping lives here;
 - `expire(now)` for the orphan and BYE timers (`next_deadline()` says when);
 - `end_conference(wcs_conference, now)`: the WCS ended it (docs/protocol.md §7.3): a BYE on
-  each of its dialogs (focus/requests.py), each ended at the BYE's answer or timeout.
+  each of its dialogs (focus/requests.py), each ended at the BYE's answer or timeout;
+- SUBSCRIBE to a conference's roster (docs/protocol.md §9.3; focus/subscribing.py, mixed
+  in): `roster_fetched(ticket, body, now)` / `roster_failed(ticket, failure, now)` answer a
+  `FetchRoster` effect; `roster_changed(conference, seq, now)`, `resync(now)` and
+  `participant_left(conference, participant, now)` (a BYE) take the link's notices.
 
 Goals: every request gets exactly one final response (RFC 3261 §8.2, §12, §17.2), or the
 connection is closed for a framing error; every admitted participant is revoked exactly
@@ -48,9 +52,8 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from webconf.protocol import CONFERENCE_OPAQUE, JOIN_CONTENT_TYPE, Admission, valid_id
@@ -61,7 +64,6 @@ from webconf.sip.message import (
     Request,
     Response,
     SipParseError,
-    SipURI,
     address_facts,
     max_forwards,
     parse_auth_params,
@@ -70,7 +72,14 @@ from webconf.sip.message import (
 )
 
 from .addresses import bracket_addr_spec
-from .dialogs import AwaitingAdmission, AwaitingCredentials, Dialog, DialogKey, DialogState
+from .dialogs import (
+    AwaitingAdmission,
+    AwaitingCredentials,
+    ConnState,
+    Dialog,
+    DialogKey,
+    DialogState,
+)
 from .events import (
     Admit,
     AdmitFailure,
@@ -85,7 +94,10 @@ from .events import (
     Revoke,
     Send,
 )
-from .requests import ByeSender, dialog_route
+from .memos import Memos
+from .requests import ByeSender, RequestWriter, dialog_route
+from .subscribing import SubscribeHandling
+from .subscriptions import EVENT, Subscriptions
 
 __all__ = [
     "ALLOW", "Admission", "Admit", "AdmitRefused", "AdmitUnavailable", "Close", "Conn",
@@ -93,7 +105,7 @@ __all__ = [
     "LookupCredentials", "Output", "Revoke", "Send", "bracket_addr_spec",
 ]
 
-ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, SUBSCRIBE"
 SUPPORTED_METHODS = frozenset(ALLOW.replace(" ", "").split(","))
 MAX_PENDING_PER_CONNECTION = 512
 """Authenticated joins of one connection waiting on the WCS. A burst queues (the WCS link
@@ -101,12 +113,6 @@ pipelines them), well past the 256 in flight `make bench` sends; only beyond thi
 MAX_COMPLETED_PER_CONNECTION = 32
 SERVER_HEADER = "webconf-focus"
 HA1_ALGORITHMS = ("SHA-256", "MD5")
-
-
-_MEMO_MAX = 1024
-"""Entries of each per-core memo (contacts, agents' algorithms) before it starts afresh."""
-_MEMO_MAX_VALUE = 512
-"""Longer keys or values are not memoised (bounds the memos' memory)."""
 
 
 @dataclass(frozen=True)
@@ -138,27 +144,7 @@ class FocusSettings:
     connections in between: one read can hold ~100 pipelined requests of a flood."""
 
 
-@dataclass
-class _ConnState:
-    conn: Conn
-    framer: SipFramer
-    nc_tracker: digest.NonceCountTracker = field(default_factory=digest.NonceCountTracker)
-    pending: dict[str, int] = field(default_factory=dict)
-    """Top-Via branch of each INVITE waiting for the WCS -> ticket."""
-    completed: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
-    """(branch, method) -> final response bytes, to answer retransmissions."""
-    dialogs: set[DialogKey] = field(default_factory=set)
-    lookup: int | None = None
-    """Ticket of the credentials lookup in flight: input is paused until it is answered."""
-    received: int = 0
-    """Framer units handled (messages, keep-alives, framing errors)."""
-    closed: bool = False
-    """A `Close` was emitted: input is discarded, replies are dropped."""
-    more: bool = False
-    """`_drain` stopped at `requests_per_turn`: complete messages may still be buffered."""
-
-
-class FocusCore:
+class FocusCore(SubscribeHandling):
     """The focus's SIP decisions for every connection; see the module docstring."""
 
     def __init__(self, settings: FocusSettings, nonces: digest.NonceService,
@@ -166,24 +152,25 @@ class FocusCore:
         self.settings = settings
         self.nonces = nonces
         self.throttle = throttle
-        self._conns: dict[int, _ConnState] = {}
+        self._conns: dict[int, ConnState] = {}
         self._lookups: dict[int, AwaitingCredentials] = {}
         self._pending: dict[int, AwaitingAdmission] = {}
         self._dialogs: dict[DialogKey, Dialog] = {}
         self._orphans: dict[DialogKey, Dialog] = {}
         """The dialogs whose grace runs (no connection left): what the timers look at."""
         self._next_ticket = 1
-        self._contacts: dict[tuple[str, str | None, str, tuple[tuple[str, str | None], ...]],
-                             str] = {}
-        """Contact value per (scheme, conference user, transport, gruu/opaque)."""
-        self._agent_algorithms: dict[str, tuple[str, ...]] = {}
-        """Algorithms offered per User-Agent value."""
-        self._byes = ByeSender(settings.contact_host, settings.contact_port,
-                               settings.tcp_contact_port)
+        self._memos = Memos(settings.contact_host, settings.contact_port,
+                            settings.tcp_contact_port, settings.algorithms,
+                            settings.md5_only_user_agents)
+        self._writer = RequestWriter(settings.contact_host, settings.contact_port,
+                                     settings.tcp_contact_port)
+        self._byes = ByeSender(self._writer)
+        self._subs = Subscriptions(self._writer)
+        self._fetches = {}
 
     # -- connections ---------------------------------------------------------------------
     def connection_made(self, conn: Conn) -> None:
-        self._conns[conn.id] = _ConnState(
+        self._conns[conn.id] = ConnState(
             conn, SipFramer(max_message_size=self.settings.max_message_bytes))
 
     def connection_lost(self, conn_id: int, now: float) -> list[Output]:
@@ -193,13 +180,14 @@ class FocusCore:
             return []
         if state.lookup is not None:
             self._lookups.pop(state.lookup, None)
+        out = self._subs.connection_lost(conn_id, now)
         for key in state.dialogs:
             dialog = self._dialogs.get(key)
             if dialog is not None:
                 dialog.unbind(conn_id, now)
                 if dialog.orphaned_at is not None:
                     self._orphans[key] = dialog
-        return []
+        return out
 
     def next_deadline(self) -> float | None:
         """When the first orphaned dialog's grace ends (None: no dialog is orphaned); costs
@@ -207,8 +195,8 @@ class FocusCore:
         grace = self.settings.leave_grace_seconds
         deadlines = [d.orphaned_at + grace for d in self._orphans.values()
                      if d.orphaned_at is not None]
-        bye = self._byes.next_deadline()
-        return min(deadlines + ([] if bye is None else [bye]), default=None)
+        others = [self._byes.next_deadline(), self._subs.next_deadline()]
+        return min(deadlines + [t for t in others if t is not None], default=None)
 
     def expire(self, now: float) -> list[Output]:
         grace = self.settings.leave_grace_seconds
@@ -220,30 +208,37 @@ class FocusCore:
         out: list[Output] = []
         for dialog in expired:
             out += self._terminate(dialog, "connection lost")
-        for key in self._byes.expired(now):  # our BYE got no answer: it ends anyway
-            out += self._end_dialog(key)
-        return out
+        for key, reason in self._byes.expired(now):  # our BYE got no answer: it ends anyway
+            out += self._end_dialog(key, reason)
+        return out + self._guard(self._subs.expired(now))
 
     def end_conference(self, wcs_conference: str, now: float) -> list[Output]:
         """BYE each dialog of the conference the WCS ended, on its newest usable
         connection; one it cannot reach (orphaned, no route) ends at once."""
         out: list[Output] = []
-        for dialog in [d for d in self._dialogs.values() if d.wcs_conference == wcs_conference
-                       and not self._byes.ending(d.key)]:
-            conns = [s.conn for i in sorted(dialog.conn_ids)
-                     if (s := self._conns.get(i)) is not None and not s.closed]
-            bye = self._byes.send(dialog, dialog.route, conns[-1], now) if (
-                conns and dialog.route) else None
-            out += [bye] if bye is not None else self._terminate(dialog, "conference ended")
+        for dialog in [d for d in self._dialogs.values() if d.wcs_conference == wcs_conference]:
+            out += self._bye(dialog, "conference ended", now)
         return self._guard(out)
 
-    def conferences(self) -> set[str]:
-        """The WCS ids of the conferences with a dialog here (the link's `watch`)."""
-        return {d.wcs_conference for d in self._dialogs.values()}
+    def _bye(self, dialog: Dialog, reason: str, now: float) -> list[Output]:
+        """Our BYE on the dialog's newest usable connection (none if one is out already);
+        a dialog it cannot reach (orphaned, no route) ends at once."""
+        if self._byes.ending(dialog.key):
+            return []
+        conns = [s.conn for i in sorted(dialog.conn_ids)
+                 if (s := self._conns.get(i)) is not None and not s.closed]
+        bye = self._byes.send(dialog, dialog.route, conns[-1], now, reason) if (
+            conns and dialog.route) else None
+        return [bye] if bye is not None else self._terminate(dialog, reason)
 
-    def _end_dialog(self, key: DialogKey | None) -> list[Output]:
-        dialog = self._dialogs.get(key) if key is not None else None
-        return [] if dialog is None else self._terminate(dialog, "conference ended")
+    def conferences(self) -> set[str]:
+        """The WCS ids of the conferences with a dialog or a subscription here (the link's
+        `watch`)."""
+        return {d.wcs_conference for d in self._dialogs.values()} | self._subs.conferences()
+
+    def _end_dialog(self, key: DialogKey, reason: str) -> list[Output]:
+        dialog = self._dialogs.get(key)
+        return [] if dialog is None else self._terminate(dialog, reason)
 
     @property
     def dialog_count(self) -> int:
@@ -253,11 +248,13 @@ class FocusCore:
         """Sizes of every table the core keeps (for tests and metrics)."""
         return {"connections": len(self._conns), "lookups": len(self._lookups),
                 "admissions": len(self._pending), "dialogs": len(self._dialogs),
-                "completed": sum(len(s.completed) for s in self._conns.values())}
+                "completed": sum(len(s.completed) for s in self._conns.values()),
+                "subscriptions": len(self._subs.subs), "fetches": len(self._fetches)}
 
     def has_dialogs(self, conn_id: int) -> bool:
         state = self._conns.get(conn_id)
-        return bool(state and (state.dialogs or state.pending))
+        return bool(state and (state.dialogs or state.pending or state.fetches
+                               or self._subs.on_connection(conn_id)))
 
     def buffered(self, conn_id: int) -> int:
         """Bytes of the connection's input not yet framed (a partial message, for timeouts)."""
@@ -283,7 +280,7 @@ class FocusCore:
         state.framer.feed(data)
         return self._drain(state, now)
 
-    def _drain(self, state: _ConnState, now: float) -> list[Output]:
+    def _drain(self, state: ConnState, now: float) -> list[Output]:
         out: list[Output] = []
         conn_id = state.conn.id
         budget = self.settings.requests_per_turn
@@ -309,8 +306,11 @@ class FocusCore:
             elif isinstance(event, Request):
                 out += self._guard(self._request(state, event, now))
                 budget = None if budget is None else budget - 1
-            elif isinstance(event, Response):  # to our BYE (focus/requests.py), or nothing
-                out += self._end_dialog(self._byes.answered(event))
+            elif isinstance(event, Response):  # to our NOTIFY or BYE (focus/requests.py)
+                notified = self._subs.answered(event, now)
+                ended = self._byes.answered(event) if notified is None else None
+                out += self._guard(notified or []) + (
+                    self._end_dialog(*ended) if ended is not None else [])
         return out
 
     def _guard(self, outputs: list[Output]) -> list[Output]:
@@ -332,7 +332,7 @@ class FocusCore:
         return kept
 
     # -- requests --------------------------------------------------------------------------
-    def _request(self, state: _ConnState, req: Request, now: float) -> list[Output]:
+    def _request(self, state: ConnState, req: Request, now: float) -> list[Output]:
         conn = state.conn
         for name in ("From", "To"):  # echoed in every response: make them parseable
             values = req.headers.view(name)
@@ -360,7 +360,9 @@ class FocusCore:
         if req.method == "OPTIONS":
             return [self._reply(conn, req, 200, headers=[
                 ("Allow", ALLOW), ("Accept", f"application/sdp, {JOIN_CONTENT_TYPE}"),
-                ("Supported", "")])]
+                ("Allow-Events", EVENT), ("Supported", "")])]
+        if req.method == "SUBSCRIBE":  # focus/subscribing.py
+            return self._subscribe(state, req, branch, now)
         if req.method == "BYE" or self._to_tag(req) is not None:  # BYE, re-INVITE
             dialog = self._dialog_for(req)
             if dialog is None:
@@ -372,7 +374,7 @@ class FocusCore:
             return []  # retransmission of an INVITE we are still working on
         return self._invite(state, req, branch, now)
 
-    def _invite(self, state: _ConnState, req: Request, branch: str,
+    def _invite(self, state: ConnState, req: Request, branch: str,
                 now: float) -> list[Output]:
         conn = state.conn
         opaque = req.uri.params.get("opaque") or ""
@@ -383,12 +385,12 @@ class FocusCore:
         caller = address_facts(req.headers.get("From") or "")
         if caller is None:
             return [self._final(state, req, branch, 400, "Bad From")]
-        algorithms = self._algorithms_for(req.headers.get("User-Agent") or "")
+        algorithms = self._memos.algorithms(req.headers.get("User-Agent") or "")
         lookup = AwaitingCredentials(self._ticket(), conn.id, req, branch, caller.host.lower(),
                                      caller.user or "", algorithms, None)
         return self._lookup(state, lookup, now)
 
-    def _lookup(self, state: _ConnState, lookup: AwaitingCredentials,
+    def _lookup(self, state: ConnState, lookup: AwaitingCredentials,
                 now: float) -> list[Output]:
         """Challenge a request without credentials; else throttle check (429 before any
         lookup: a locked-out guesser costs no query), then `LookupCredentials`."""
@@ -408,12 +410,12 @@ class FocusCore:
         state.lookup = lookup.ticket
         return [LookupCredentials(lookup.ticket, claimed[0], claimed[1], HA1_ALGORITHMS)]
 
-    def _challenge_in_dialog(self, state: _ConnState, req: Request, branch: str,
+    def _challenge_in_dialog(self, state: ConnState, req: Request, branch: str,
                              dialog: Dialog, now: float) -> list[Output]:
         """A BYE or re-INVITE on a connection its dialog is not bound to: knowing the
         Call-ID and tags is not enough to end the dialog or get its cookie back; the
         dialog's user must authenticate here (docs/protocol.md §2)."""
-        algorithms = self._algorithms_for(req.headers.get("User-Agent") or "")
+        algorithms = self._memos.algorithms(req.headers.get("User-Agent") or "")
         lookup = AwaitingCredentials(self._ticket(), state.conn.id, req, branch, dialog.realm,
                                      dialog.username, algorithms, None, dialog=dialog.key)
         return self._lookup(state, lookup, now)
@@ -449,7 +451,7 @@ class FocusCore:
                                        headers=[("Retry-After", retry)])])
         return out + self._drain(state, now)
 
-    def _authenticated(self, state: _ConnState, lookup: AwaitingCredentials,
+    def _authenticated(self, state: ConnState, lookup: AwaitingCredentials,
                        credentials: Credentials, now: float) -> list[Output]:
         """Verify the request's Digest response with `credentials`, then apply the policy
         (a new INVITE's, or the in-dialog request's)."""
@@ -484,6 +486,8 @@ class FocusCore:
                 Log({"event": "join.refused", "user": user, "conference": conference_id,
                      "reason": "another tenant"}),
                 self._final(state, req, branch, 403, "Forbidden: Another Tenant")]
+        if req.method == "SUBSCRIBE":
+            return self._subscribe_authenticated(state, req, branch, user)
         if req.body and _media_type(req) == "application/sdp" and (
                 self.settings.answer_sdp is None):
             return [self._final(state, req, branch, 488)]
@@ -518,7 +522,7 @@ class FocusCore:
         except ValueError:
             return self._guard([self._final(state, req, pending.branch, 488),
                                 dataclasses.replace(unjoined, reason="bad SDP offer")])
-        contact = self._contact(pending)
+        contact = self._memos.contact(pending.conference_uri, pending.conn.transport.lower())
         headers = [("Contact", contact), ("Allow", ALLOW), ("Supported", ""),
                    ("Content-Type", content_type), ("Server", SERVER_HEADER)]
         headers += [("Record-Route", rr) for rr in req.headers.get_fields("Record-Route")]
@@ -579,7 +583,7 @@ class FocusCore:
             dialog.advance(DialogState.CONFIRMED)
         return []  # ACKs are never answered
 
-    def _dialog_authenticated(self, state: _ConnState, lookup: AwaitingCredentials,
+    def _dialog_authenticated(self, state: ConnState, lookup: AwaitingCredentials,
                               username: str) -> list[Output]:
         """A BYE or re-INVITE from another connection authenticated: if as the dialog's
         user, bind the dialog to this connection too and go on; else 403."""
@@ -614,7 +618,7 @@ class FocusCore:
             ("Contact", dialog.contact), ("Allow", ALLOW), ("Content-Type", content_type)],
             body=body)]
 
-    def _cancel(self, conn: Conn, state: _ConnState, req: Request, branch: str) -> list[Output]:
+    def _cancel(self, conn: Conn, state: ConnState, req: Request, branch: str) -> list[Output]:
         ticket = state.pending.get(branch)
         pending = self._pending.get(ticket) if ticket is not None else None
         if pending is None or pending.cancelled:
@@ -671,49 +675,7 @@ class FocusCore:
             return str(content_type), bytes(body)
         return "application/sdp", answer
 
-    def _contact(self, pending: AwaitingAdmission) -> str:
-        uri = pending.conference_uri
-        transport = pending.conn.transport.lower()
-        key = (uri.scheme, uri.user, transport, tuple(
-            (name, value) for name, value in uri.params.items() if name in ("gruu", "opaque")))
-        contact = self._contacts.get(key)
-        if contact is None:
-            contact = self._make_contact(uri, transport)
-            if len(contact) <= _MEMO_MAX_VALUE:
-                if len(self._contacts) >= _MEMO_MAX:
-                    self._contacts.clear()
-                self._contacts[key] = contact
-        return contact
-
-    def _make_contact(self, uri: SipURI, transport: str) -> str:
-        """Our Contact for a dialog with the conference `uri` over `transport`."""
-        host = self.settings.contact_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        scheme = "sips" if uri.scheme == "sips" else "sip"
-        params = [f"transport={transport}"] + [
-            name if value is None else f"{name}={value}"
-            for name, value in uri.params.items() if name in ("gruu", "opaque")]
-        port = self.settings.contact_port
-        if transport == "tcp" and self.settings.tcp_contact_port:
-            port = self.settings.tcp_contact_port
-        contact = SipURI(host=host, scheme=scheme, user=uri.user, port=port)
-        return f"<{contact};{';'.join(params)}>;isfocus"
-
-    def _algorithms_for(self, user_agent: str) -> list[str]:
-        offered = self._agent_algorithms.get(user_agent)
-        if offered is None:
-            ua = user_agent.lower()
-            offered = ("MD5",) if any(
-                agent.lower() in ua for agent in self.settings.md5_only_user_agents if agent
-            ) else tuple(self.settings.algorithms)
-            if len(user_agent) <= _MEMO_MAX_VALUE:
-                if len(self._agent_algorithms) >= _MEMO_MAX:
-                    self._agent_algorithms.clear()
-                self._agent_algorithms[user_agent] = offered
-        return list(offered)
-
-    def _challenge(self, state: _ConnState, req: Request, branch: str, realm: str,
+    def _challenge(self, state: ConnState, req: Request, branch: str, realm: str,
                    algorithms: Sequence[str], now: float, *, stale: bool = False) -> Send:
         challenges = digest.build_challenges(realm, algorithms, self.nonces, stale=stale,
                                              now=now, scope=state.conn.nonce_scope)
@@ -721,7 +683,7 @@ class FocusCore:
                            headers=[("WWW-Authenticate", c) for c in challenges],
                            to_tag=secrets.token_hex(8))
 
-    def _final(self, state: _ConnState, req: Request, branch: str, status: int,
+    def _final(self, state: ConnState, req: Request, branch: str, status: int,
                reason: str | None = None, *, headers: Sequence[tuple[str, str]] = (),
                to_tag: str | None = None) -> Send:
         if to_tag is None and req.method == "INVITE":
@@ -741,7 +703,7 @@ class FocusCore:
                                             body=body))
 
     @staticmethod
-    def _remember(state: _ConnState, branch: str, method: str, data: bytes) -> None:
+    def _remember(state: ConnState, branch: str, method: str, data: bytes) -> None:
         if not branch:
             return
         state.completed[(branch, method)] = data

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from webconf.sip import digest
+from webconf.sip.framing import SipFramer
 from webconf.sip.message import Request, SipURI
 
 from .events import Conn
@@ -124,6 +127,8 @@ class Dialog:
     """RFC 3264 §8: later answers keep the session id and bump the version."""
     route: DialogRoute | None = None
     """How to send it a request (focus/requests.py): the BYE when its conference ends."""
+    local_cseq: int = 0
+    """The CSeq of the last request the focus sent in it (BYE, NOTIFY; RFC 3261 §12.2.1.1)."""
 
     @property
     def key(self) -> DialogKey:
@@ -164,3 +169,27 @@ class Dialog:
         there, and stop the grace."""
         self.conn_ids.add(conn_id)
         self.orphaned_at = None
+
+
+@dataclass
+class ConnState:
+    """One connection's state in the core (focus/core.py)."""
+
+    conn: Conn
+    framer: SipFramer
+    nc_tracker: digest.NonceCountTracker = field(default_factory=digest.NonceCountTracker)
+    pending: dict[str, int] = field(default_factory=dict)
+    """Top-Via branch of each INVITE waiting for the WCS -> ticket."""
+    completed: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
+    """(branch, method) -> final response bytes, to answer retransmissions."""
+    dialogs: set[DialogKey] = field(default_factory=set)
+    lookup: int | None = None
+    """Ticket of the credentials lookup in flight: input is paused until it is answered."""
+    received: int = 0
+    """Framer units handled (messages, keep-alives, framing errors)."""
+    closed: bool = False
+    """A `Close` was emitted: input is discarded, replies are dropped."""
+    fetches: int = 0
+    """SUBSCRIBEs of this connection waiting for the roster (focus/subscribing.py)."""
+    more: bool = False
+    """`_drain` stopped at `requests_per_turn`: complete messages may still be buffered."""

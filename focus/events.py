@@ -3,7 +3,8 @@
 Like aioquic's `h3/events.py`: the asyncio edge (`focus/server.py`) and the tests speak to
 `FocusCore` only through these. Outputs are either bytes to write (`Send`, `Close`) or
 effects the edge performs and whose results it feeds back (`LookupCredentials` ->
-`credentials_found`, `Admit` -> `admitted`/`admission_failed`), or performs and forgets
+`credentials_found`, `Admit` -> `admitted`/`admission_failed`, `FetchRoster` ->
+`roster_fetched`/`roster_failed`), or performs and forgets
 (`Revoke`, `Log`).
 """
 
@@ -94,6 +95,23 @@ class Admit:
 
 
 @dataclass(frozen=True)
+class FetchRoster:
+    """Read a conference's roster from the WCS (the link's `roster` operation, §7.3);
+    answer with `roster_fetched(ticket, body)` or `roster_failed(ticket, failure)`."""
+
+    ticket: int
+    """Names this fetch in the answer."""
+    tenant: str
+    """The subscriber's tenant: the WCS refuses another tenant's conference (403)."""
+    conference: str | None = None
+    """The WCS's public id (a change, or a SUBSCRIBE in a join dialog), else None and:"""
+    organizer: str = ""
+    """`user@tenant` of the conference URI (a new subscription out of any dialog)."""
+    uri_id: str = ""
+    """The conference URI's id."""
+
+
+@dataclass(frozen=True)
 class Revoke:
     """End a participation at the WCS (its cookie stops working). Emitted once per admission."""
 
@@ -115,7 +133,7 @@ class Log:
     """The log level."""
 
 
-Output: TypeAlias = Send | Close | LookupCredentials | Admit | Revoke | Log
+Output: TypeAlias = Send | Close | LookupCredentials | Admit | FetchRoster | Revoke | Log
 
 
 # -- inputs: results of effects -----------------------------------------------------------

@@ -50,6 +50,7 @@ from .events import (
     AdmitUnavailable,
     Close,
     Conn,
+    FetchRoster,
     Log,
     LookupCredentials,
     Output,
@@ -157,6 +158,8 @@ class FocusServer:
         start_link = getattr(self.wcs, "start_link", None)  # a stand-in client has none
         if start_link is not None:
             self.wcs.on_ended = self._conference_ended  # BYEs (docs/protocol.md §7.3)
+            self.wcs.on_roster = self._roster_changed  # NOTIFYs (§9.3)
+            self.wcs.on_left = self._participant_left  # BYE on an eject, say (§7.3)
             self.wcs.on_link_up = lambda: self._spawn(self._watch())
             # the persistent link to the WCS (docs/protocol.md §7.3); until it is up, and
             await start_link()  # whenever it is down: HTTP
@@ -316,6 +319,8 @@ class FocusServer:
                 if entry is None or entry.writer.is_closing():
                     continue
                 entry.writer.write(out.data)
+                if out.data.startswith(b"NOTIFY "):  # a new NOTIFY timeout to watch
+                    self._timer_wakeup.set()
             elif isinstance(out, Close):
                 entry = self._connections.get(out.conn_id)
                 if entry is None:
@@ -325,6 +330,8 @@ class FocusServer:
                     entry.writer.transport.abort()
             elif isinstance(out, Admit):
                 self._spawn(self._admit(out))
+            elif isinstance(out, FetchRoster):
+                self._spawn(self._fetch_roster(out))
             elif isinstance(out, Revoke):
                 self._revokes.put_nowait(out)
             elif isinstance(out, Log):
@@ -353,6 +360,33 @@ class FocusServer:
             self._run(self.core.admitted(effect.ticket, admission, time.time()))
             return
         self._run(self.core.admission_failed(effect.ticket, failure, time.time()))
+
+    async def _fetch_roster(self, effect: FetchRoster) -> None:
+        """The roster for a subscription (docs/protocol.md §9.3), over the link."""
+        failure: AdmitFailure
+        try:
+            body = await self.wcs.roster(tenant=effect.tenant, conference=effect.conference,
+                                         organizer=effect.organizer, uri_id=effect.uri_id)
+        except WcsRefused as exc:
+            failure = AdmitRefused(exc.status, exc.code)
+        except WcsUnavailable as exc:
+            failure = AdmitUnavailable(exc.status)
+        else:
+            self._run(self.core.roster_fetched(effect.ticket, body, time.time()))
+            self._timer_wakeup.set()  # the NOTIFY's timeout, the subscription's expiry
+            return
+        self._run(self.core.roster_failed(effect.ticket, failure, time.time()))
+
+    def _roster_changed(self, conference: str, seq: int) -> None:
+        if self._core is not None:
+            self._run(self.core.roster_changed(conference, seq, time.time()))
+
+    def _participant_left(self, conference: str, participant: str) -> None:
+        """A participation ended elsewhere (an eject, a lease revocation): BYE its dialog
+        if it is held here (focus/requests.py)."""
+        if self._core is not None:
+            self._run(self.core.participant_left(conference, participant, time.time()))
+            self._timer_wakeup.set()
 
     async def _revoke_worker(self) -> None:
         """Revoke at the WCS until it confirms: a leave must never leave a live cookie.
@@ -390,14 +424,17 @@ class FocusServer:
             self._timer_wakeup.set()  # the BYEs' timeout
 
     async def _watch(self) -> None:
-        """The link came up: follow the ends of the conferences we have dialogs in (an
-        end while the link was down is told at once)."""
+        """The link came up: follow the ends of the conferences we have dialogs or
+        subscriptions in (an end while the link was down is told at once), and read the
+        subscribed conferences' rosters again."""
         if self._core is None:
             return
         try:
             await self.wcs.watch(sorted(self.core.conferences()))
         except (WcsUnavailable, WcsRefused) as exc:
             log.warning(json.dumps({"event": "watch.failed", "error": _failure(exc)}))
+            return
+        self._run(self.core.resync(time.time()))  # roster changes while it was down
 
     async def _timers(self) -> None:
         while True:

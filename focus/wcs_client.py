@@ -129,6 +129,10 @@ class WcsClient:
         """Told each conference the WCS ended (set before `start_link`; `WcsLink`)."""
         self.on_link_up: Callable[[], None] | None = None
         """Called each time the link comes up (set before `start_link`)."""
+        self.on_roster: Callable[[str, int], None] | None = None
+        """Told (conference, seq) of roster changes (set before `start_link`; `WcsLink`)."""
+        self.on_left: Callable[[str, str], None] | None = None
+        """Told (conference, participant) of ended participations (before `start_link`)."""
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit, keepalive_timeout=30.0)
@@ -152,7 +156,8 @@ class WcsClient:
         HTTP until the link is up, and whenever it is down."""
         if self.link is None:
             self.link = WcsLink(f"{self.base_url}{LINK_PATH}", self._ssl, timeout=self.timeout,
-                                on_ended=self.on_ended, on_up=self.on_link_up)
+                                on_ended=self.on_ended, on_up=self.on_link_up,
+                                on_roster=self.on_roster, on_left=self.on_left)
         await self.link.start(min(self.timeout, LINK_START_WAIT) if wait is None else wait)
 
     async def close(self) -> None:
@@ -227,6 +232,30 @@ class WcsClient:
             except (LinkLost, TimeoutError) as exc:
                 raise WcsUnavailable(f"WCS watch (link): {type(exc).__name__}") from None
             self._link_answer("WATCH", LINK_PATH, result, False, False)
+
+    async def roster(self, *, tenant: str, conference: str | None = None,
+                     organizer: str = "", uri_id: str = "") -> dict[str, Any]:
+        """The roster body of a conference (docs/protocol.md §7.3), by its public id or by
+        its URI; the link follows it from then on. Over the link only (no HTTP route):
+        while the link is down, `WcsUnavailable`. Raises WcsRefused (403, 404)."""
+        op: dict[str, str] = {"op": "roster", "tenant": tenant}
+        if conference is not None:
+            _check_id("conference", conference)
+            op["conference"] = conference
+        else:
+            _check_id("conference", uri_id)
+            op.update(organizer=organizer, uri_id=uri_id)
+        link = self.link
+        if link is None or not link.up:
+            raise WcsUnavailable("WCS roster: the link is down")
+        try:
+            result = await link.call(op, self.timeout)
+        except (LinkDown, LinkLost, TimeoutError) as exc:
+            raise WcsUnavailable(f"WCS roster (link): {type(exc).__name__}") from None
+        status, body = self._link_answer("ROSTER", LINK_PATH, result, False, False)
+        if status != 200 or not isinstance(body, dict):
+            raise WcsUnavailable("WCS roster: malformed result", status)
+        return body
 
     async def heartbeat(self, *, timeout: float | None = None) -> None:
         """Renew this process's lease (the WCS creates it on the first one). Silent on

@@ -15,8 +15,11 @@ happened, as with an HTTP request whose connection broke).
 
 The WCS also sends notices without an id: `{"ended": <conference id>}` when a conference
 this focus follows has ended (docs/protocol.md §7.3): `on_ended` gets the id, and the focus
-sends BYE on that conference's dialogs. `on_up` runs each time the link comes up, so the
-focus can (re)send its `watch` of the conferences it has dialogs in.
+sends BYE on that conference's dialogs; `{"roster": <id>, "seq": n}` (`on_roster`: read
+the roster again for the subscriptions, docs/protocol.md §9.3) and `{"left": {"conference",
+"participant"}}` (`on_left`: BYE that participant's dialog, if held here). `on_up` runs
+each time the link comes up, so the focus can (re)send its `watch` of the conferences it
+has dialogs or subscriptions in.
 
 Secrecy: results carry cookies; nothing here logs a frame, a result or an operation.
 """
@@ -69,10 +72,16 @@ class WcsLink:
     def __init__(self, url: str, ssl_context: ssl.SSLContext, *, timeout: float,
                  reconnect: Backoff | None = None,
                  on_ended: Callable[[str], None] | None = None,
-                 on_up: Callable[[], None] | None = None) -> None:
+                 on_up: Callable[[], None] | None = None,
+                 on_roster: Callable[[str, int], None] | None = None,
+                 on_left: Callable[[str, str], None] | None = None) -> None:
         self.url = url
         self.on_ended = on_ended
         """Told the id of each conference the WCS says has ended."""
+        self.on_roster = on_roster
+        """Told (conference, seq) of each roster change notice."""
+        self.on_left = on_left
+        """Told (conference, participant) of each participation that ended."""
         self.on_up = on_up
         """Called each time the link comes up."""
         self._ssl = ssl_context
@@ -247,10 +256,22 @@ class WcsLink:
             for result in results:
                 op_id = result.get("id") if isinstance(result, dict) else None
                 if type(op_id) is not int:
-                    ended = result.get("ended") if isinstance(result, dict) else None
-                    if isinstance(ended, str) and self.on_ended is not None:
-                        self.on_ended(ended)
+                    if isinstance(result, dict):
+                        self._notice(result)
                     continue
                 future = self._pending.pop(op_id, None)
                 if future is not None and not future.done():
                     future.set_result(result)
+
+    def _notice(self, notice: dict[str, Any]) -> None:
+        """An element without an id: an end, a roster change or a participation's end."""
+        ended, roster, left = notice.get("ended"), notice.get("roster"), notice.get("left")
+        if isinstance(ended, str) and self.on_ended is not None:
+            self.on_ended(ended)
+        elif isinstance(roster, str) and type(notice.get("seq")) is int and (
+                self.on_roster is not None):
+            self.on_roster(roster, notice["seq"])
+        elif isinstance(left, dict) and self.on_left is not None:
+            conference, participant = left.get("conference"), left.get("participant")
+            if isinstance(conference, str) and isinstance(participant, str):
+                self.on_left(conference, participant)

@@ -266,7 +266,8 @@ def test_sdp_offer_answered_inactive_with_multipart() -> None:
 
 @pytest.mark.parametrize("raw,status", [
     (invite(max_forwards=0), 483),
-    (invite(method="SUBSCRIBE"), 405),
+    (invite(method="PUBLISH"), 405),
+    (invite(method="SUBSCRIBE"), 489),  # no Event header (focus/subscriptions.py)
     (invite(uri="sip:alice@contoso.example"), 404),
     (invite(method="BYE", to_tag="nope"), 481),
     (invite(method="INVITE", to_tag="nope"), 481),

@@ -445,7 +445,8 @@ class Harness:
         assert all(count == 1 for count in self.revoked.values())
         assert self.core.next_deadline() is None
         assert self.core.counts() == {"connections": 0, "lookups": 0, "admissions": 0,
-                                      "dialogs": 0, "completed": 0}
+                                      "dialogs": 0, "completed": 0, "subscriptions": 0,
+                                      "fetches": 0}
 
     def check_finals(self) -> None:
         """Every request on a connection still open has exactly one final response."""

@@ -11,6 +11,7 @@ the focus's per-source throttles and caps hit only it:
     127.0.0.2 "another source" for the cap test   127.0.0.6/7 slowloris, dead handshakes
     127.0.0.3 the user who joins during a flood   127.0.0.8 a peer that never reads
     127.0.0.4 password guesser                    127.0.0.9, 127.0.1.x credential junk
+    127.0.0.10 SUBSCRIBE flood
 
 The fuzz tests are bounded (examples and a time budget) for CI; WEBCONF_FUZZ_LONG=1 runs
 them for minutes (`WEBCONF_FUZZ_LONG=1 .venv/bin/pytest tests/test_hostile_sip.py -k fuzz`).
@@ -930,6 +931,42 @@ async def test_password_guessing_is_throttled_while_others_join(stack: Stack) ->
     writer.write(request("INVITE", uri=uri, from_user="bob", extra="Authorization: "
                          + authorization("bob", "bob-pw", nonce, uri) + "\r\n"))
     assert (await read_response(reader, SipFramer())).status == 429
+    writer.close()
+
+
+async def test_subscribe_flood_counts_under_the_per_source_limits(stack: Stack) -> None:
+    """1,200 pipelined SUBSCRIBEs from one source (docs/protocol.md §9.3): bad event
+    packages get 489, no credentials 401, wrong credentials count as failures like an
+    INVITE's, so the source is locked out (429) after the per-source limit; a user from
+    another source joins meanwhile, and the source's INVITEs are locked out too."""
+    cfg = stack.cfg
+    source = "127.0.0.10"
+    uri = conference_uri("SUBFLOOD")
+    reader, writer = await raw_open(cfg, source)
+    framer = SipFramer()
+    writer.write(request("SUBSCRIBE", uri=uri, extra="Event: conference\r\n"))
+    challenge = await read_response(reader, framer)
+    assert challenge.status == 401
+    nonce = nonce_of(challenge)
+    batches = [
+        [request("SUBSCRIBE", uri=uri, extra="Event: presence\r\n") for _ in range(200)],
+        [request("SUBSCRIBE", uri=uri, extra="Event: conference\r\n") for _ in range(200)],
+        [request("SUBSCRIBE", uri=uri, from_user=f"sub{n}", extra=(
+            "Event: conference\r\nAuthorization: "
+            f"{authorization(f'sub{n}', 'guess', nonce, uri)}\r\n")) for n in range(800)]]
+    statuses: list[Counter[int]] = []
+    for batch in batches:
+        writer.write(b"".join(batch))
+        statuses.append(Counter([(await read_response(reader, framer, timeout=30)).status
+                                 for _ in batch]))
+        if len(statuses) == 2:
+            assert await join_once(cfg, "alice@contoso.example", "SUBFLOOD", "127.0.0.3") < 5
+    assert statuses[0] == {489: 200} and statuses[1] == {401: 200}
+    limit = cfg.focus.auth_failures_per_source
+    assert statuses[2] == {401: limit, 429: 800 - limit}, statuses[2]
+    writer.write(request("INVITE", uri=uri, from_user="bob", extra="Authorization: "
+                         + authorization("bob", "bob-pw", nonce, uri) + "\r\n"))
+    assert (await read_response(reader, framer)).status == 429
     writer.close()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..roster import read_roster
 from ..service import ConferenceService, ServiceError, valid_id
 
 ADMIT_ANSWER_FIELDS = ("conference", "participant", "role", "cookie", "expires_at",
@@ -100,3 +101,29 @@ async def heartbeat(service: ConferenceService, name: object) -> None:
 async def release(service: ConferenceService, name: object) -> None:
     """Drop a lease at its focus's clean stop (status 204; an unknown one is gone already)."""
     await service.release_focus_node(lease_name(name, "focus node name"))
+
+
+async def roster(service: ConferenceService, op: Mapping[str, Any]) -> dict[str, Any]:
+    """A conference's roster for the focus's RFC 4575 subscriptions (status 200; the link's
+    `roster` operation, docs/protocol.md §7.3): named by its public id (`conference`) or by
+    its URI (`uri_id`, `organizer`), always with the subscriber's `tenant` (another
+    tenant's conference: 403). Unknown or ended: 404."""
+    tenant = op.get("tenant")
+    if not isinstance(tenant, str):
+        raise ServiceError("bad_request", "tenant must be a string")
+    if op.get("conference") is not None:
+        conf = await service.store.conference(conference_id(op.get("conference")))
+    else:
+        organizer = op.get("organizer")
+        if not isinstance(organizer, str):
+            raise ServiceError("bad_request", "organizer must be a string")
+        conf = await service.store.conference_by_uri(tenant, organizer,
+                                                     conference_id(op.get("uri_id")))
+    if conf is None or conf.ended_at is not None:
+        raise ServiceError("not_found", "unknown conference")
+    if conf.tenant != tenant:
+        raise ServiceError("forbidden", "the conference belongs to another tenant")
+    current = await read_roster(service.store, conf.id)
+    return {"conference": current.conference, "seq": current.seq, "locked": current.locked,
+            "participants": [{"id": p.id, "user": p.user, "role": p.role,
+                              "joined_at": p.joined_at} for p in current.participants]}

@@ -7,13 +7,15 @@ each focus process keeps one WebSocket, `GET /internal/v1/link` on the internal 
 before the upgrade), and sends operations with ids, many in flight, several per frame:
 
 - client -> WCS: text frames, each a JSON array of 1 to `MAX_OPS_PER_FRAME` operations
-  `{"id": n, "op": "admit"|"revoke"|"heartbeat"|"release"|"watch", ...fields}`;
+  `{"id": n, "op": "admit"|"revoke"|"heartbeat"|"release"|"watch"|"roster", ...fields}`;
 - WCS -> client: text frames, each a JSON array of results `{"id": n, "status": s}` plus
   `"body"` (an admit's join body) or `"error": {"code", "message"}` exactly as the HTTP
   answer would carry them (`api/internal_ops.py` does the work for both), and notices
-  without an id: `{"ended": <conference id>}` when a conference the link follows ended.
-  The link follows the conference of every admit it carried and those a `watch` names
-  (`{"op": "watch", "conferences": [ids]}`, 204; conferencing/endings.py).
+  without an id: `{"ended": <conference id>}` when a conference the link follows ended,
+  `{"roster": <conference id>, "seq": n}` when its roster may have changed, and
+  `{"left": {"conference", "participant"}}` when one of its participations ended.
+  The link follows the conference of every admit and `roster` it carried and those a
+  `watch` names (`{"op": "watch", "conferences": [ids]}`, 204; conferencing/endings.py).
 
 Each operation runs as its own task, so concurrent admits reach the store together (which
 commits them together); results leave as they complete, everything completed within one
@@ -176,8 +178,9 @@ class _Link:
                 result = self._watch(op.get("conferences"))
             else:
                 result = await execute(self.service, op)
-                if op.get("op") == "admit" and result["status"] == 201:
-                    self.service.endings.follow(self, result["body"]["conference"])
+                if op.get("op") in ("admit", "roster") and result["status"] in (200, 201):
+                    self.service.endings.follow(self, result["body"]["conference"],
+                                                roster=op.get("op") == "roster")
         finally:
             del self.running[op_id]
             if len(self.running) + MAX_OPS_PER_FRAME <= MAX_IN_FLIGHT:
@@ -201,6 +204,19 @@ class _Link:
         """A followed conference ended (conferencing/endings.py): tell the focus."""
         if not self.ws.closed:
             self.results.append({"ended": conference_id})
+            self.results_ready.set()
+
+    def roster_changed(self, conference_id: str, seq: int) -> None:
+        """A followed conference's roster may have changed (docs/protocol.md §9.3)."""
+        self._notice({"roster": conference_id, "seq": seq})
+
+    def participant_left(self, conference_id: str, participant_id: str) -> None:
+        """A participation of a followed conference ended: the focus BYEs its dialog."""
+        self._notice({"left": {"conference": conference_id, "participant": participant_id}})
+
+    def _notice(self, notice: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            self.results.append(notice)
             self.results_ready.set()
 
     # -- writing -----------------------------------------------------------------------------
@@ -236,16 +252,19 @@ async def execute(service: ConferenceService, op: dict[str, Any]) -> dict[str, A
             await internal_ops.heartbeat(service, op.get("name"))
         elif kind == "release":
             await internal_ops.release(service, op.get("name"))
+        elif kind == "roster":  # the link's own: no HTTP route reads it
+            return {"status": 200, "body": await internal_ops.roster(service, op)}
         else:
-            raise ServiceError("bad_request", "op must be admit, revoke, heartbeat or release")
+            raise ServiceError("bad_request",
+                               "op must be admit, revoke, heartbeat, release or roster")
         return {"status": 204}
     except ServiceError as exc:
         return _error(STATUS_BY_CODE.get(exc.code, 500), exc.code, exc.message)
     except Exception as exc:
         if is_unavailable(exc):  # an outage: the engine logged it once; the focus retries
             return _error(503, "unavailable", "the database is unavailable, retry later")
-        log.exception("unhandled error in link operation %s",
-                      kind if kind in ("admit", "revoke", "heartbeat", "release") else "?")
+        known = ("admit", "revoke", "heartbeat", "release", "roster")
+        log.exception("unhandled error in link operation %s", kind if kind in known else "?")
         return _error(500, "internal", "internal server error")
 
 
