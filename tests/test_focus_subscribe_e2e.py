@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import secrets
 
+import aiohttp
 import pytest
 
 from clients.sip import ConferenceDialog, SipConnection
 from focus.wcs_client import WcsClient
+from webconf.deploy import tls
 from webconf.deploy.config import Config
 from webconf.deploy.local import free_port
 from webconf.sip.digest_client import DigestClient
@@ -338,6 +340,32 @@ async def test_revocation_outside_the_dialog_gets_a_bye(stack: Config) -> None:
                 and e.get("participant") == bob.result.participant]  # type: ignore[union-attr]
     await wait_for(lambda: len(left()) == 1)
     assert left()[0]["reason"] == "revoked"
+    assert not alice.ended.is_set()
+    await alice.leave()
+    for conn in (alice_conn, bob_conn):
+        await conn.close()
+
+
+async def test_an_organizers_eject_gets_a_bye(stack: Config) -> None:
+    """The organizer's `DELETE .../participants/{pid}` (docs/protocol.md §9.2): the WCS
+    revokes, the focus reads the `participant.left` on its link and sends BYE on the
+    ejected participant's dialog; everyone else stays."""
+    cfg = stack
+    alice_conn, alice = await sip_join(cfg, "alice@contoso.example")
+    bob_conn, bob = await sip_join(cfg, "bob@contoso.example")
+    assert alice.result is not None and bob.result is not None
+    url = (f"{alice.result.webconf_url}/v1/conferences/{alice.result.conference}"
+           f"/participants/{bob.result.participant}")
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg))) as http:
+        headers = {"Authorization": f"Bearer {alice.result.cookie}"}
+        async with http.delete(url, headers=headers) as answer:
+            assert answer.status == 204
+        await asyncio.wait_for(bob.ended.wait(), 10)  # the focus's BYE, answered 200
+        async with http.get(f"{alice.result.webconf_url}/v1/conferences/"
+                            f"{bob.result.conference}/items",
+                            headers={"Authorization": f"Bearer {bob.result.cookie}"}) as answer:
+            assert answer.status == 401
     assert not alice.ended.is_set()
     await alice.leave()
     for conn in (alice_conn, bob_conn):
