@@ -104,6 +104,8 @@ class ItemRow:
     plaintext_size: int
     ciphertext_size: int
     created_at: float
+    sealed_pages: bytes | None = None
+    """A PDF's page count, sealed like the name (docs/protocol.md §9.1)."""
 
 
 @dataclass(frozen=True)
