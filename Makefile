@@ -40,7 +40,8 @@ SERIAL_TESTS = tests/test_hostile_sip.py tests/test_digest_replay_live.py \
 	tests/test_wcs_listener_limits.py tests/test_upload_revocation.py \
 	tests/test_revocation_purge.py tests/test_supervisor.py tests/test_parent_death.py \
 	tests/test_real_agents.py tests/test_bench_smoke_http.py tests/test_bench_smoke_sip.py \
-	tests/test_bench_smoke_scale.py tests/test_bench_smoke_scaleout.py tests/test_multinode.py
+	tests/test_bench_smoke_scale.py tests/test_bench_smoke_scaleout.py tests/test_multinode.py \
+	tests/test_bench_smoke_present.py
 
 test: $(STAMP) sysdeps
 	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile \

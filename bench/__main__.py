@@ -26,6 +26,7 @@ MODULES = {
     "download": "bench.download",
     "upload": "bench.upload",
     "fanout": "bench.fanout",
+    "present": "bench.present",
     "scale": "bench.scale",
     "scaleout": "bench.scaleout",
 }

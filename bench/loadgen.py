@@ -14,6 +14,8 @@ commands sent over a pipe (`Fleet.call(command, **args)` -> one reply per worker
              (members react to `item.shared` on their channel by themselves) and return
              the wall-clock (`time.time()`) moments of the push arrival and of the verified
              end of download, so the driver can subtract its own t0 across processes.
+- `turn`:    wait until every joined member heard a page turn (`presentation.changed` for
+             an item and page, docs/protocol.md §9.1) and return the wall-clock moments.
 - `status`:  how many SIP connections and data channels are still open.
 - `leave`:   BYE for everyone (paced), then close the channels and connections.
 - `stop`:    close everything and exit.
@@ -137,6 +139,8 @@ class _Participant:
     done: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     channel_end: str | None = None
+    turns: dict[tuple[str, int], float] = field(default_factory=dict)
+    """(item, page) -> when its `presentation.changed` arrived."""
 
 
 class _Worker:
@@ -146,6 +150,7 @@ class _Worker:
         self.people = [_Participant(m) for m in spec.members]
         self.shared_sip: list[SipConnection] = []
         self.finished: Counter[str] = Counter()
+        self.turned: Counter[tuple[str, int]] = Counter()
         self.progress = asyncio.Event()
         self.ssl = client_ssl_context(spec.target.ca)
         local = (spec.local_host, 0) if spec.local_host else None
@@ -230,6 +235,13 @@ class _Worker:
         assert p.client is not None and p.client.channel is not None
         try:
             async for event in p.client.channel.events():
+                if event.get("type") == "presentation.changed":
+                    key = (str(event.get("item")), int(event.get("page") or 0))
+                    if key not in p.turns:
+                        p.turns[key] = time.time()
+                        self.turned[key] += 1
+                        self.progress.set()
+                    continue
                 if event.get("type") != "item.shared":
                     continue
                 item_id = str(event["item"]["id"])
@@ -287,6 +299,23 @@ class _Worker:
                 "pairs": [(p.notified[item_id], p.done[item_id]) for p in joined
                           if item_id in p.done and item_id in p.notified],
                 "errors": dict(errors), "participants": len(joined)}
+
+    async def cmd_turn(self, item_id: str, page: int, timeout: float) -> dict[str, Any]:
+        """When each joined member heard that `item_id` is shown at `page`."""
+        key = (item_id, page)
+        joined = [p for p in self.people if p.joined]
+        deadline = time.monotonic() + timeout
+        while self.turned[key] < len(joined):
+            self.progress.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), left)
+        arrived = [p.turns[key] for p in joined if key in p.turns]
+        missed = len(joined) - len(arrived)
+        return {"arrived": arrived, "errors": {"not-turned": missed} if missed else {},
+                "participants": len(joined)}
 
     async def cmd_status(self) -> dict[str, Any]:
         joined = [p for p in self.people if p.joined]

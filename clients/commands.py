@@ -36,6 +36,8 @@ from webconf.events import (
     ItemConversion,
     ItemRemoved,
     ItemShared,
+    Presentation,
+    PresentationChanged,
     Revoked,
     UnknownEvent,
     Welcome,
@@ -553,6 +555,16 @@ def _prepare_dir(path: Path) -> None:
         raise CommandError(EXIT_USAGE, f"not a folder: {path}")
 
 
+def presentation_line(shown: Presentation | PresentationChanged | None,
+                      names: dict[str, str]) -> str:
+    """`join`'s line for a page turn (docs/protocol.md §9.1); `names`: item id -> name."""
+    if shown is None or shown.item is None:
+        return "presentation stopped"
+    name = names.get(shown.item, shown.item)
+    return (f"presentation {show(name)} page {shown.page} (item {show(shown.item)}, "
+            f"presenter {show(shown.presenter)})")
+
+
 def _saved_line(result: DownloadResult, declared: bool) -> str:
     check = "sha256 verified" if declared else f"authenticated, sha256 {result.sha256}"
     return f"saved {show(result.name)} -> {show(result.path)} ({check})"
@@ -618,6 +630,10 @@ async def _join_body(context: Context) -> int:
                      f"{show(event.status)}: {show(event.error)}")
         elif isinstance(event, UnknownEvent) and event.type == "channel.reconnected":
             out.line("channel reconnected")
+        elif isinstance(event, PresentationChanged) or (
+                isinstance(event, Welcome) and event.presentation is not None):
+            shown = event if isinstance(event, PresentationChanged) else event.presentation
+            out.line(presentation_line(shown, names))
         elif not isinstance(event, Welcome):
             out.line(f"event {show(str(data['type']))}")
         return False

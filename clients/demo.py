@@ -5,9 +5,10 @@ In a temp directory it runs the operator commands as real subprocesses (`webconf
 meeting with `MeetingClient`s: the organizer joins over SIP/TLS and shares a generated
 slide deck (one file of at least 20 MiB), the attendees join, receive the pushes on their
 data channels, download, decrypt and save every item, and each saved file is compared with
-the original. Everyone leaves with BYE. A short report follows; the exit status is 0 only
-if every check passed. Processes are always stopped and the directory removed (unless
-`--keep`).
+the original. Then the organizer presents the deck's PDF (docs/protocol.md §9.1): it turns
+every page, and each turn is checked to reach every attendee. Everyone leaves with BYE. A
+short report follows; the exit status is 0 only if every check passed. Processes are always
+stopped and the directory removed (unless `--keep`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from .meeting import FocusAddress, MeetingClient
 TENANT = "contoso.example"
 CONFERENCE_ID = "DEMO1"
 READY_TIMEOUT = 90.0
+DECK_PAGES = 6
+TURN_TIMEOUT = 10.0
 
 
 class DemoFailure(Exception):
@@ -71,7 +74,7 @@ def _make_deck(folder: Path, big_mib: int) -> list[Path]:
             f.write(secrets.token_bytes(1024 * 1024))
     files.append(big)
     deck = folder / "Q4 roadmap — slides.pdf"
-    deck.write_bytes(b"%PDF-1.7\n" + secrets.token_bytes(3 * 1024 * 1024 + 17) + b"\n%%EOF\n")
+    deck.write_bytes(_pdf(DECK_PAGES, secrets.token_bytes(3 * 1024 * 1024 + 17)))
     files.append(deck)
     notes = folder / "speaker-notes.md"
     notes.write_text("# Speaker notes\n\n" + "\n".join(
@@ -81,6 +84,48 @@ def _make_deck(folder: Path, big_mib: int) -> list[Path]:
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(700_000))
     files.append(image)
     return files
+
+
+def _pdf(pages: int, attachment: bytes) -> bytes:
+    """A real PDF of `pages` blank slides, carrying `attachment` as an embedded file."""
+    from io import BytesIO
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(width=960, height=540)
+    writer.add_attachment("recording-excerpt.bin", attachment)
+    out = BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+async def _present(organizer: MeetingClient, attendees: list[Attendee], item: dict[str, Any],
+                   out: Any) -> bool:
+    """Turn every page of `item`; True when each turn reached every attendee's client."""
+    pages = int(item.get("pages") or 0)
+    if pages != DECK_PAGES:
+        out.print(f"[red]the deck's page count is {pages or 'missing'}, not {DECK_PAGES}[/]")
+        return False
+    slowest = 0.0
+    for page in range(1, pages + 1):
+        started = time.perf_counter()
+        await organizer.set_page(item["id"], page)
+        deadline = started + TURN_TIMEOUT
+        while any(a.client.view != (item["id"], page) for a in attendees):
+            if time.perf_counter() > deadline:
+                behind = [a.address for a in attendees if a.client.view != (item["id"], page)]
+                out.print(f"[red]page {page} did not reach {', '.join(behind)}[/]")
+                return False
+            await asyncio.sleep(0.005)
+        slowest = max(slowest, time.perf_counter() - started)
+        out.print(f"   page {page}/{pages}: every attendee on page {page}")
+        await asyncio.sleep(0.25)  # within the presenter's rate (§9.1: 5 turns a second)
+    await organizer.set_page(None)
+    out.print(f"[bold]6.[/] presentation: {pages} pages turned, every attendee on the same "
+              f"page after each turn (slowest {slowest * 1000:.0f} ms)")
+    return True
 
 
 def _sha256(path: Path) -> str:
@@ -110,8 +155,7 @@ async def _receive(attendee: Attendee, expected: int, done: asyncio.Event) -> No
         attendee.received[result.name] = result.path
         attendee.seconds[result.name] = time.perf_counter() - started
         if len(attendee.received) >= expected:
-            done.set()
-            return
+            done.set()  # and go on: the client keeps its presentation state from the events
 
 
 def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str, str], int]:
@@ -210,11 +254,14 @@ async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
                     att.errors.append(f"{name}: missing or different")
                 else:
                     verified += 1
+        deck = next(item for path, item, _ in shared if path.suffix == ".pdf")
+        if not await _present(organizer, attendees, deck, out):
+            ok = False
         statuses = await asyncio.gather(*(c.leave() for c in clients))
         if any(s != 200 for s in statuses):
             ok = False
             out.print(f"[red]BYE statuses: {statuses}[/]")
-        out.print(f"[bold]6.[/] everyone left (BYE -> {set(statuses)})")
+        out.print(f"[bold]7.[/] everyone left (BYE -> {set(statuses)})")
 
         people_table = Table(title="Participants")
         for col in ("who", "role", "joined in", "items verified", "problems"):

@@ -4,6 +4,11 @@ join (SIP/TLS INVITE with Digest, dialog kept open) -> WcsSession with the cooki
 200 OK -> data channel (WSS, reconnecting) -> share (streamed upload) / receive (each pushed
 item downloaded and decrypted while it streams, only verified plaintext released) ->
 leave (BYE). Load tests share one SIP connection and one HTTPS pool between many clients.
+
+Presenting (docs/protocol.md §9.1): `presentation` is the conference's state, kept live from
+the welcome and `presentation.changed` as `events()` passes them; `set_page` turns the page
+(presenters); `follow(False)` browses on one's own (`browse`), `follow(True)` goes back to
+the presenter's page; `view` is what this participant looks at.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import Any
 
 import aiohttp
 
-from webconf.events import SharedItem
+from webconf.events import (
+    ItemRemoved,
+    Presentation,
+    PresentationChanged,
+    SharedItem,
+    Welcome,
+    parse_event,
+)
 
 from .download import DownloadResult, download_document, download_item
 from .roster import LiveRoster, Member
@@ -68,6 +80,10 @@ class MeetingClient:
         self.wcs: WcsSession | None = None
         self.channel: Channel | None = None
         self._roster = LiveRoster()
+        self.presentation: Presentation | None = None
+        """The conference's presentation as last heard (docs/protocol.md §9.1)."""
+        self.following = True
+        self._own_view: tuple[str, int] | None = None
 
     async def join(self) -> JoinResult:
         if self.sip is None:
@@ -118,8 +134,9 @@ class MeetingClient:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Channel events, the welcome's items first (as `item.shared`); the roster
-        (`roster`) follows them."""
+        (`roster`) and the presentation state (`presentation`) follow them."""
         channel = self.channel or await self.open_channel()
+        self.track(channel.welcome)
         with contextlib.suppress(WcsError):  # no roster (yet): the meeting goes on
             await self.load_roster()  # after the welcome: events up to its seq are in it
         for entry in channel.welcome.get("items", []):
@@ -130,6 +147,7 @@ class MeetingClient:
                     await self.load_roster()  # events were missed: read it afresh
             else:
                 self._roster.apply(event)
+            self.track(event)
             yield event
 
     async def set_role(self, participant_id: str, role: str) -> dict[str, Any]:
@@ -143,6 +161,62 @@ class MeetingClient:
     async def lock(self, locked: bool = True) -> dict[str, Any]:
         """Lock (or unlock) the conference: no new joins but the organizer's."""
         return await self._session().update_conference(locked=locked)
+
+    # -- presenting (docs/protocol.md §9.1) ------------------------------------------------
+    def track(self, data: dict[str, Any]) -> bool:
+        """Apply a channel event to `presentation`; True when it changed."""
+        try:
+            event = parse_event(data)
+        except ValueError:
+            return False
+        if isinstance(event, Welcome):
+            self.presentation = event.presentation
+            return True
+        if isinstance(event, PresentationChanged):
+            current = self.presentation
+            if not data.get("synthetic") and current is not None and event.seq <= current.seq:
+                return False  # older than what the welcome already showed
+            self.presentation = event.state
+            return True
+        if isinstance(event, ItemRemoved) and self.presentation is not None and (
+                self.presentation.item == event.item_id):
+            self.presentation = None  # the presented item is gone, and the presentation
+            return True
+        return False
+
+    def follow(self, enabled: bool) -> None:
+        """Follow the presenter's page (True), or browse on one's own from where it is."""
+        if not enabled and self.following and self.presentation is not None:
+            self._own_view = (self.presentation.item, self.presentation.page)
+        self.following = enabled
+
+    def browse(self, item: str, page: int) -> None:
+        """Look at another page on one's own (stops following)."""
+        self.following = False
+        self._own_view = (item, page)
+
+    @property
+    def view(self) -> tuple[str, int] | None:
+        """(item, page) this participant looks at: the presenter's while following."""
+        if self.following:
+            shown = self.presentation
+            return None if shown is None else (shown.item, shown.page)
+        return self._own_view
+
+    async def set_page(self, item: str | None, page: int | None = None, *,
+                       via_channel: bool = False) -> dict[str, Any] | None:
+        """Show `item` at `page` to everyone (None: stop presenting). Over HTTP (default)
+        the new state is returned and refusals raise `WcsError`; `via_channel` sends
+        `presentation.set` instead, whose answer is the `presentation.changed` (or an
+        `error` event) that `events()` yields."""
+        if via_channel:
+            channel = self.channel or await self.open_channel()
+            message: dict[str, Any] = {"type": "presentation.set", "item": item}
+            if item is not None:
+                message["page"] = page
+            await channel.send(message)
+            return None
+        return await self._session().set_presentation(item, page)
 
     async def share(self, path: str | Path, *, name: str | None = None,
                     progress: Progress | None = None) -> dict[str, Any]:

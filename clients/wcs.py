@@ -285,6 +285,15 @@ class WcsSession:
     async def delete(self, item_id: str) -> None:
         await self._json("DELETE", f"{self.base_url}/items/{_check_id(item_id)}")
 
+    async def set_presentation(self, item_id: str | None, page: int | None = None
+                               ) -> dict[str, Any]:
+        """Show `item_id` at `page` (None: stop presenting); the new state
+        (docs/protocol.md §9.1)."""
+        body = {"item": None} if item_id is None else {"item": _check_id(item_id),
+                                                       "page": page}
+        state = await self._json("PUT", f"{self.base_url}/presentation", json=body)
+        return dict(state)
+
 
 def _sha256_file(path: Path) -> str:
     """The file's hex SHA-256, run whole in one worker thread (`asyncio.to_thread`, not
@@ -503,6 +512,12 @@ class Channel:
             if item_id not in self._seen:
                 out.append({"type": "item.shared", **entry, "synthetic": True})
         self._seen = set(entries)
+        shown = welcome.get("presentation")  # docs/protocol.md §9.1
+        if isinstance(shown, dict):
+            out.append({"type": "presentation.changed", **shown, "synthetic": True})
+        else:
+            out.append({"type": "presentation.changed", "item": None, "page": None,
+                        "presenter": "", "seq": self.seq, "synthetic": True})
         return out
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -575,6 +590,16 @@ class Channel:
             # The close that follows is final even if its frame gets lost (1006).
             self._final_hint = event.TYPE
         return data
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send one client message (`presentation.set`, docs/protocol.md §9.1)."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise WcsError(0, "network", "the data channel is not connected")
+        try:
+            await ws.send_str(json.dumps(message, separators=(",", ":")))
+        except (ConnectionError, RuntimeError) as exc:
+            raise WcsError(0, "network", f"channel send failed: {exc!r}") from exc
 
     async def close(self) -> None:
         """Close the socket; a running `events()` ends with end_reason "closed"."""

@@ -58,6 +58,7 @@ from .events import EventHub
 from .keyring import CustomerKeyAccess, TenantKeyring, TenantKeyUnavailable
 from .lifecycle import EndReason, Lifecycle
 from .metrics import Metrics
+from .pdfpages import count_pages, is_pdf
 from .share import FileShare, ShareError
 from .store import (
     ConferenceRow,
@@ -513,6 +514,12 @@ class ConferenceService:
         finally:
             self.metrics.encrypt_seconds.observe(encrypt_seconds)
         try:  # from here on the blob is on the share: nothing may fail and leave it there
+            sealed_pages = None
+            if is_pdf(name, content_type):  # read back through the key, never in plaintext
+                pages = await count_pages(self.share.blob_path(writer.blob_id), dek, context)
+                if pages is not None:
+                    sealed_pages = keywrap.seal_item_field(dek, "pages", str(pages),
+                                                           context=context)
             for attempt in range(KEY_RETIRED_RETRIES + 1):
                 tenant_key, tenant_key_version = await self._tenant_key(who.tenant)
                 now = time.time()
@@ -531,7 +538,8 @@ class ConferenceService:
                     sealed_sha256=None if sha256 is None else keywrap.seal_item_field(
                         dek, "sha256", sha256, context=context),
                     plaintext_size=plaintext_size, ciphertext_size=writer.size, created_at=now,
-                    derived_from=who.original.id if isinstance(who, Derivation) else None)
+                    derived_from=who.original.id if isinstance(who, Derivation) else None,
+                    sealed_pages=sealed_pages)
                 # A rotation retired the version between our read and our commit (§8.5):
                 # wrap again under the version now current.
                 if await self._commit_item(who, row, last=attempt == KEY_RETIRED_RETRIES):
@@ -692,6 +700,8 @@ class ConferenceService:
                                                      context=context)
         if row.derived_from is not None:
             view["derived_from"] = row.derived_from
+        if row.sealed_pages is not None:
+            view["pages"] = item_pages(row, dek, context)
         return view
 
     # -- housekeeping -----------------------------------------------------------------
@@ -701,6 +711,13 @@ class ConferenceService:
         meanwhile belongs to a file younger than the cutoff, which stays."""
         known = await self.store.blob_ids()
         return await asyncio.to_thread(self.share.sweep, known, min_age_seconds=min_age_seconds)
+
+
+def item_pages(row: ItemRow, dek: bytes, context: bytes) -> int | None:
+    """A PDF's page count (docs/protocol.md §9.1), unsealed; None when it was not counted."""
+    if row.sealed_pages is None:
+        return None
+    return int(keywrap.open_item_field(dek, "pages", row.sealed_pages, context=context))
 
 
 def _over_quota(quota: int) -> ServiceError:

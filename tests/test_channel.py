@@ -448,11 +448,12 @@ async def test_frame_at_the_limit_is_not_oversized(wcs: Wcs) -> None:
     ws, _ = await connect(wcs, alice)
     limit = wcs.cfg.wcs.max_channel_message_bytes
     assert limit == 4096  # the default, which the oversized cases above exceed
-    msg = json.dumps({"type": "ping", "pad": ""})
-    msg = json.dumps({"type": "ping", "pad": "y" * (limit - len(msg))})
+    # A ping has no other field (§4.3): an unknown item id pads the message instead.
+    msg = json.dumps({"type": "presentation.set", "item": "", "page": 1})
+    msg = json.dumps({"type": "presentation.set", "item": "y" * (limit - len(msg)), "page": 1})
     assert len(msg) == limit
     await ws.send_str(msg)
-    assert await recv_json(ws) == {"type": "pong"}
+    assert (await recv_json(ws))["code"] == "not_found"
     await ws.close()
 
 

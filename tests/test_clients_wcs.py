@@ -490,6 +490,7 @@ async def test_channel_reconnects_across_a_restart(deployment: Config, log_kept:
         fresh = await restart_node1()
         second = await a2.upload(_stream_of(b"B" * 2000), name="b.txt", size=2000)
         await a2.delete(first["id"])
+        await a2.set_presentation(second["id"], 1)  # docs/protocol.md §9.1
         if not log_kept:
             assert node2.service is not None
             assert await node2.service.trim_events(time.time() + 10**9) > 0
@@ -510,6 +511,10 @@ async def test_channel_reconnects_across_a_restart(deployment: Config, log_kept:
                                "synthetic": True}
             shared = await next_event(events, "item.removed", "item.shared")
             assert shared["item"]["id"] == second["id"] and shared["synthetic"] is True
+        # The presentation set meanwhile: replayed, or from the new welcome.
+        shown = await next_event(events, "presentation.changed")
+        assert (shown["item"], shown["page"]) == (second["id"], 1)
+        assert ("synthetic" in shown) is not log_kept
         assert b64url_decode(shared["key"]) == (await b1.item_key(second["id"]))[0]
         third = await a1.upload(_stream_of(b"C" * 10), name="c.txt", size=10)
         live = await next_event(events, "item.shared", "item.removed")

@@ -174,6 +174,7 @@ async def test_a_pptx_becomes_a_derived_pdf_with_a_fresh_key(wcs: Wcs) -> None:
     pdf = await plaintext_of(wcs, bob, derived)
     assert pdf.startswith(b"%PDF-")
     assert len(pypdf.PdfReader(io.BytesIO(pdf)).pages) == 3
+    assert pdf_item["pages"] == 3 and "pages" not in deck  # counted at its commit (§9.1)
     assert pdf_item["size"] == len(pdf)
     assert len(pdf_item["sha256"]) == 64
     # The deck stays as it was: both are listed, the PDF after its deck.
@@ -200,6 +201,7 @@ async def test_an_odp_known_by_its_name_alone_converts(wcs: Wcs) -> None:
     assert derived["item"]["name"] == "Quarterly review.pdf"
     pdf = await plaintext_of(wcs, alice, derived)
     assert len(pypdf.PdfReader(io.BytesIO(pdf)).pages) == 2
+    assert derived["item"]["pages"] == 2
     await no_plaintext_left(wcs.cfg)
     await ws.close()
 

@@ -126,3 +126,25 @@ def test_loadtest_own_deployment(connection: str) -> None:
     assert report["rss_mib"]["total"] > 0
     assert report["rss_mib"]["wcs"] > 0 and report["rss_mib"]["focus"] > 0
     assert report["duration_s"] > 0
+
+
+def test_loadtest_present_measures_page_turns() -> None:
+    """`--present`: each organizer turns a PDF's pages; every attendee hears every turn."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "webconf", "loadtest", "--participants", "6",
+         "--conferences", "2", "--items", "0", "--present", "--present-pages", "3", "--json",
+         "--timeout", "30"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["error_count"] == 0, report.get("error_examples")
+    assert report["page_turns_seen"] == 6 * 3  # every attendee, every turn
+    latency = report["present_latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    from rich.console import Console
+
+    from clients.loadtest.report import render_table
+
+    console = Console(record=True, width=120)
+    console.print(render_table(report))
+    assert "page turn to attendee p50/p95/p99 ms" in console.export_text()

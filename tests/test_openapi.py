@@ -144,7 +144,8 @@ def test_document_is_valid_openapi_3_1() -> None:
     item = doc["components"]["schemas"]["Item"]
     assert set(item["required"]) == {"id", "name", "content_type", "size", "ciphertext_size",
                                      "presenter", "created_at", "url", "key_url"}
-    assert set(item["properties"]) == set(item["required"]) | {"sha256", "derived_from"}
+    assert set(item["properties"]) == set(item["required"]) | {"sha256", "derived_from",
+                                                                "pages"}
     assert set(doc["components"]["securitySchemes"]) == {"bearerAuth", "cookieAuth"}
     assert doc["components"]["securitySchemes"]["cookieAuth"]["name"] == "webconf_auth"
 

@@ -101,9 +101,10 @@ def test_channel_message_types_match_the_server() -> None:
     assert {"welcome", "item.shared", "revoked", "pong"} <= sent  # the source was really read
     channel_text = section(4).split("### 4.3", 1)[1]
     documented = set(table_first_column(channel_text))
-    client_sent = {"ping"}
+    client_sent = {"ping", "presentation.set"}
     assert documented == sent - client_sent
     assert '`{"type": "ping"}`' in channel_text
+    assert '"presentation.set", "item": <id>, "page": <n>}`' in channel_text
     assert "more than 20 messages in one second" in channel_text
     from conferencing.api import channel
 
@@ -221,3 +222,17 @@ def test_every_command_is_documented() -> None:
     for line in block.group(1).splitlines():
         documented |= set(line.split()[1].split("|"))
     assert documented == set(cli.COMMANDS) | set(cli.OPTIONAL_COMMANDS)
+
+
+def test_presentation_section_states_the_code_s_bounds() -> None:
+    from conferencing import pdfpages, presenting
+    from conferencing.api import presentation
+
+    text = section(9)
+    assert "### 9.1 Presentation state" in text
+    assert (f"a token bucket of {presenting.RATE_BURST} changes refilled\n"
+            f"at {presenting.RATE_PER_SECOND:g} per second") in text
+    assert f"within {pdfpages.DEADLINE_SECONDS:g} s and " in text
+    assert f"{pdfpages.MAX_READ_BYTES // (1024 * 1024)} MiB of reads" in text
+    assert f"over {presentation.MAX_BODY} bytes, `413`" in text
+    assert "`page_out_of_range`" in text and "`forbidden`" in text

@@ -37,6 +37,8 @@ OPTIONAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "join, upload files with a progress bar, leave"),
     "fetch": ("clients.commands", "add_fetch_arguments", "run_fetch",
               "join, download and decrypt items, leave"),
+    "present": ("clients.present", "add_present_arguments", "run_present",
+                "join, share a PDF and turn its pages at an interval, leave"),
     "end": ("clients.end", "add_end_arguments", "run_end",
             "join as the organizer and end the meeting for everyone"),
     "role": ("clients.organizer", "add_role_arguments", "run_role",

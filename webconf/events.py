@@ -3,8 +3,8 @@
 The WCS sends JSON text frames on the channel (docs/protocol.md §4): a `welcome` first,
 then `item.shared`, `item.removed`, `item.conversion`, `participant.joined`,
 `participant.left`, `participant.role_changed`, `revoked`, `conference.ended`,
-`conference.updated` and `pong`
-replies; a client sends only `ping`.
+`conference.updated`, `presentation.changed`, `pong` replies and `error` frames; a
+client sends `ping` and `presentation.set` (docs/protocol.md §9.1).
 Each message is a small frozen dataclass here (like aioquic's `h3/events.py`): the WCS
 builds one and sends `to_json()`, a client reads a frame with `parse_event()`. `to_json()`
 gives exactly the wire object, keys in wire order, so serializing it changes no byte on the wire.
@@ -20,8 +20,9 @@ from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
     "FINAL_EVENTS", "ChannelEvent", "ConferenceEnded", "ConferenceUpdated", "EventError",
-    "ItemConversion", "ItemRemoved", "ItemShared", "Participant", "ParticipantJoined",
-    "ParticipantLeft", "ParticipantRoleChanged", "Ping", "Pong", "Resumed", "Revoked",
+    "ErrorFrame", "ItemConversion", "ItemRemoved", "ItemShared", "Participant",
+    "ParticipantJoined", "ParticipantLeft", "ParticipantRoleChanged", "Ping", "Pong",
+    "Presentation", "PresentationChanged", "PresentationSet", "Resumed", "Revoked",
     "SharedItem", "UnknownEvent", "Welcome", "event_seq", "parse_event",
 ]
 
@@ -113,11 +114,15 @@ class Welcome:
     """Every item in the conference now, with its key."""
     seq: int = 0
     """The seq of the newest event the item list reflects: resume from here (§4.3)."""
+    presentation: Presentation | None = None
+    """What is being presented now, on which page (§9.1); None: nothing."""
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.TYPE, "conference": self.conference,
                 "participant": self.participant, "role": self.role, "seq": self.seq,
-                "items": [entry.to_json() for entry in self.items]}
+                "items": [entry.to_json() for entry in self.items],
+                "presentation": (None if self.presentation is None
+                                 else self.presentation.to_json())}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Welcome:
@@ -128,7 +133,8 @@ class Welcome:
                    participant=_str(data, "participant", cls.TYPE),
                    role=_str(data, "role", cls.TYPE),
                    items=tuple(SharedItem.from_json(e, cls.TYPE) for e in raw_items),
-                   seq=event_seq(data) or 0)
+                   seq=event_seq(data) or 0,
+                   presentation=Presentation.from_json(data.get("presentation"), cls.TYPE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +320,121 @@ class ItemConversion:
                    _str(data, "error", cls.TYPE))
 
 
+def _page(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True, slots=True)
+class Presentation:
+    """The conference's presentation state (§9.1): which item, which page (1-based), who
+    set it, and the seq of the event that set it."""
+
+    item: str
+    page: int
+    presenter: str
+    """The participant id of whoever set it."""
+    seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"item": self.item, "page": self.page, "presenter": self.presenter,
+                "seq": self.seq}
+
+    @classmethod
+    def from_json(cls, data: object, event_type: str) -> Presentation | None:
+        """None for JSON null (nothing presented)."""
+        if data is None:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("item"), str) or not _page(
+                data.get("page")):
+            raise EventError(f"{event_type} has a malformed 'presentation'",
+                             event_type=event_type)
+        return cls(item=data["item"], page=data["page"],
+                   presenter=_str(data, "presenter", event_type), seq=event_seq(data) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PresentationChanged:
+    """The presentation moved (§9.1): another item or page, or stopped (`item` None)."""
+
+    TYPE: ClassVar[str] = "presentation.changed"
+    item: str | None
+    """The item shown; None: the presenter stopped presenting."""
+    page: int | None
+    """Its page, 1-based; None when `item` is None."""
+    presenter: str
+    """The participant id of whoever changed it."""
+    seq: int = 0
+
+    @property
+    def state(self) -> Presentation | None:
+        """The state it leaves (None: nothing presented)."""
+        if self.item is None or self.page is None:
+            return None
+        return Presentation(self.item, self.page, self.presenter, self.seq)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "item": self.item, "page": self.page,
+                "presenter": self.presenter, "seq": self.seq}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PresentationChanged:
+        item, page = data.get("item"), data.get("page")
+        if item is None and page is None:
+            return cls(None, None, _str(data, "presenter", cls.TYPE), event_seq(data) or 0)
+        if not isinstance(item, str) or not _page(page):
+            raise EventError("presentation.changed lacks a string 'item' and a page >= 1",
+                             event_type=cls.TYPE)
+        assert isinstance(page, int)
+        return cls(item, page, _str(data, "presenter", cls.TYPE), event_seq(data) or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PresentationSet:
+    """Client -> WCS: show `item` at `page` (§9.1); `item` None stops presenting."""
+
+    TYPE: ClassVar[str] = "presentation.set"
+    item: str | None
+    page: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.item is None:
+            return {"type": self.TYPE, "item": None}
+        return {"type": self.TYPE, "item": self.item, "page": self.page}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PresentationSet:
+        item, page = data.get("item"), data.get("page")
+        if item is None:
+            return cls(None, None)
+        if not isinstance(item, str) or not _page(page):
+            raise EventError("presentation.set lacks a string 'item' and a page >= 1",
+                             event_type=cls.TYPE)
+        assert isinstance(page, int)
+        return cls(item, page)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """WCS -> client: a channel request refused; the channel stays open (§9.1)."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    """One of the HTTP API's error codes (§4.2)."""
+    message: str
+    request: str = ""
+    """The `type` of the message refused."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "code": self.code, "message": self.message,
+                "request": self.request}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorFrame:
+        request = data.get("request", "")
+        return cls(_str(data, "code", cls.TYPE), _str(data, "message", cls.TYPE),
+                   request if isinstance(request, str) else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Client -> WCS keep-alive, the only message a client may send."""
@@ -364,7 +485,8 @@ def event_seq(data: dict[str, Any]) -> int | None:
 
 ChannelEvent: TypeAlias = (Welcome | Resumed | ItemShared | ItemRemoved | ParticipantJoined
                            | ParticipantLeft | ParticipantRoleChanged | Revoked | ConferenceEnded
-                           | ConferenceUpdated | ItemConversion | Ping | Pong | UnknownEvent)
+                           | ConferenceUpdated | ItemConversion | PresentationChanged
+                           | PresentationSet | ErrorFrame | Ping | Pong | UnknownEvent)
 """Any channel message, either direction."""
 
 FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
@@ -372,8 +494,8 @@ FINAL_EVENTS = (Revoked.TYPE, ConferenceEnded.TYPE)
 
 _PARSERS: dict[str, Any] = {cls.TYPE: cls.from_json for cls in (
     Welcome, Resumed, ItemShared, ItemRemoved, ParticipantJoined, ParticipantLeft,
-    ParticipantRoleChanged, Revoked, ConferenceEnded, ConferenceUpdated, ItemConversion, Ping,
-    Pong)}
+    ParticipantRoleChanged, Revoked, ConferenceEnded, ConferenceUpdated, ItemConversion,
+    PresentationChanged, PresentationSet, ErrorFrame, Ping, Pong)}
 
 
 def parse_event(data: object) -> ChannelEvent:

@@ -92,6 +92,11 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                       help="per request; a download phase without progress for this long "
                            "gives up (default 60)")
+    load.add_argument("--present", action="store_true",
+                      help="each organizer also shares a PDF and turns its pages; reports "
+                           "the page-turn latency to every attendee")
+    load.add_argument("--present-pages", type=_positive, default=10, metavar="P",
+                      help="page turns per conference with --present (default 10)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of the table (no live progress)")
 
@@ -103,7 +108,8 @@ def _plan(args: argparse.Namespace) -> Plan:
         raise LoadtestError("--timeout must be positive")
     return Plan(participants=args.participants, conferences=args.conferences,
                 items=args.items, item_size=args.item_size, concurrency=args.join_concurrency,
-                connection=args.connection, timeout=args.timeout)
+                connection=args.connection, timeout=args.timeout,
+                present_pages=args.present_pages if args.present else 0)
 
 
 def _target(args: argparse.Namespace, plan: Plan, say: Callable[[str], None]

@@ -120,3 +120,5 @@ class Plan:
     concurrency: int = 10
     connection: str = "per-join"
     timeout: float = 60.0
+    present_pages: int = 0
+    """With `--present`: page turns per conference (docs/protocol.md §9.1); 0: none."""

@@ -96,6 +96,9 @@ def render_table(report: dict[str, Any]) -> Any:
         ("share-to-all-decrypted p50/p95/p99 ms", _pcts(report["share_latency_ms"])),
         ("share-to-participant p50/p95/p99 ms", _pcts(report["participant_latency_ms"])),
         ("downloads verified", str(report["downloads_verified"])),
+        *([("page turn to attendee p50/p95/p99 ms", _pcts(report["present_latency_ms"])),
+           ("page turns seen", f"{report['page_turns_seen']}")]
+          if "present_latency_ms" in report else []),
         ("download MB/s", f"{report['download_mb_s']:.1f}"),
         ("errors", ", ".join(f"{k}: {v}" for k, v in report["errors"].items()) or "0"),
         ("peak RSS focus", _mib(report["rss_mib"]["focus"])),

@@ -8,6 +8,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,23 @@ from .plan import ItemSource, Plan, Target
 from .procs import client_cpu, cpu_report, rss_report
 from .report import Live
 
+PAGE_TURN_GAP = 0.25
+"""Seconds between page turns: within the presenter's rate (docs/protocol.md §9.1)."""
+
+
+def present_deck(pages: int) -> bytes:
+    """A PDF of `pages` blank slides, so the WCS counts its pages (§9.1)."""
+    from io import BytesIO
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(width=960, height=540)
+    out = BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
 
 @dataclass
 class _ItemTrack:
@@ -37,6 +55,16 @@ class _ItemTrack:
     def check(self) -> None:
         if self.expected is not None and len(self.done) + len(self.failed) >= self.expected:
             self.complete.set()
+
+
+@dataclass
+class _Turn:
+    """One page turn: when the presenter sent it, when each listener heard of it."""
+
+    started: float
+    expected: int
+    seen: dict[int, float] = field(default_factory=dict)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(eq=False)
@@ -74,6 +102,8 @@ class LoadTest:
         self.shared_sips: list[SipConnection] = []
         self.channel_tasks: list[asyncio.Task[None]] = []
         self.phase: dict[str, float] = {}
+        self.turns: dict[tuple[int, str, int], _Turn] = {}
+        """(conference, item, page) -> its page turn (docs/protocol.md §9.1)."""
 
     # -- bookkeeping
     def error(self, exc: BaseException, phase: str) -> None:
@@ -121,6 +151,8 @@ class LoadTest:
             await self._organizers_join()
             await self._join_phase()
             await self._share_phase()
+            if self.plan.present_pages:
+                await self._present_phase()
             await self._leave_phase()
             pids = self.target.pids()
             rss, cpu = rss_report(pids), cpu_report(pids, cpu0)
@@ -199,6 +231,9 @@ class LoadTest:
         assert member.client is not None and member.client.channel is not None
         try:
             async for event in member.client.channel.events():
+                if event.get("type") == "presentation.changed":
+                    self._turn_seen(member, event)
+                    continue
                 if event.get("type") != "item.shared":
                     continue
                 item = event.get("item")
@@ -287,6 +322,54 @@ class LoadTest:
             track.expected = len(track.done) + len(track.failed)
             track.complete.set()
 
+    def _turn_seen(self, member: _Member, event: dict[str, Any]) -> None:
+        turn = self.turns.get((member.conference, str(event.get("item")),
+                               int(event.get("page") or 0)))
+        if turn is not None and member.index not in turn.seen:
+            turn.seen[member.index] = time.perf_counter()
+            if len(turn.seen) >= turn.expected:
+                turn.complete.set()
+
+    async def _present_phase(self) -> None:
+        """Each organizer shares a PDF and turns its pages, one turn at a time, each when
+        the previous one reached every listener (or timed out)."""
+        listeners = Counter(m.conference for m in self.members if m.listening)
+        active = [m for m, org in enumerate(self.organizers) if org is not None]
+        deck = await asyncio.to_thread(present_deck, self.plan.present_pages)
+        await asyncio.gather(*(self._present_conference(m, listeners[m], deck)
+                               for m in active))
+
+    async def _present_conference(self, m: int, listening: int, deck: bytes) -> None:
+        organizer = self.organizers[m]
+        assert organizer is not None and organizer.wcs is not None
+
+        async def body() -> AsyncIterator[bytes]:
+            yield deck
+
+        try:
+            item = await organizer.wcs.upload(body(), name=f"{self.prefix}{m}-deck.pdf",
+                                              content_type="application/pdf", sha256=False,
+                                              size=len(deck))
+        except Exception as exc:  # noqa: BLE001
+            self.error(exc, f"present share {self.target.conference_ids[m]}")
+            return
+        for page in range(1, self.plan.present_pages + 1):
+            turn = self.turns[(m, str(item["id"]), page)] = _Turn(time.perf_counter(),
+                                                                 listening)
+            try:
+                await organizer.set_page(str(item["id"]), page)
+            except Exception as exc:  # noqa: BLE001
+                self.error(exc, f"page turn {self.target.conference_ids[m]}")
+                continue
+            if listening:
+                try:
+                    await asyncio.wait_for(turn.complete.wait(), self.plan.timeout)
+                except TimeoutError:
+                    self.error_kind_only("timeout", "page turn",
+                                         f"{listening - len(turn.seen)} attendees missed page "
+                                         f"{page} for {self.plan.timeout:g} s")
+            await asyncio.sleep(PAGE_TURN_GAP)
+
     async def _leave_phase(self) -> None:
         t0 = time.perf_counter()
         gate = asyncio.Semaphore(max(1, self.plan.concurrency))
@@ -371,6 +454,10 @@ class LoadTest:
         }
         if self.connect_seconds:
             report["connect_latency_ms"] = summary_ms(self.connect_seconds)
+        if self.plan.present_pages:
+            turns = [t - turn.started for turn in self.turns.values() for t in turn.seen.values()]
+            report["present_latency_ms"] = summary_ms(turns)
+            report["page_turns_seen"] = len(turns)
         if self.examples:
             report["error_examples"] = dict(sorted(self.examples.items()))
         return report

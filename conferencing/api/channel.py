@@ -1,11 +1,15 @@
 """The data channel: a WebSocket per participant that pushes items and their keys.
 
-Server -> client (JSON text frames): `welcome` (every current item with its key), then
-`item.shared`, `item.removed`, `participant.joined`, `participant.left`, `revoked`,
-`conference.ended`, and `pong` replies. Client -> server: only `{"type": "ping"}`.
-Abuse closes the socket: binary frames, invalid JSON (nesting over 32 levels and lone
-surrogates included), unknown types or a message flood get 1008 (policy violation); an
-oversized frame gets 1009 (aiohttp enforces `max_msg_size`). A browser's upgrade carrying
+Server -> client (JSON text frames): `welcome` (every current item with its key, and the
+presentation), then `item.shared`, `item.removed`, `participant.joined`,
+`participant.left`, `presentation.changed`, `revoked`, `conference.ended`, `pong` replies
+and `error` frames. Client -> server: `{"type": "ping"}` and `presentation.set`
+(docs/protocol.md §4.3). A protocol violation closes the socket: binary frames, invalid JSON
+(nesting over 4 levels and lone surrogates included), an unknown type, a missing, extra or
+mistyped field, or a message flood get 1008 (policy violation); an oversized frame gets
+1009 (aiohttp enforces `max_msg_size`). A well-formed request the service refuses (not a
+presenter, unknown item, page out of range, rate-limited) gets an `error` frame with the
+HTTP API's code, and the channel stays open. A browser's upgrade carrying
 the `webconf_auth` cookie must come from one of our own origins (`context.authenticate`).
 A revoked or ended participant gets its final event and then a close; a cookie that
 expires closes the channel at `exp`.
@@ -25,13 +29,16 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from webconf.events import Ping, Pong, Resumed, Welcome
+from webconf.deploy.db import is_unavailable
+from webconf.events import ErrorFrame, Ping, Pong, PresentationSet, Resumed, Welcome
 
 from ..events import Subscription
+from ..presenting import parse_set, presenting
 from ..service import Principal, ServiceError
 from . import strict_json
 from .context import CHANNELS, METRICS, SERVICE, authenticate
@@ -44,6 +51,8 @@ CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
 CHANNEL_MAX_DEPTH = 4
 """A ping is one flat object; anything nested deeper is abuse."""
 MAX_SEQ_DIGITS = 18
+
+log = logging.getLogger("webconf.wcs.channel")
 
 
 def current_principal(who: Principal, sub: Subscription) -> Principal:
@@ -114,15 +123,16 @@ async def channel(request: web.Request) -> web.StreamResponse:
             seq = (await service.store.last_seqs([who.conference_id])).get(
                 who.conference_id, 0)
             items = await service.items_with_keys(who)
+            shown = await presenting(service).current(who.conference_id)
             sub.cursor = max(sub.cursor, seq)
             await ws.send_str(json.dumps(Welcome(
                 conference=who.conference_id, participant=who.participant_id, role=who.role,
-                items=tuple(items), seq=seq).to_json()))
+                items=tuple(items), seq=seq, presentation=shown).to_json()))
             ended = None
         if ended is not None:
             await ws.close(code=ended[0], message=ended[1])
         else:
-            await _serve(ws, sub, who.claims.expires_at)
+            await _serve(ws, sub, who.claims.expires_at, request, who)
     finally:
         sub.unsubscribe()
         request.app[CHANNELS].discard(ws)
@@ -163,7 +173,8 @@ def _final_close(event_type: str) -> tuple[int, bytes]:
     return CLOSE_REVOKED, b"revoked"
 
 
-async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int) -> None:
+async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int,
+                 request: web.Request, who: Principal) -> None:
     """Read the client and pump events until either ends; close as the pump decides.
 
     The pump's close happens here, once the reader task is gone: closing from one task while
@@ -171,7 +182,7 @@ async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int) 
     frame, so clients see 1006 (abnormal closure) instead of 1008/1000/1001.
     """
     lock = asyncio.Lock()
-    reader = asyncio.create_task(_read_client(ws, lock))
+    reader = asyncio.create_task(_read_client(ws, lock, request, who))
     pump = asyncio.create_task(_pump_events(ws, sub, lock, expires_at))
     try:
         await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
@@ -211,7 +222,8 @@ async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: async
             await ws.send_str(message)
 
 
-async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock) -> None:
+async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock, request: web.Request,
+                       who: Principal) -> None:
     window_start = time.monotonic()
     count = 0
     async for msg in ws:
@@ -228,13 +240,44 @@ async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock) -> None:
             except strict_json.JsonError:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"invalid JSON")
                 return
-            if not isinstance(data, dict) or data.get("type") != Ping.TYPE:
+            kind = data.get("type") if isinstance(data, dict) else None
+            reply: dict[str, object] | None
+            if kind == Ping.TYPE and isinstance(data, dict) and len(data) == 1:
+                reply = Pong().to_json()
+            elif kind == PresentationSet.TYPE:
+                try:
+                    wanted = parse_set(data, channel=True)
+                except ServiceError:
+                    await ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                   message=b"malformed presentation.set")
+                    return
+                reply = await _present(request, who, wanted)
+                if reply is None:
+                    continue  # the presentation.changed event is the answer
+            else:
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unknown message")
                 return
             async with lock:
-                await ws.send_str(json.dumps(Pong().to_json()))
+                await ws.send_str(json.dumps(reply))
         elif msg.type == WSMsgType.BINARY:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"binary frames refused")
             return
         elif msg.type == WSMsgType.ERROR:
             return
+
+
+async def _present(request: web.Request, who: Principal,
+                   wanted: PresentationSet) -> dict[str, object] | None:
+    """Apply a `presentation.set`; None when done (everyone, this channel included, gets
+    the event), else the `error` frame to send (docs/protocol.md §4.3)."""
+    try:
+        await presenting(request.app[SERVICE]).set(who, wanted)
+    except ServiceError as exc:
+        return ErrorFrame(exc.code, exc.message, PresentationSet.TYPE).to_json()
+    except Exception as exc:
+        if not is_unavailable(exc):
+            log.exception("presentation.set failed")
+            return ErrorFrame("internal", "internal error", PresentationSet.TYPE).to_json()
+        return ErrorFrame("unavailable", "the database is unavailable, retry later",
+                          PresentationSet.TYPE).to_json()
+    return None

@@ -27,6 +27,7 @@ log = logging.getLogger("webconf.wcs.http")
 
 STATUS_BY_CODE = {
     "bad_request": 400,
+    "page_out_of_range": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "unknown_tenant": 403,

@@ -20,7 +20,7 @@ from ..downloads import check_download, record_download
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..service import ServiceError, b64url
 from . import document as decrypting
-from . import participants
+from . import participants, presentation
 from .channel import channel
 from .context import (
     AUTH_COOKIE,
@@ -214,6 +214,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{base}/channel", channel)
     decrypting.add_routes(app)
     participants.add_routes(app)
+    presentation.add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
 

@@ -137,6 +137,8 @@ items = Table(
     Column("sealed_name", LargeBinary, nullable=False),
     Column("sealed_content_type", LargeBinary, nullable=False),
     Column("sealed_sha256", LargeBinary, nullable=True),
+    # A PDF's page count, sealed like the name (docs/protocol.md §9.1); NULL: not counted.
+    Column("sealed_pages", LargeBinary, nullable=True),
     Column("plaintext_size", BigInteger, nullable=False),
     Column("ciphertext_size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
@@ -185,4 +187,18 @@ focus_nodes = Table(
     Column("name", String(128), primary_key=True),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+)
+
+# What each conference presents now (docs/protocol.md §9.1): one row at most; no row, or a
+# row whose item is gone, means nothing is presented. `seq`: the seq of the
+# `presentation.changed` event that set it (written in the same transaction).
+presentations = Table(
+    "presentations",
+    metadata,
+    Column("conference_id", String(64), ForeignKey("conferences.id"), primary_key=True),
+    Column("item_id", String(64), nullable=False),
+    Column("page", Integer, nullable=False),
+    Column("presenter_pid", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

@@ -94,6 +94,8 @@ class ItemRow:
     created_at: float
     derived_from: str | None = None
     """The item this one was made from (a deck's PDF, docs/protocol.md §9.4)."""
+    sealed_pages: bytes | None = None
+    """A PDF's page count, sealed like the name (docs/protocol.md §9.1)."""
 
 
 @dataclass(frozen=True)
