@@ -3,9 +3,9 @@
 Operations (each returns a list of `focus.events` outputs; `now` is wall-clock seconds,
 `time.time()`, on every call that can need it: the core never reads a clock):
 - `connection_made(conn)` / `connection_lost(conn_id, now)`;
-- `receive_data(conn_id, data, now)`: the core owns each connection's `SipFramer`, so
-  framing errors (answered, then `Close` when the stream is lost) and CRLF keep-alives are
-  decided here;
+- `receive_data(conn_id, data, now)`: the core owns each connection's framer (`SipFramer`;
+  over WebSocket `MessageFramer`, whole messages), so framing errors (answered, then
+  `Close` when the stream is lost) and CRLF keep-alives are decided here;
 - `credentials_found(ticket, {algorithm: HA1} | None, now)`: the result of a
   `LookupCredentials` effect; `credentials_unavailable(ticket, now)` when the directory
   could not be read (its database is out of reach): 503, and the connection goes on;
@@ -55,21 +55,21 @@ from typing import Any
 
 from webconf.protocol import CONFERENCE_OPAQUE, JOIN_CONTENT_TYPE, Admission, valid_id
 from webconf.sip import digest
-from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.framing import FramingError, KeepAlive, NeedData
 from webconf.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,
     Response,
     SipParseError,
-    SipURI,
     address_facts,
     max_forwards,
     parse_auth_params,
     response_bytes,
     validate_request,
 )
+from webconf.sip.ws_framing import Framer, framer_for
 
-from .addresses import bracket_addr_spec
+from .addresses import bracket_addr_spec, make_contact
 from .dialogs import AwaitingAdmission, AwaitingCredentials, Dialog, DialogKey, DialogState
 from .events import (
     Admit,
@@ -117,6 +117,8 @@ class FocusSettings:
     contact_port: int
     tcp_contact_port: int = 0
     """Port of the plain-TCP listener, for the Contact of dialogs that came over TCP."""
+    wss_contact_port: int = 0
+    """Port of the WebSocket listener (RFC 7118), for the Contact of dialogs over WSS."""
     algorithms: Sequence[str] = ("SHA-256", "MD5")
     md5_only_user_agents: Sequence[str] = ("baresip",)
     leave_grace_seconds: float = 30.0
@@ -141,7 +143,7 @@ class FocusSettings:
 @dataclass
 class _ConnState:
     conn: Conn
-    framer: SipFramer
+    framer: Framer
     nc_tracker: digest.NonceCountTracker = field(default_factory=digest.NonceCountTracker)
     pending: dict[str, int] = field(default_factory=dict)
     """Top-Via branch of each INVITE waiting for the WCS -> ticket."""
@@ -179,12 +181,12 @@ class FocusCore:
         self._agent_algorithms: dict[str, tuple[str, ...]] = {}
         """Algorithms offered per User-Agent value."""
         self._byes = ByeSender(settings.contact_host, settings.contact_port,
-                               settings.tcp_contact_port)
+                               settings.tcp_contact_port, settings.wss_contact_port)
 
     # -- connections ---------------------------------------------------------------------
     def connection_made(self, conn: Conn) -> None:
-        self._conns[conn.id] = _ConnState(
-            conn, SipFramer(max_message_size=self.settings.max_message_bytes))
+        self._conns[conn.id] = _ConnState(  # RFC 7118 §5: one message per WebSocket message
+            conn, framer_for(conn.transport, max_message_size=self.settings.max_message_bytes))
 
     def connection_lost(self, conn_id: int, now: float) -> list[Output]:
         """Orphan the connection's dialogs; they end after the grace period."""
@@ -678,27 +680,12 @@ class FocusCore:
             (name, value) for name, value in uri.params.items() if name in ("gruu", "opaque")))
         contact = self._contacts.get(key)
         if contact is None:
-            contact = self._make_contact(uri, transport)
+            contact = make_contact(self.settings, uri, transport)
             if len(contact) <= _MEMO_MAX_VALUE:
                 if len(self._contacts) >= _MEMO_MAX:
                     self._contacts.clear()
                 self._contacts[key] = contact
         return contact
-
-    def _make_contact(self, uri: SipURI, transport: str) -> str:
-        """Our Contact for a dialog with the conference `uri` over `transport`."""
-        host = self.settings.contact_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        scheme = "sips" if uri.scheme == "sips" else "sip"
-        params = [f"transport={transport}"] + [
-            name if value is None else f"{name}={value}"
-            for name, value in uri.params.items() if name in ("gruu", "opaque")]
-        port = self.settings.contact_port
-        if transport == "tcp" and self.settings.tcp_contact_port:
-            port = self.settings.tcp_contact_port
-        contact = SipURI(host=host, scheme=scheme, user=uri.user, port=port)
-        return f"<{contact};{';'.join(params)}>;isfocus"
 
     def _algorithms_for(self, user_agent: str) -> list[str]:
         offered = self._agent_algorithms.get(user_agent)

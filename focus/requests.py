@@ -65,10 +65,11 @@ class _OutgoingBye:
 class ByeSender:
     """The focus's BYE client transactions, by Via branch."""
 
-    def __init__(self, host: str, port: int, tcp_port: int = 0) -> None:
+    def __init__(self, host: str, port: int, tcp_port: int = 0, wss_port: int = 0) -> None:
         self._host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         self._port = port
-        self._tcp_port = tcp_port
+        self._ports = {"TCP": tcp_port, "WSS": wss_port}
+        """The listener of each other transport (0: none, use `port`)."""
         self._out: dict[str, _OutgoingBye] = {}
         self._ending: set[DialogKey] = set()
 
@@ -81,7 +82,7 @@ class ByeSender:
         if not route.remote_target or not route.remote:
             return None
         branch = BRANCH_MAGIC + secrets.token_hex(10)
-        port = self._tcp_port if conn.transport == "TCP" and self._tcp_port else self._port
+        port = self._ports.get(conn.transport) or self._port
         lines = [f"BYE {route.remote_target} SIP/2.0",
                  f"Via: SIP/2.0/{conn.transport} {self._host}:{port};branch={branch}",
                  f"Max-Forwards: {MAX_FORWARDS}",
