@@ -163,7 +163,8 @@ def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str
     dep = work / "deployment"
     sip_port, https_port, internal_port = free_port(), free_port(), free_port()
     step = _cli("init", str(dep), "--tenant", TENANT, "--sip-port", str(sip_port),
-                "--https-port", str(https_port), "--internal-port", str(internal_port))
+                "--https-port", str(https_port), "--internal-port", str(internal_port),
+                "--wss-port", str(free_port()))
     if step.returncode:
         raise DemoFailure(f"webconf init failed: {step.stderr.strip()}")
     out.print(f"[bold]1.[/] deployment initialised in {dep}")

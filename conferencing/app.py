@@ -45,7 +45,7 @@ from webconf.deploy.loop import install_fast_loop
 from webconf.deploy.serve import drain_seconds, read_restarts
 
 from . import lifecycle
-from .api import internal, link, public
+from .api import internal, link, public, webclient
 from .api.context import CHANNELS, METRICS, SERVICE
 from .api.errors import InFlight, make_middlewares
 from .api.peer import focus_client_only
@@ -81,6 +81,7 @@ def build_public_app(service: ConferenceService, metrics: Metrics,
     channels: set[web.WebSocketResponse] = set()
     app[CHANNELS] = channels
     public.add_routes(app)
+    webclient.add_routes(app, service.cfg)  # the browser page (docs/protocol.md §10.2)
 
     async def close_channels(app: web.Application) -> None:
         # Each channel handler closes its own socket (1001) once its subscription ends.

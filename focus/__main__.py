@@ -41,7 +41,8 @@ async def serve(base_dir: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tcp = f" tcp={cfg.focus.tcp_host}:{server.tcp_port}" if server.tcp_port else ""
-    print(f"focus ready sips={cfg.server.host}:{server.sip_port}{tcp}", flush=True)
+    wss = f" wss={cfg.server.host}:{server.wss_port}" if server.wss_port else ""
+    print(f"focus ready sips={cfg.server.host}:{server.sip_port}{tcp}{wss}", flush=True)
     await stop.wait()
     log.info(json.dumps({"event": "shutdown", "phase": "draining"}))
     await server.stop()

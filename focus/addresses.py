@@ -1,14 +1,19 @@
-"""Repairs of From/To values that agents send in a form they cannot read back themselves.
+"""Addresses the focus core writes or repairs: the Contact it hands out, and From/To values
+that agents send in a form they cannot read back themselves.
 
-Kept apart from the core (focus/core.py), which calls it on every request's From and To
-before they are echoed in a response.
+Kept apart from the core (focus/core.py), which calls `bracket_addr_spec` on every
+request's From and To before they are echoed in a response, and `make_contact` once per
+(conference URI, transport).
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
+from webconf.sip.message import SipURI
 from webconf.sip.syntax import is_token
 
-__all__ = ["bracket_addr_spec"]
+__all__ = ["ContactSettings", "bracket_addr_spec", "make_contact"]
 
 
 def bracket_addr_spec(value: str) -> str:
@@ -41,3 +46,37 @@ def bracket_addr_spec(value: str) -> str:
     inside = [p for p, tag in zip(params, is_tag, strict=True) if not tag]
     outside = [p for p, tag in zip(params, is_tag, strict=True) if tag]
     return "<" + ";".join([uri, *inside]) + ">" + "".join(";" + p for p in outside)
+
+
+class ContactSettings(Protocol):
+    """What `make_contact` reads of the core's settings (`FocusSettings`)."""
+
+    @property
+    def contact_host(self) -> str: ...
+    @property
+    def contact_port(self) -> int: ...
+    @property
+    def tcp_contact_port(self) -> int: ...
+    @property
+    def wss_contact_port(self) -> int: ...
+
+
+def make_contact(settings: ContactSettings, uri: SipURI, transport: str) -> str:
+    """The focus's Contact for a dialog with the conference `uri` over `transport` (the
+    connection's, lower case): its reachable address with the conference's user part, gruu
+    and opaque, plus `isfocus` (docs/protocol.md §2). Over WebSocket the transport parameter
+    is `ws` for WS and WSS alike (RFC 7118 §5.2), on the WebSocket listener's port."""
+    host = settings.contact_host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    scheme = "sips" if uri.scheme == "sips" else "sip"
+    port = settings.contact_port
+    if transport == "tcp" and settings.tcp_contact_port:
+        port = settings.tcp_contact_port
+    elif transport in ("ws", "wss"):
+        transport, port = "ws", settings.wss_contact_port or port
+    params = [f"transport={transport}"] + [
+        name if value is None else f"{name}={value}"
+        for name, value in uri.params.items() if name in ("gruu", "opaque")]
+    contact = SipURI(host=host, scheme=scheme, user=uri.user, port=port)
+    return f"<{contact};{';'.join(params)}>;isfocus"

@@ -3,9 +3,9 @@
 Operations (each returns a list of `focus.events` outputs; `now` is wall-clock seconds,
 `time.time()`, on every call that can need it: the core never reads a clock):
 - `connection_made(conn)` / `connection_lost(conn_id, now)`;
-- `receive_data(conn_id, data, now)`: the core owns each connection's `SipFramer`, so
-  framing errors (answered, then `Close` when the stream is lost) and CRLF keep-alives are
-  decided here;
+- `receive_data(conn_id, data, now)`: the core owns each connection's framer (`SipFramer`;
+  over WebSocket `MessageFramer`, whole messages), so framing errors (answered, then
+  `Close` when the stream is lost) and CRLF keep-alives are decided here;
 - `credentials_found(ticket, {algorithm: HA1} | None, now)`: the result of a
   `LookupCredentials` effect; `credentials_unavailable(ticket, now)` when the directory
   could not be read (its database is out of reach): 503, and the connection goes on;
@@ -58,7 +58,7 @@ from typing import Any
 
 from webconf.protocol import CONFERENCE_OPAQUE, JOIN_CONTENT_TYPE, Admission, valid_id
 from webconf.sip import digest
-from webconf.sip.framing import FramingError, KeepAlive, NeedData, SipFramer
+from webconf.sip.framing import FramingError, KeepAlive, NeedData
 from webconf.sip.message import (
     MAX_MESSAGE_SIZE,
     Request,
@@ -70,6 +70,7 @@ from webconf.sip.message import (
     response_bytes,
     validate_request,
 )
+from webconf.sip.ws_framing import framer_for
 
 from .addresses import bracket_addr_spec
 from .dialogs import (
@@ -123,6 +124,8 @@ class FocusSettings:
     contact_port: int
     tcp_contact_port: int = 0
     """Port of the plain-TCP listener, for the Contact of dialogs that came over TCP."""
+    wss_contact_port: int = 0
+    """Port of the WebSocket listener (RFC 7118), for the Contact of dialogs over WSS."""
     algorithms: Sequence[str] = ("SHA-256", "MD5")
     md5_only_user_agents: Sequence[str] = ("baresip",)
     leave_grace_seconds: float = 30.0
@@ -159,19 +162,17 @@ class FocusCore(SubscribeHandling):
         self._orphans: dict[DialogKey, Dialog] = {}
         """The dialogs whose grace runs (no connection left): what the timers look at."""
         self._next_ticket = 1
-        self._memos = Memos(settings.contact_host, settings.contact_port,
-                            settings.tcp_contact_port, settings.algorithms,
-                            settings.md5_only_user_agents)
+        self._memos = Memos(settings, settings.algorithms, settings.md5_only_user_agents)
         self._writer = RequestWriter(settings.contact_host, settings.contact_port,
-                                     settings.tcp_contact_port)
+                                     settings.tcp_contact_port, settings.wss_contact_port)
         self._byes = ByeSender(self._writer)
         self._subs = Subscriptions(self._writer)
         self._fetches = {}
 
     # -- connections ---------------------------------------------------------------------
     def connection_made(self, conn: Conn) -> None:
-        self._conns[conn.id] = ConnState(
-            conn, SipFramer(max_message_size=self.settings.max_message_bytes))
+        self._conns[conn.id] = ConnState(  # RFC 7118 §5: one message per WebSocket message
+            conn, framer_for(conn.transport, max_message_size=self.settings.max_message_bytes))
 
     def connection_lost(self, conn_id: int, now: float) -> list[Output]:
         """Orphan the connection's dialogs; they end after the grace period."""

@@ -16,8 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from webconf.sip import digest
-from webconf.sip.framing import SipFramer
 from webconf.sip.message import Request, SipURI
+from webconf.sip.ws_framing import Framer
 
 from .events import Conn
 
@@ -176,7 +176,7 @@ class ConnState:
     """One connection's state in the core (focus/core.py)."""
 
     conn: Conn
-    framer: SipFramer
+    framer: Framer
     nc_tracker: digest.NonceCountTracker = field(default_factory=digest.NonceCountTracker)
     pending: dict[str, int] = field(default_factory=dict)
     """Top-Via branch of each INVITE waiting for the WCS -> ticket."""

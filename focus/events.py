@@ -27,7 +27,7 @@ class Conn:
     peer_port: int
     """The peer's port (logged only)."""
     transport: str = "TLS"
-    """"TLS" or "TCP": used for the Contact we hand out."""
+    """"TLS", "TCP" or "WSS" (RFC 7118): the Contact we hand out, and the framing."""
     tls_version: str | None = None
     """The negotiated protocol ("TLSv1.3", "TLSv1.2"), logged with each join; None on TCP."""
     nonce_scope: bytes = field(default_factory=lambda: secrets.token_bytes(16), repr=False)

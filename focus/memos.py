@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from webconf.sip.message import SipURI
 
+from .addresses import ContactSettings, make_contact
+
 MEMO_MAX = 1024
 """Entries of each memo before it starts afresh."""
 MEMO_MAX_VALUE = 512
@@ -16,11 +18,9 @@ MEMO_MAX_VALUE = 512
 class Memos:
     """Contacts and offered algorithms, memoised (bounded: see `MEMO_MAX`)."""
 
-    def __init__(self, host: str, port: int, tcp_port: int, algorithms: Sequence[str],
+    def __init__(self, contact_settings: ContactSettings, algorithms: Sequence[str],
                  md5_only_user_agents: Sequence[str]) -> None:
-        self._host = host
-        self._port = port
-        self._tcp_port = tcp_port
+        self._contact_settings = contact_settings
         self._algorithms = tuple(algorithms)
         self._md5_only = tuple(md5_only_user_agents)
         self._contacts: dict[tuple[str, str | None, str, tuple[tuple[str, str | None], ...]],
@@ -35,26 +35,12 @@ class Memos:
             (name, value) for name, value in uri.params.items() if name in ("gruu", "opaque")))
         contact = self._contacts.get(key)
         if contact is None:
-            contact = self._make_contact(uri, transport)
+            contact = make_contact(self._contact_settings, uri, transport)
             if len(contact) <= MEMO_MAX_VALUE:
                 if len(self._contacts) >= MEMO_MAX:
                     self._contacts.clear()
                 self._contacts[key] = contact
         return contact
-
-    def _make_contact(self, uri: SipURI, transport: str) -> str:
-        host = self._host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        scheme = "sips" if uri.scheme == "sips" else "sip"
-        params = [f"transport={transport}"] + [
-            name if value is None else f"{name}={value}"
-            for name, value in uri.params.items() if name in ("gruu", "opaque")]
-        port = self._port
-        if transport == "tcp" and self._tcp_port:
-            port = self._tcp_port
-        contact = SipURI(host=host, scheme=scheme, user=uri.user, port=port)
-        return f"<{contact};{';'.join(params)}>;isfocus"
 
     def algorithms(self, user_agent: str) -> list[str]:
         """The Digest algorithms to offer an agent with this User-Agent."""

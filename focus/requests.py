@@ -75,10 +75,11 @@ def top_branch(message: Request | Response) -> str:
 class RequestWriter:
     """Serialises the focus's requests in a dialog (its Via names our listener)."""
 
-    def __init__(self, host: str, port: int, tcp_port: int = 0) -> None:
+    def __init__(self, host: str, port: int, tcp_port: int = 0, wss_port: int = 0) -> None:
         self._host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         self._port = port
-        self._tcp_port = tcp_port
+        self._ports = {"TCP": tcp_port, "WSS": wss_port}
+        """The listener of each other transport (0: none, use `port`)."""
 
     def write(self, method: str, route: DialogRoute, *, local_tag: str, call_id: str,
               cseq: int, conn: Conn, headers: Sequence[tuple[str, str]] = (),
@@ -88,7 +89,7 @@ class RequestWriter:
         if not route.remote_target or not route.remote:
             return None
         branch = BRANCH_MAGIC + secrets.token_hex(10)
-        port = self._tcp_port if conn.transport == "TCP" and self._tcp_port else self._port
+        port = self._ports.get(conn.transport) or self._port
         lines = [f"{method} {route.remote_target} SIP/2.0",
                  f"Via: SIP/2.0/{conn.transport} {self._host}:{port};branch={branch}",
                  f"Max-Forwards: {MAX_FORWARDS}",

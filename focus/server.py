@@ -1,5 +1,9 @@
 """The focus's asyncio edge: TLS (and optional plain TCP) listeners around `FocusCore`.
 
+The SIP-over-WebSocket listener (focus/wss.py, docs/protocol.md §10.1) feeds the same core
+through `reserve`/`attach`/`feed`/`detach`: its connections count in the same caps, and
+their replies go out through the same `_run` (each connection's `Sink`).
+
 This module owns sockets, timers, clocks and I/O; every SIP decision (framing errors and
 the WCS-failure -> SIP-status mapping included) is made by the sans-IO `FocusCore` in
 `focus/core.py`. Per connection it runs one reader loop: bytes -> `core.receive_data(...,
@@ -58,6 +62,7 @@ from .events import (
     Send,
 )
 from .wcs_client import WcsClient, WcsRefused, WcsUnavailable
+from .wss import Sink, WssListener
 
 log = logging.getLogger("webconf.focus")
 READ_SIZE = 65536
@@ -71,8 +76,27 @@ REVOKE_ATTEMPTS = 40
 @dataclass(eq=False)
 class _Connection:
     conn: Conn
-    writer: asyncio.StreamWriter
+    sink: Sink
     closing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamSink:
+    """A TLS/TCP connection's writer as a `Sink`."""
+
+    writer: asyncio.StreamWriter
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
 
 
 @dataclass
@@ -84,11 +108,15 @@ class FocusServer:
     servers: list[asyncio.Server] = field(default_factory=list)
     sip_port: int = 0
     tcp_port: int = 0
+    wss_port: int = 0
 
     def __post_init__(self) -> None:
         self._core: FocusCore | None = None
         self._connections: dict[int, _Connection] = {}
         self._per_source: Counter[str] = Counter()
+        self._reserved = 0
+        """WebSocket connections counted in the caps before their upgrade (focus/wss.py)."""
+        self._wss: WssListener | None = None
         self._next_id = 1
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer_wakeup = asyncio.Event()
@@ -116,7 +144,7 @@ class FocusServer:
         return FocusCore(
             FocusSettings(
                 contact_host=self.cfg.public_host, contact_port=self.sip_port,
-                tcp_contact_port=self.tcp_port,
+                tcp_contact_port=self.tcp_port, wss_contact_port=self.wss_port,
                 algorithms=f.digest_algorithms, md5_only_user_agents=f.md5_only_user_agents,
                 leave_grace_seconds=f.leave_grace_seconds,
                 retry_after_seconds=RETRY_AFTER_SECONDS, max_message_bytes=f.max_message_bytes,
@@ -149,9 +177,14 @@ class FocusServer:
                 limit=READ_SIZE, start_serving=False)
             self.servers.append(tcp_server)
             self.tcp_port = tcp_server.sockets[0].getsockname()[1]
+        if f.wss_port:  # SIP over WebSocket for browsers (docs/protocol.md §10)
+            self._wss = WssListener(self.cfg, self, ssl_ctx)
+            self.wss_port = await self._wss.bind()
         self._core = self._make_core()
         for server in self.servers:
             await server.start_serving()
+        if self._wss is not None:
+            await self._wss.start_serving()
         self._timer_task = asyncio.create_task(self._timers())
         self._revoke_workers = [asyncio.create_task(self._revoke_worker())
                                 for _ in range(REVOKE_WORKERS)]
@@ -184,8 +217,10 @@ class FocusServer:
         """Stop accepting, end every participation at the WCS, close connections."""
         for server in self.servers:
             server.close()
+        if self._wss is not None:
+            self._wss.close()
         for conn in list(self._connections.values()):
-            conn.writer.close()
+            conn.sink.close()
         outputs: list[Output] = []
         if self._core is not None:
             for conn_id in list(self._connections):
@@ -212,6 +247,8 @@ class FocusServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        if self._wss is not None:
+            await self._wss.wait_closed()
 
     # -- connections ------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -219,7 +256,7 @@ class FocusServer:
         peer = writer.get_extra_info("peername") or ("?", 0)
         host, port = str(peer[0]), int(peer[1])
         f = self.cfg.focus
-        if (len(self._connections) >= f.max_connections
+        if (len(self._connections) + self._reserved >= f.max_connections
                 or self._per_source[host] >= f.max_connections_per_source):
             log.warning(json.dumps({"event": "connection.refused", "peer": host,
                                     "reason": "connection cap"}))
@@ -229,7 +266,7 @@ class FocusServer:
         conn = Conn(self._next_id, host, port, transport,
                     tls_version=ssl_object.version() if ssl_object is not None else None)
         self._next_id += 1
-        entry = _Connection(conn, writer)
+        entry = _Connection(conn, _StreamSink(writer))
         self._connections[conn.id] = entry
         self._per_source[host] += 1
         self.core.connection_made(conn)
@@ -275,9 +312,7 @@ class FocusServer:
             pass
         finally:
             self._connections.pop(conn.id, None)
-            self._per_source[host] -= 1
-            if self._per_source[host] <= 0:
-                del self._per_source[host]
+            self._release_source(host)
             self._run(self.core.connection_lost(conn.id, time.time()))
             self._timer_wakeup.set()
             writer.close()
@@ -311,14 +346,71 @@ class FocusServer:
                 found[algorithm] = value
         return found
 
+    # -- the WebSocket listener's connections (focus/wss.py) --------------------------------
+    def reserve(self, host: str) -> bool:
+        """Count a new WebSocket connection from `host` in the caps before its upgrade (False:
+        over a cap, or too many upgrades pending: close it). `unreserve` or `attach` follows."""
+        f = self.cfg.focus
+        if (len(self._connections) + self._reserved >= f.max_connections
+                or self._reserved >= f.max_ws_handshakes
+                or self._per_source[host] >= f.max_connections_per_source):
+            log.warning(json.dumps({"event": "connection.refused", "peer": host,
+                                    "reason": "connection cap", "transport": "WSS"}))
+            return False
+        self._reserved += 1
+        self._per_source[host] += 1
+        return True
+
+    def unreserve(self, host: str) -> None:
+        """A reserved connection closed before its upgrade."""
+        self._reserved -= 1
+        self._release_source(host)
+
+    def attach(self, host: str, port: int, tls_version: str | None, sink: Sink) -> Conn:
+        """A reserved connection completed its upgrade: a connection of the core from now
+        on (its transport `WSS`), until `detach`."""
+        self._reserved -= 1
+        conn = Conn(self._next_id, host, port, "WSS", tls_version=tls_version)
+        self._next_id += 1
+        self._connections[conn.id] = _Connection(conn, sink)
+        self.core.connection_made(conn)
+        return conn
+
+    def detach(self, conn: Conn) -> None:
+        """An attached connection closed."""
+        self._connections.pop(conn.id, None)
+        self._release_source(conn.peer_host)
+        self._run(self.core.connection_lost(conn.id, time.time()))
+        self._timer_wakeup.set()
+
+    def _release_source(self, host: str) -> None:
+        self._per_source[host] -= 1
+        if self._per_source[host] <= 0:
+            del self._per_source[host]
+
+    async def feed(self, conn: Conn, message: bytes) -> bool:
+        """One SIP message of a WebSocket connection into the core (RFC 7118 §5); False
+        when the connection is to close."""
+        entry = self._connections.get(conn.id)
+        if entry is None:
+            return False
+        await self._perform(self.core.receive_data(conn.id, message, time.time()))
+        while self.core.pending(conn.id) and not entry.closing:
+            await asyncio.sleep(0)
+            await self._perform(self.core.receive_data(conn.id, b"", time.time()))
+        return not entry.closing
+
+    def has_dialogs(self, conn: Conn) -> bool:
+        return self.core.has_dialogs(conn.id)
+
     # -- outputs ------------------------------------------------------------------------------
     def _run(self, outputs: list[Output]) -> None:
         for out in outputs:
             if isinstance(out, Send):
                 entry = self._connections.get(out.conn_id)
-                if entry is None or entry.writer.is_closing():
+                if entry is None or entry.sink.is_closing():
                     continue
-                entry.writer.write(out.data)
+                entry.sink.write(out.data)
                 if out.data.startswith(b"NOTIFY "):  # a new NOTIFY timeout to watch
                     self._timer_wakeup.set()
             elif isinstance(out, Close):
@@ -327,7 +419,7 @@ class FocusServer:
                     continue
                 entry.closing = True  # its reader loop ends and closes the writer
                 if out.abort:
-                    entry.writer.transport.abort()
+                    entry.sink.abort()
             elif isinstance(out, Admit):
                 self._spawn(self._admit(out))
             elif isinstance(out, FetchRoster):

@@ -5,13 +5,15 @@
 # in front of two nodes in tests/test_multinode.py; the tests start their own), SoftHSM2
 # (the PKCS#11 HSM of the Customer Key tests; tests/hsm.py makes its tokens in a temp dir),
 # LibreOffice Impress (the WCS converts shared decks to PDF with it, docs/protocol.md §9.4;
-# tests/test_decks.py), and the baselines.
+# tests/test_decks.py), node, npm and Debian chromium (`make web` builds the web client with
+# npm; the browser tests drive chromium headless through playwright-core, which never
+# downloads a browser), and the baselines.
 # Service start-up is suppressed during the install (policy-rc.d), so nothing listens on
 # ports 80/5060/5432 afterwards. Without root or apt it only warns: the tests that need a
 # missing SIP tool or HAProxy skip and say why; the PostgreSQL tests fail and say so, unless
 # WEBCONF_TEST_BACKENDS=sqlite.
 set -u
-packages="baresip-core linphone-cli sip-tester postgresql haproxy softhsm2 libreoffice-impress"
+packages="baresip-core linphone-cli sip-tester postgresql haproxy softhsm2 libreoffice-impress chromium nodejs"
 if [ "${1:-}" = "--bench" ]; then
   packages="$packages kamailio kamailio-tls-modules nginx-light wrk nghttp2-client"
 fi
@@ -19,6 +21,8 @@ missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# Debian ships npm apart from nodejs (NodeSource's nodejs includes it): only when it is absent.
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: cannot install$missing (need root and apt-get); tests using them will skip" >&2

@@ -111,7 +111,8 @@ def deployment(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> 
     store on this test's backend (`store.url` in webconf.toml, so subprocesses use it too)."""
     database = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     return init_deployment(tmp_path / "dep", https_port=free_port(), internal_port=free_port(),
-                           sip_port=free_port(), tenants=TENANTS, database=database)
+                           sip_port=free_port(), wss_port=free_port(), tenants=TENANTS,
+                           database=database)
 
 
 @dataclass

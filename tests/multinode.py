@@ -341,7 +341,7 @@ class Cluster:
             [sys.executable, "-m", "webconf", "init", str(self.base_dir), "--database",
              self.database_url, "--share", str(self.share_dir), "--tenant", TENANT,
              "--sip-port", str(first[0]), "--https-port", str(first[1]),
-             "--internal-port", str(first[2])],
+             "--internal-port", str(first[2]), "--wss-port", "0"],  # no browsers here
             capture_output=True, text=True, check=False, timeout=120,
             env=without_webconf_env())
         if init.returncode:

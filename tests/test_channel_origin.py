@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conferencing.api.context import parse_origin
 from webconf.deploy.config import Config
+from webconf.origins import parse_origin
 
 from .conftest import Participant, Wcs, running_wcs
 

@@ -16,11 +16,10 @@ Safe methods need no check: without CORS headers another site cannot read the an
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from aiohttp import web
 
 from webconf.deploy.config import Config
+from webconf.origins import allowed_origins, parse_origin
 
 from ..metrics import Metrics
 from ..service import ConferenceService, Principal, ServiceError, valid_id
@@ -38,13 +37,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing, so a cross-site request with them can do no harm."""
 SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
 """`Sec-Fetch-Site` values of requests no other site started (`none`: the user typed it)."""
-_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 MAX_JSON_BODY = 16 * 1024
 """A JSON request body (settings, a role) is a few dozen bytes; this bounds it."""
-
-Origin = tuple[str, str, int]
-"""(scheme, host, port), lower-case, the port explicit: how origins are compared."""
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -60,27 +55,6 @@ def _credentials(request: web.Request) -> tuple[str | None, bool]:
         return token.strip(), False
     cookie = request.cookies.get(AUTH_COOKIE)
     return cookie, cookie is not None
-
-
-def parse_origin(text: str) -> Origin | None:
-    """An origin (`scheme://host[:port]`, what `Origin` carries) as a tuple; None if it is
-    not one (`null`, a path, junk)."""
-    try:
-        parts = urlsplit(text.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if scheme not in _DEFAULT_PORTS or not host or parts.username or parts.password:
-        return None
-    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
-
-
-def allowed_origins(cfg: Config) -> set[Origin]:
-    """Our own web origins: the public URL's, plus any `wcs.allowed_origins` lists."""
-    origins = {parse_origin(text) for text in (cfg.public_url, *cfg.wcs.allowed_origins)}
-    return {origin for origin in origins if origin is not None}
 
 
 def check_same_origin(request: web.Request, cfg: Config) -> None:

@@ -48,6 +48,7 @@ STATUS_BY_CODE = {
     "internal": 500,
     "unavailable": 503,
     "tenant_key_unavailable": 503,
+    "web_client_missing": 503,
 }
 CODE_BY_STATUS = {status: code for code, status in reversed(STATUS_BY_CODE.items())}
 """The generic code of a status (the first listed for it: 403 is `forbidden`)."""

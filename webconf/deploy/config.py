@@ -73,6 +73,9 @@ class WcsSection:
     allowed_origins: list[str] = field(default_factory=list)
     """Web origins (`https://host[:port]`) besides `public_url`'s whose pages may use the
     `webconf_auth` cookie for the channel and state-changing requests."""
+    web_dir: str = ""
+    """The built web client the WCS serves at `/` (docs/protocol.md §10.2); empty: `web/dist`
+    of the source tree (`make web`)."""
     max_channels_per_participant: int = 4
     max_channel_message_bytes: int = 4096
     channel_queue_length: int = 256
@@ -132,8 +135,20 @@ class FocusSection:
     tcp_port: int = 0
     """Plain-TCP SIP listener for deployments behind a TLS-terminating SBC; 0 = off."""
     tcp_host: str = "127.0.0.1"
+    wss_port: int = 5062
+    """SIP over WebSocket (RFC 7118, subprotocol `sip`) over TLS for browsers, on
+    `server.host` with the focus's certificate (docs/protocol.md §10); 0 = off."""
+    wss_allowed_origins: list[str] = field(default_factory=list)
+    """Web origins besides the WCS's own (`wcs.public_url`'s and `wcs.allowed_origins`)
+    whose pages may open a SIP WebSocket; any other `Origin` is refused with 403."""
+    max_ws_handshakes: int = 1000
+    """WebSocket connections between TCP accept and a complete upgrade request (the slow
+    ones wait `header_timeout_seconds` at most); more are closed at once."""
     digest_algorithms: list[str] = field(default_factory=lambda: ["SHA-256", "MD5"])
-    md5_only_user_agents: list[str] = field(default_factory=lambda: ["baresip"])
+    md5_only_user_agents: list[str] = field(
+        default_factory=lambda: ["baresip", "JsSIP", "SIP.js", "webconf-web"])
+    """baresip 1.0 gives up on SHA-256 challenges; browser SIP stacks do MD5 only and read
+    the first `WWW-Authenticate` (docs/protocol.md §10.1)."""
     nonce_lifetime_seconds: int = 300
     leave_grace_seconds: float = 30.0
     header_timeout_seconds: float = 10.0

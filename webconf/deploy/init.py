@@ -108,11 +108,14 @@ def init_deployment(
     force: bool = False,
     database: str | None = None,
     share: str | None = None,
+    wss_port: int = 0,
 ) -> Config:
     """Write a new deployment into `base_dir`, migrate its database and return its config
     as `serve` will load it. `database`: the store's SQLAlchemy async URL (default the
     embedded SQLite file in `var/`); `share`: the file share's directory (default
-    `var/share`; relative to `base_dir`), a mount every node shares when scaled out."""
+    `var/share`; relative to `base_dir`), a mount every node shares when scaled out;
+    `wss_port`: the focus's SIP-over-WebSocket port (0, the default here, is off, so that
+    deployments made on free ports bind no fixed one; `webconf init` passes 5062)."""
     base = Path(base_dir).expanduser().resolve()
     if (base / CONFIG_NAME).exists() and not force:
         raise DeployError(
@@ -122,6 +125,7 @@ def init_deployment(
     cfg = Config(base_dir=base)
     cfg.server.host = _normalize_host(host)
     cfg.focus.sip_port = sip_port
+    cfg.focus.wss_port = wss_port
     cfg.wcs.https_port = https_port
     cfg.wcs.internal_port = internal_port
     cfg.tenants.domains = _normalize_tenants(tenants)
@@ -129,8 +133,11 @@ def init_deployment(
         cfg.store.url = _check_database(database)
     if share is not None:
         cfg.share.path = str(Path(share).expanduser())
-    _check_ports({"--sip-port": sip_port, "--https-port": https_port,
-                  "--internal-port": internal_port})
+    ports = {"--sip-port": sip_port, "--https-port": https_port,
+             "--internal-port": internal_port}
+    if wss_port:
+        ports["--wss-port"] = wss_port
+    _check_ports(ports)
 
     base.mkdir(parents=True, exist_ok=True)
     pki.write_deployment_pki(cfg.certs_dir, host=cfg.server.host,
@@ -163,6 +170,8 @@ def add_init_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address to listen on and name in the certificates "
                              "(default 127.0.0.1)")
     parser.add_argument("--sip-port", type=int, default=5061, help="SIP/TLS port (5061)")
+    parser.add_argument("--wss-port", type=int, default=5062,
+                        help="SIP-over-WebSocket (TLS) port for browsers (5062; 0: off)")
     parser.add_argument("--https-port", type=int, default=8443, help="HTTPS/WSS port (8443)")
     parser.add_argument("--internal-port", type=int, default=8444,
                         help="internal mTLS API port (8444)")
@@ -197,6 +206,8 @@ def _summary(cfg: Config) -> str:
         "   (migrated to head)",
         f"  tenants       {', '.join(cfg.tenants.domains)}",
         f"  SIP focus     sips:{sip_host}:{cfg.focus.sip_port};transport=tls",
+        *([f"  SIP browsers  wss://{sip_host}:{cfg.focus.wss_port}   (RFC 7118)"]
+          if cfg.focus.wss_port else []),
         f"  WCS           {cfg.public_url}",
         f"  internal API  {cfg.internal_url}   (mTLS, focus only)",
         "",
@@ -221,6 +232,7 @@ def run_init(args: argparse.Namespace) -> int:
             force=args.force,
             database=args.database,
             share=args.share,
+            wss_port=args.wss_port,
         )
     except (DeployError, keys.KeyFileError, ValueError) as exc:
         print(f"webconf init: {exc}", file=sys.stderr)

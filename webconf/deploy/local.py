@@ -67,9 +67,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def create_deployment(base_dir: Path, *, tenants: Sequence[str] | None = None,
                       host: str = "127.0.0.1") -> Config:
-    """`webconf init` into `base_dir` on three free ports of `host`; `DeployError` as init."""
+    """`webconf init` into `base_dir` on four free ports of `host` (SIP, HTTPS, internal,
+    SIP over WebSocket); `DeployError` as init."""
     return init_deployment(base_dir, host=host, sip_port=free_port(host),
                            https_port=free_port(host), internal_port=free_port(host),
+                           wss_port=free_port(host),
                            tenants=list(tenants) if tenants is not None else None)
 
 

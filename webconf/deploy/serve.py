@@ -208,9 +208,11 @@ class Supervisor:
                 return 0
             print(line, flush=True)
         workers = f" workers={self.workers}" if self.workers > 1 else ""
+        wss = (f" wss=wss://{self.cfg.public_host}:{self.cfg.focus.wss_port}"
+               if self.cfg.focus.wss_port else "")
         print(f"webconf ready https={self.cfg.public_url} sip=sips:{self.cfg.public_host}:"
-              f"{self.cfg.focus.sip_port} dir={self.cfg.base_dir} node={self.cfg.node_name}"
-              f"{workers}", flush=True)
+              f"{self.cfg.focus.sip_port}{wss} dir={self.cfg.base_dir} "
+              f"node={self.cfg.node_name}{workers}", flush=True)
         while not self.stopping.is_set():
             dead = await self._wait_for_death()
             for part in dead:

@@ -1,0 +1,237 @@
+"""The web page in a real browser against a real deployment (docs/protocol.md §10).
+
+`webconf serve` runs the focus (with its SIP-over-WebSocket listener) and the WCS (serving
+web/dist); an organizer joins over SIP/TLS (the CLI clients' stack) and uploads two images,
+a PDF and an item whose blob is then altered; then two headless Debian chromium browsers at
+once (playwright-core, `web/test/join.mjs`) open the page, fail once with a wrong password,
+join as attendees over WSS, decrypt each item with WebCrypto and report its SHA-256 (the
+altered one: "integrity check failed"), show an image; one turns a PDF page and sees an
+item the organizer shares while it is open (a channel push) and leaves (its cookie is then
+revoked); the other is revoked at the WCS while open and says "you were removed". A third
+browser then sees the network drop (the WCS killed; `webconf serve` restarts it) and its
+channel reconnect and resume (`resumed`) after its last `seq`. The wrong password and an
+unknown conference each show a clear message.
+The deployment's CA is trusted by an SPKI pin list of the WCS's and the focus's keys.
+Screenshots go to the test's temp dir (always the joined page; on failure the page as it
+was). Skipped, saying why, only without node or chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pypdf import PdfReader
+
+from clients.sip import ConferenceDialog, SipConnection
+from focus.directory import Directory
+from webconf.deploy import tls
+from webconf.deploy.config import Config
+
+from .conftest import ServeProcess
+from .test_focus_e2e import USERS, add_users
+from .test_web_cobblestone import CHROMIUM, WEB, browser_tools
+
+CONF = "sip:alice@contoso.example;gruu;opaque=app:conf:focus:id:WEB1"
+PASSWORDS = {**USERS, "carol@contoso.example": "carol-pw", "dave@contoso.example": "dave-pw"}
+
+
+def wcs_pid(serve: ServeProcess) -> int:
+    """The pid of the supervisor's `python -m conferencing` child (the WCS)."""
+    children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
+    for pid in map(int, children):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"-m" in argv and b"conferencing" in argv:
+            return pid
+    raise AssertionError(f"no WCS child of {serve.pid}")
+
+
+def png(width: int, height: int, seed: int) -> bytes:
+    """A small RGB PNG (a gradient), made without an imaging library."""
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width)
+                        for v in ((x * 255 // width + seed * 70) % 256, y * 255 // height, 160))
+        for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def slides(pages: int) -> bytes:
+    """A small PDF deck (a title bar, a heading, a few bars per page), written by hand: the
+    vector drawing pdf.js renders onto the page's canvas."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    for n in range(1, pages + 1):
+        bars = "".join(f"0.{3 + i} 0.{5 + i % 3} 0.85 rg {120 + 90 * i} 90 60 {40 + 35 * i} re f\n"
+                       for i in range(4))
+        stream = (f"0.14 0.34 0.84 rg 0 400 640 80 re f\n"
+                  f"BT /F1 30 Tf 1 1 1 rg 36 428 Td (Quarterly review) Tj ET\n"
+                  f"BT /F1 18 Tf 0.11 0.14 0.19 rg 36 350 Td (Slide {n} of {pages}: "
+                  f"sharing, decrypted in the browser) Tj ET\n{bars}").encode()
+        content = len(objects) + 1
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        kids.append(len(objects) + 1)
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 640 480] "
+                       b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>"
+                       % (3 + 2 * pages, content))
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
+        b" ".join(b"%d 0 R" % k for k in kids), pages)
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    return bytes(out)
+
+
+def spki_pin(cert_path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+async def cookie_status(cfg: Config, conference: str, cookie: str) -> int:
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(cfg))) as http:
+        async with http.get(f"{cfg.public_url}/v1/conferences/{conference}/items",
+                            headers={"Authorization": f"Bearer {cookie}"}) as resp:
+            return resp.status
+
+
+async def test_attendee_joins_decrypts_and_leaves_in_chromium(
+        deployment: Config, serve: ServeProcess, tmp_path: Path) -> None:
+    node = browser_tools()
+    assert (WEB / "dist" / "index.html").is_file(), "web/dist is missing: run `make web`"
+    await add_users(deployment)
+    directory = await Directory.for_deployment(deployment)
+    try:
+        for user in ("carol@contoso.example", "dave@contoso.example"):
+            await directory.add_user(user, PASSWORDS[user])
+    finally:
+        await directory.close()
+    serve.env["WEBCONF_FOCUS_LEAVE_GRACE_SECONDS"] = "1"
+    await asyncio.to_thread(serve.start)
+    conn = await SipConnection.open("127.0.0.1", deployment.focus.sip_port,
+                                    ssl_context=tls.client_context(deployment),
+                                    server_hostname="contoso.example")
+    organizer = ConferenceDialog(conn, CONF, "alice@contoso.example",
+                                 USERS["alice@contoso.example"])
+    joined = await organizer.join()
+    images = {f"picture-{i}.png": png(96 + 32 * i, 64, i) for i in range(2)}
+    pdf = slides(3)
+    assert len(PdfReader(io.BytesIO(pdf)).pages) == 3
+    uploads = [(name, data, "image/png") for name, data in images.items()]
+    uploads.append(("quarterly-review.pdf", pdf, "application/pdf"))
+    uploads.append(("tampered.png", png(80, 40, 7), "image/png"))  # its blob is altered below
+    shas = {}
+    ids = []
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(deployment))) as http:
+        for name, data, content_type in uploads:
+            before = set(deployment.share_dir.rglob("*"))
+            async with http.post(
+                    f"{joined.webconf_url}/v1/conferences/{joined.conference}/items", data=data,
+                    headers={"Authorization": f"Bearer {joined.cookie}", "X-Item-Name": name,
+                             "Content-Type": content_type}) as resp:
+                assert resp.status == 201, await resp.text()
+                ids.append((await resp.json())["item"]["id"])
+                shas[ids[-1]] = hashlib.sha256(data).hexdigest()
+            if name == "tampered.png":  # one byte of its only chunk: its tag fails
+                [blob] = [p for p in set(deployment.share_dir.rglob("*")) - before
+                          if p.is_file()]
+                raw = bytearray(blob.read_bytes())
+                raw[200] ^= 1
+                blob.write_bytes(bytes(raw))
+    pushed = png(64, 64, 3)  # shared by the organizer while the page is open
+    pins = ",".join(spki_pin(deployment.certs_dir / name) for name in ("wcs.pem", "focus.pem"))
+    shots = tmp_path / "screenshots"
+
+    def page(user: str, *extra: str) -> dict[str, Any]:
+        """One browser (web/test/join.mjs) as `user`; its JSON report."""
+        run = subprocess.run([
+            node, str(WEB / "test" / "join.mjs"), "--url", f"{deployment.public_url}/",
+            "--user", user, "--password", PASSWORDS[user], "--conference", CONF,
+            "--items", str(len(uploads) - 1), "--spki", pins, "--image", ids[0],
+            "--shots", str(shots / user), "--chromium", CHROMIUM, *extra],
+            capture_output=True, text=True, timeout=240, check=False,
+            env={**os.environ, "NODE_EXTRA_CA_CERTS": str(deployment.certs_dir / "ca.pem")})
+        lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+        assert lines, f"no result (exit {run.returncode}): {run.stderr[-3000:]}"
+        found: dict[str, Any] = json.loads(lines[-1])
+        assert "error" not in found, (f"{found['error']}\nconsole: {found['console'][-20:]}\n"
+                                      f"screenshots: {shots / user}")
+        return found
+
+    # Two browsers at once; bob also turns PDF pages and sees the organizer's push.
+    report, other = await asyncio.gather(
+        asyncio.to_thread(page, "bob@contoso.example", "--pdf", ids[2],
+                          "--share", base64.b64encode(pushed).decode(),
+                          "--api-base", f"{joined.webconf_url}/v1/conferences/{joined.conference}",
+                          "--organizer-cookie", joined.cookie),
+        asyncio.to_thread(page, "carol@contoso.example", "--revoke-via", deployment.internal_url,
+                          "--client-cert", str(deployment.certs_dir / "focus-client.pem"),
+                          "--client-key", str(deployment.certs_dir / "focus-client.key"),
+                          "--ca", str(deployment.certs_dir / "ca.pem")))
+    assert "Wrong SIP address or password" in report["wrongPassword"]["error"]
+    assert report["wrongPassword"]["status"] == "not joined"
+    assert "no such meeting" in report["unknownConference"]
+    assert report["status"] == "joined"
+    tampered = ids.pop()
+    del shas[tampered]
+    decrypted = {item["id"]: item["sha256"] for item in report["items"] if item["sha256"]}
+    assert decrypted == shas
+    [failed] = [item for item in report["items"] if item["id"] == tampered]
+    assert failed["state"] == "failed" and "integrity check failed" in failed["text"]
+    assert report["slide"]["page"] == "1" and report["slide"]["width"] in (96, 128)
+    assert "connect-src 'self'" in report["csp"]
+    assert report["pdf"] == {"pages": "2 / 3", "page": "2"}
+    assert report["channel"] == "open"  # the data channel, with the browser cookie
+    assert report["pushedSha256"] == hashlib.sha256(pushed).hexdigest()
+    assert report["left"] is True and (shots / "bob@contoso.example" / "joined.png").is_file()
+    # The second browser decrypted the same items (and the push, if it came before it left).
+    theirs = {item["id"]: item["sha256"] for item in other["items"] if item["sha256"]}
+    assert theirs.items() >= shas.items() and len(theirs) - len(shas) in (0, 1)
+    # ... and, revoked at the WCS while it was open, said "you were removed" and stopped.
+    assert other["channel"] == "open" and other["revokeStatus"] == 204
+    assert other["removed"] is True
+    cookie = report["cookie"]
+    assert cookie != joined.cookie
+    for _ in range(50):  # BYE answered, then the revocation reaches the WCS
+        if await cookie_status(deployment, joined.conference, cookie) == 401:
+            break
+        await asyncio.sleep(0.1)
+    assert await cookie_status(deployment, joined.conference, cookie) == 401
+    assert await cookie_status(deployment, joined.conference, joined.cookie) == 200
+    # The network drops (the WCS dies; `webconf serve` restarts it): a third browser's
+    # channel reconnects and resumes after the last seq it saw.
+    dave = page("dave@contoso.example", "--kill-wcs", str(wcs_pid(serve)))
+    assert dave["channel"] == "open" and dave["resumed"] is not None and dave["left"] is True
+    assert int(dave["resumed"]) >= 1
+    await organizer.leave()
+    await conn.close()
+    print(f"screenshots: {shots}")
