@@ -11,7 +11,9 @@ GlobalWorkerOptions.workerSrc = "/assets/pdf.worker.mjs"; // our origin: CSP wor
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 3000;
 const PING_MS = 25000;
-const state = { config: null, meeting: null, api: null, items: new Map(), current: null, poll: null };
+const state = { config: null, meeting: null, api: null, items: new Map(), current: null, poll: null,
+  finalStatus: false };
+const BYE_GRACE_MS = 2000; // how long a BYE waits for the channel to say why (revoked, ended)
 const channel = { ws: null, seq: null, retry: 0, ping: null, timer: null };
 const roster = new Map(); // participant id -> { user, role }
 
@@ -276,6 +278,7 @@ function onEvent(msg) {
       removed();
       break;
     case "conference.ended":
+      state.finalStatus = true;
       stop();
       setStatus("the meeting ended", "error");
       break;
@@ -286,6 +289,7 @@ function onEvent(msg) {
 
 // -- join and leave ----------------------------------------------------------------------
 function removed() {
+  state.finalStatus = true;
   stop();
   setStatus("you were removed", "error");
 }
@@ -309,9 +313,20 @@ async function onJoin(event) {
     const meeting = await join({
       wssUrl: state.config.wss_url, address: $("user").value, password: $("password").value,
       conferenceUri: $("conference").value,
-      onEnded: (reason) => { stop(); setStatus(reason === "ended by the meeting" ? "the meeting ended" : reason, "error"); },
+      onEnded: (reason) => {
+        // The focus's BYE comes for an end, an eject or any revocation (docs/protocol.md
+        // §7.3); the channel's `revoked` or `conference.ended` says which, so give it a
+        // moment before reading the BYE as the end of the meeting.
+        const byMeeting = reason === "ended by the meeting";
+        setTimeout(() => {
+          if (state.finalStatus) return;
+          stop();
+          setStatus(byMeeting ? "the meeting ended" : reason, "error");
+        }, byMeeting ? BYE_GRACE_MS : 0);
+      },
     });
     state.meeting = meeting;
+    state.finalStatus = false;
     state.api = new Api(meeting.admission, meeting.tenant);
     $("password").value = "";
     $("join-view").hidden = true;
