@@ -8,7 +8,14 @@ data channels, download, decrypt and save every item, and each saved file is com
 the original. Then the organizer presents the deck's PDF (docs/protocol.md §9.1): it turns
 every page, and each turn is checked to reach every attendee. Everyone leaves with BYE. A
 short report follows; the exit status is 0 only if every check passed. Processes are always
-stopped and the directory removed (unless `--keep`).
+stopped and the directory removed.
+
+With `--keep` the meeting stays open afterwards, until Ctrl-C (SIGINT) or SIGTERM: the
+organizer stays in and keeps presenting the deck, turning a page every few seconds, and the
+demo prints the page's URL, a Chromium command line that trusts the demo's certificates,
+and a login made for a newcomer (an attendee who is not in the script), so that a person
+can join from a browser (docs/protocol.md §10) and watch the slides turn. The directory is
+then kept too.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import hashlib
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +43,7 @@ from webconf.deploy.local import (
 )
 from webconf.protocol import conference_uri
 
+from .demodeck import slides_pdf
 from .meeting import FocusAddress, MeetingClient
 
 TENANT = "contoso.example"
@@ -42,6 +51,7 @@ CONFERENCE_ID = "DEMO1"
 READY_TIMEOUT = 90.0
 DECK_PAGES = 6
 TURN_TIMEOUT = 10.0
+GUEST = "guest@" + TENANT  # the newcomer's login with --keep: an attendee not in the script
 
 
 class DemoFailure(Exception):
@@ -87,22 +97,12 @@ def _make_deck(folder: Path, big_mib: int) -> list[Path]:
 
 
 def _pdf(pages: int, attachment: bytes) -> bytes:
-    """A real PDF of `pages` blank slides, carrying `attachment` as an embedded file."""
-    from io import BytesIO
-
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=960, height=540)
-    writer.add_attachment("recording-excerpt.bin", attachment)
-    out = BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    """A real PDF of `pages` drawn slides, carrying `attachment` as an embedded file."""
+    return slides_pdf(pages, attachment)
 
 
 async def _present(organizer: MeetingClient, attendees: list[Attendee], item: dict[str, Any],
-                   out: Any) -> bool:
+                   out: Any, keep: bool = False) -> bool:
     """Turn every page of `item`; True when each turn reached every attendee's client."""
     pages = int(item.get("pages") or 0)
     if pages != DECK_PAGES:
@@ -122,10 +122,75 @@ async def _present(organizer: MeetingClient, attendees: list[Attendee], item: di
         slowest = max(slowest, time.perf_counter() - started)
         out.print(f"   page {page}/{pages}: every attendee on page {page}")
         await asyncio.sleep(0.25)  # within the presenter's rate (§9.1: 5 turns a second)
-    await organizer.set_page(None)
+    if not keep:
+        await organizer.set_page(None)
     out.print(f"[bold]6.[/] presentation: {pages} pages turned, every attendee on the same "
               f"page after each turn (slowest {slowest * 1000:.0f} ms)")
     return True
+
+
+def _spki_pin(cert_pem: Path) -> str:
+    """The base64 SHA-256 of a certificate's public key: Chromium's
+    --ignore-certificate-errors-spki-list trusts exactly these keys, nothing else."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+async def _keep_open(work: Path, dep: Path, uri: str, organizer: MeetingClient,
+                     deck: dict[str, Any], out: Any, turn_seconds: float) -> None:
+    """Keep the meeting open for a newcomer's browser until SIGINT or SIGTERM: print how to
+    join, and keep presenting the deck, a page every `turn_seconds`."""
+    from webconf.deploy.config import load_config
+
+    cfg = load_config(dep)
+    url = f"{cfg.public_url}/"
+    pins = ",".join(_spki_pin(cfg.certs_dir / name) for name in ("wcs.pem", "focus.pem"))
+    profile = work / "chromium-profile"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    out.print("[bold]8.[/] the meeting stays open for a browser; Ctrl-C ends it")
+    lines = [  # plain lines (no wrapping, no markup): a script may read them
+        f"   url: {url}",
+        f"   user: {GUEST}",
+        f"   password: {(work / 'guest-password').read_text().strip()}",
+        f"   conference: {uri}",
+        f"   ca: {cfg.certs_dir / 'ca.pem'}",
+        f"   chromium: chromium --user-data-dir={profile} "
+        f"--ignore-certificate-errors-spki-list={pins} '{url}'",
+        f"   (or have your browser trust {cfg.certs_dir / 'ca.pem'}: it signs the page's port "
+        f"{cfg.wcs.https_port} and the focus's WebSocket port {cfg.focus.wss_port})",
+        f"   alice presents {deck['name']}, turning a page every {turn_seconds:g} s",
+    ]
+    if not (Path(__file__).resolve().parent.parent / "web" / "dist" / "index.html").is_file():
+        lines.append("   the web client is not built: run `make web` first")
+    print("\n".join(lines), flush=True)
+    pages = int(deck.get("pages") or 1)
+    page = 1
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), turn_seconds)
+                break
+            except TimeoutError:
+                pass
+            page = page % pages + 1
+            try:
+                await organizer.set_page(deck["id"], page)
+            except Exception as exc:  # noqa: BLE001 - said, and the meeting stays open
+                out.print(f"[red]page {page}: {exc}[/]")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    out.print("   Ctrl-C: the organizer leaves and the meeting is closed")
 
 
 def _sha256(path: Path) -> str:
@@ -158,7 +223,8 @@ async def _receive(attendee: Attendee, expected: int, done: asyncio.Event) -> No
             done.set()  # and go on: the client keeps its presentation state from the events
 
 
-def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str, str], int]:
+def _prepare(work: Path, attendees_count: int, out: Any,
+             keep: bool = False) -> tuple[Path, dict[str, str], int]:
     """Init the deployment and the tenant directory with the real operator commands."""
     dep = work / "deployment"
     sip_port, https_port, internal_port = free_port(), free_port(), free_port()
@@ -172,16 +238,21 @@ def _prepare(work: Path, attendees_count: int, out: Any) -> tuple[Path, dict[str
     for name in ("bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan")[
             :attendees_count]:
         people[f"{name}@{TENANT}"] = secrets.token_urlsafe(12)
+    logins = dict(people)
+    if keep:  # the newcomer's login: not in the script, joins from a browser
+        logins[GUEST] = secrets.token_urlsafe(12)
     try:  # one `webconf user add` for everyone, a password a line
-        add_users(dep, people.items())
+        add_users(dep, logins.items())
     except UserCommandError as exc:
         raise DemoFailure(f"webconf user add failed: {exc.stderr.strip()}") from None
     out.print(f"[bold]2.[/] organizer alice and {attendees_count} attendees added to {TENANT}")
+    if keep:
+        (work / "guest-password").write_text(logins[GUEST] + "\n")
     return dep, people, sip_port
 
 
-def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool:
-    dep, people, sip_port = _prepare(work, attendees_count, out)
+def _run(work: Path, attendees_count: int, big_mib: int, out: Any, keep: float = 0.0) -> bool:
+    dep, people, sip_port = _prepare(work, attendees_count, out, bool(keep))
     serve = ServeProcess(dep)  # dies with us, even if we are killed
     try:
         try:
@@ -190,13 +261,13 @@ def _run(work: Path, attendees_count: int, big_mib: int, out: Any) -> bool:
             raise DemoFailure(f"webconf serve exited before it was ready: "
                               f"{exc.stderr[-500:]}") from None
         out.print(f"[bold]3.[/] webconf serve is up: focus sips:127.0.0.1:{sip_port}")
-        return asyncio.run(_meeting(work, dep, people, sip_port, big_mib, out))
+        return asyncio.run(_meeting(work, dep, people, sip_port, big_mib, out, keep))
     finally:
         serve.stop()
 
 
 async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
-                   big_mib: int, out: Any) -> bool:
+                   big_mib: int, out: Any, keep: float = 0.0) -> bool:
     from rich.table import Table
 
     uri = conference_uri(f"alice@{TENANT}", CONFERENCE_ID)
@@ -256,13 +327,15 @@ async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
                 else:
                     verified += 1
         deck = next(item for path, item, _ in shared if path.suffix == ".pdf")
-        if not await _present(organizer, attendees, deck, out):
+        if not await _present(organizer, attendees, deck, out, bool(keep)):
             ok = False
-        statuses = await asyncio.gather(*(c.leave() for c in clients))
+        leaving = [a.client for a in attendees] if keep else clients
+        statuses = await asyncio.gather(*(c.leave() for c in leaving))
         if any(s != 200 for s in statuses):
             ok = False
             out.print(f"[red]BYE statuses: {statuses}[/]")
-        out.print(f"[bold]7.[/] everyone left (BYE -> {set(statuses)})")
+        out.print(f"[bold]7.[/] {'the attendees' if keep else 'everyone'} left "
+                  f"(BYE -> {set(statuses)})")
 
         people_table = Table(title="Participants")
         for col in ("who", "role", "joined in", "items verified", "problems"):
@@ -294,6 +367,9 @@ async def _meeting(work: Path, dep: Path, people: dict[str, str], sip_port: int,
         else:
             ok = False
             out.print(f"[bold red]FAILED[/]: {verified}/{expected} downloads verified")
+        if keep and ok:
+            await _keep_open(work, dep, uri, organizer, deck, out, keep)
+            await organizer.leave()
         return ok
     finally:
         for att in attendees:
@@ -308,7 +384,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--big-mib", type=int, default=24,
                         help="size of the largest shared file in MiB (default 24, min 20)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the temp directory (deployment, logs, received files)")
+                        help="then keep the meeting open for a browser, presenting, until "
+                             "Ctrl-C (and keep the temp directory)")
+    parser.add_argument("--turn-seconds", type=float, default=5.0,
+                        help="with --keep: seconds between the organizer's page turns")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -317,7 +396,8 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
     work = Path(tempfile.mkdtemp(prefix="webconf-demo-"))
     try:
-        ok = _run(work, args.attendees, max(20, args.big_mib), out)
+        ok = _run(work, args.attendees, max(20, args.big_mib), out,
+                  max(1.0, args.turn_seconds) if args.keep else 0.0)
     except DemoFailure as exc:
         out.print(f"[bold red]demo failed:[/] {exc}")
         return 1

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pypdf import PdfReader
 
+from clients.demodeck import slides_pdf
 from clients.sip import ConferenceDialog, SipConnection
 from focus.directory import Directory
 from webconf.deploy import tls
@@ -232,6 +233,91 @@ async def test_attendee_joins_decrypts_and_leaves_in_chromium(
     dave = page("dave@contoso.example", "--kill-wcs", str(wcs_pid(serve)))
     assert dave["channel"] == "open" and dave["resumed"] is not None and dave["left"] is True
     assert int(dave["resumed"]) >= 1
+    await organizer.leave()
+    await conn.close()
+    print(f"screenshots: {shots}")
+
+
+async def test_browsers_follow_the_presenter_and_upload(
+        deployment: Config, serve: ServeProcess, tmp_path: Path) -> None:
+    """Presenting in the browser (docs/protocol.md §9, §10.2; web/test/present.mjs): the
+    organizer, in over SIP/TLS, shares a PDF and presents page 1; two browsers join and list
+    the organizer in their roster at once and show page 1 from their `welcome`; one stops
+    following. The organizer's own browser page turns pages with #next: the follower follows,
+    the one browsing does not until it follows again. The organizer promotes the browsing one
+    to presenter (its tools appear, the roster says so), uploads a file with #upload and drops
+    another on #drop, and the follower decrypts both to the right SHA-256.
+    With WEBCONF_README_SHOT=<png> the follower's page is saved there (docs/browser.png)."""
+    node = browser_tools()
+    assert (WEB / "dist" / "index.html").is_file(), "web/dist is missing: run `make web`"
+    await add_users(deployment)
+    directory = await Directory.for_deployment(deployment)
+    try:
+        await directory.add_user("carol@contoso.example", PASSWORDS["carol@contoso.example"])
+    finally:
+        await directory.close()
+    await asyncio.to_thread(serve.start)
+    conn = await SipConnection.open("127.0.0.1", deployment.focus.sip_port,
+                                    ssl_context=tls.client_context(deployment),
+                                    server_hostname="contoso.example")
+    organizer = ConferenceDialog(conn, CONF, "alice@contoso.example",
+                                 USERS["alice@contoso.example"])
+    joined = await organizer.join()
+    api = f"{joined.webconf_url}/v1/conferences/{joined.conference}"
+    auth = {"Authorization": f"Bearer {joined.cookie}"}
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls.client_context(deployment))) as http:
+        async with http.post(f"{api}/items", data=slides_pdf(3), headers={
+                **auth, "X-Item-Name": "Q4%20roadmap.pdf",
+                "Content-Type": "application/pdf"}) as resp:
+            assert resp.status == 201, await resp.text()
+            deck = (await resp.json())["item"]
+        assert deck["pages"] == 3
+        async with http.put(f"{api}/presentation", json={"item": deck["id"], "page": 1},
+                            headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+    picked = b"speaker notes\n" * 300
+    dropped = os.urandom(150_000)
+    (tmp_path / "notes.txt").write_bytes(picked)
+    (tmp_path / "dropped.bin").write_bytes(dropped)
+    pins = ",".join(spki_pin(deployment.certs_dir / name) for name in ("wcs.pem", "focus.pem"))
+    shots = tmp_path / "screenshots"
+    readme_shot = os.environ.get("WEBCONF_README_SHOT")
+    run = await asyncio.to_thread(subprocess.run, [
+        node, str(WEB / "test" / "present.mjs"), "--url", f"{deployment.public_url}/",
+        "--spki", pins, "--conference", CONF, "--chromium", CHROMIUM, "--shots", str(shots),
+        "--organizer", f"alice@contoso.example:{USERS['alice@contoso.example']}",
+        "--follower", f"bob@contoso.example:{USERS['bob@contoso.example']}",
+        "--browser", f"carol@contoso.example:{PASSWORDS['carol@contoso.example']}",
+        "--api-base", api, "--upload-file", str(tmp_path / "notes.txt"),
+        "--drop-file", str(tmp_path / "dropped.bin"),
+        *(("--readme-shot", readme_shot) if readme_shot else ())],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "NODE_EXTRA_CA_CERTS": str(deployment.certs_dir / "ca.pem")})
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result (exit {run.returncode}): {run.stderr[-3000:]}"
+    report: dict[str, Any] = json.loads(lines[-1])
+    assert "error" not in report, (f"{report['error']}\nconsole: {report['console'][-20:]}\n"
+                                   f"screenshots: {shots}")
+    # The roster at join already lists the organizer who was in before, with roles.
+    at_join = {(p["user"], p["role"]) for p in report["rosterAtJoin"]}
+    assert ("alice@contoso.example", "organizer") in at_join
+    assert ("bob@contoso.example", "attendee") in at_join
+    assert report["rosterAfterJoin"] == 4 and report["rosterAfterLeave"] == 3  # kept live
+    assert report["welcomePage"] == ["1", "1"]
+    assert report["followerRole"] == "attendee" and report["toolsHiddenForAttendee"] is True
+    assert report["presenterRole"] == "organizer"
+    # Following moves with the presenter; browsing stays; following again jumps.
+    assert report["afterFirstTurn"] == {"presenter": "2", "follower": "2", "browsing": "1"}
+    assert report["afterSecondTurn"] == {"follower": "3", "browsing": "1"}
+    assert report["afterFollowAgain"] == "3"
+    assert report["patchStatus"] == 200 and report["promoted"] is True
+    # Uploads by the presenter page arrive, decrypted, with the right SHA-256.
+    assert report["progress"] == 100
+    assert report["uploadedSha256"] == hashlib.sha256(picked).hexdigest()
+    assert report["droppedSha256"] == hashlib.sha256(dropped).hexdigest()
+    assert report["droppedOnPresenter"] == report["droppedSha256"]
+    assert report["left"] is True
     await organizer.leave()
     await conn.close()
     print(f"screenshots: {shots}")

@@ -47,6 +47,17 @@ export async function sha256Hex(blob) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+async function errorOf(status, body) {
+  let code = "";
+  let message = `HTTP ${status}`;
+  try {
+    const parsed = await body();
+    code = parsed.error.code;
+    message = parsed.error.message;
+  } catch { /* not JSON */ }
+  return new ApiError(message, status, code);
+}
+
 export class Api {
   constructor(admission, tenant) {
     this.base = admission.webconf_url.replace(/\/$/, "");
@@ -63,23 +74,47 @@ export class Api {
     return `${this.base}/v1/conferences/${encodeURIComponent(this.conference)}${path}`;
   }
 
-  async json(path) {
-    const resp = await fetch(this.url(path), { headers: this.headers, cache: "no-store" });
-    if (!resp.ok) {
-      let code = "";
-      let message = `HTTP ${resp.status}`;
-      try {
-        const body = await resp.json();
-        code = body.error.code;
-        message = body.error.message;
-      } catch { /* not JSON */ }
-      throw new ApiError(message, resp.status, code);
-    }
+  async json(path, init = {}) {
+    const resp = await fetch(this.url(path), { cache: "no-store", ...init,
+      headers: { ...this.headers, ...(init.headers || {}) } });
+    if (!resp.ok) throw await errorOf(resp.status, () => resp.json());
     return resp.json();
   }
 
   items() {
     return this.json("/items").then((body) => body.items);
+  }
+
+  /** The roster (docs/protocol.md §9.2): { seq, participants: [{ id, user, role }] }. */
+  participants() {
+    return this.json("/participants");
+  }
+
+  /** Present `item` at `page` for everyone (§9.1); a refusal throws ApiError. */
+  setPresentation(item, page) {
+    return this.json("/presentation", { method: "PUT", body: JSON.stringify({ item, page }),
+      headers: { "Content-Type": "application/json" } });
+  }
+
+  /**
+   * Upload a file (§4.1) with XMLHttpRequest, whose upload progress fetch() lacks:
+   * `onProgress(sent, total)`; resolves to the new item's view (it also arrives as item.shared).
+   */
+  upload(file, onProgress = () => {}) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", this.url("/items"));
+      xhr.setRequestHeader("Authorization", `Bearer ${this.cookie}`);
+      xhr.setRequestHeader("X-Item-Name", encodeURIComponent(file.name));
+      xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+      xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+      xhr.onload = async () => {
+        if (xhr.status === 201) return resolve(JSON.parse(xhr.responseText).item);
+        reject(await errorOf(xhr.status, () => JSON.parse(xhr.responseText)));
+      };
+      xhr.onerror = () => reject(new ApiError("the upload failed (network)", 0, ""));
+      xhr.send(file);
+    });
   }
 
   /**

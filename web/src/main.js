@@ -1,7 +1,10 @@
 // The browser participant's page (docs/protocol.md §10): join over SIP over WebSocket, list
-// the items, decrypt each with WebCrypto as it streams, show images and PDF pages.
+// the items, decrypt each with WebCrypto as it streams, show images and PDF pages, keep the
+// roster, follow the presenter (or browse on one's own), and, as a presenter, turn pages for
+// everyone and upload by drag-and-drop (§9).
 // Test hooks (stable): #user #password #conference #join #status [data-item-id][data-sha256]
-// #slide[data-page] #leave.
+// #slide[data-page] #leave; also #follow (checkbox), #upload (file input), #upload-progress,
+// #present-error, #roster li[data-participant-id][data-role], body[data-role].
 import { GlobalWorkerOptions, getDocument } from "pdfjs-dist";
 import { ApiError, Api } from "./api.js";
 import { CobblestoneError } from "./cobblestone.js";
@@ -12,10 +15,12 @@ const $ = (id) => document.getElementById(id);
 const POLL_MS = 3000;
 const PING_MS = 25000;
 const state = { config: null, meeting: null, api: null, items: new Map(), current: null, poll: null,
-  finalStatus: false };
+  finalStatus: false, pid: null, role: "attendee", presentation: null, follow: true };
+const PRESENTING_ROLES = new Set(["presenter", "organizer"]);
 const BYE_GRACE_MS = 2000; // how long a BYE waits for the channel to say why (revoked, ended)
 const channel = { ws: null, seq: null, retry: 0, ping: null, timer: null };
-const roster = new Map(); // participant id -> { user, role }
+const roster = new Map(); // participant id -> { id, user, role }
+let rosterSeq = -1; // the roster's seq (§9.2): events at or below it are already in it
 
 function setStatus(text, kind = "idle") {
   const status = $("status");
@@ -56,12 +61,16 @@ function renderItem(item) {
     const st = document.createElement("span");
     st.className = "state";
     li.append(name, size, st);
-    li.addEventListener("click", () => show(item.id));
+    li.addEventListener("click", () => {
+      if (state.presentation?.item && state.presentation.item !== item.id && !canPresent()) setFollow(false);
+      show(item.id);
+    });
     $("items").append(li);
   }
   li.querySelector(".name").textContent = item.name;
   li.querySelector(".name").title = item.name;
-  li.querySelector(".size").textContent = formatSize(item.size);
+  li.querySelector(".size").textContent = item.pages
+    ? `${formatSize(item.size)} · ${item.pages} ${item.pages === 1 ? "page" : "pages"}` : formatSize(item.size);
   return li;
 }
 
@@ -84,7 +93,8 @@ async function decrypt(entry) {
     const li = document.querySelector(`[data-item-id="${CSS.escape(item.id)}"]`);
     if (li) li.dataset.sha256 = sha256;
     setItemState(item.id, "ready", "");
-    if (!state.current) show(item.id);
+    if (following() && state.presentation?.item === item.id) applyPresentation();
+    else if (!state.current) show(item.id);
   } catch (error) {
     if (error instanceof CobblestoneError) {
       setItemState(item.id, "failed", "integrity check failed");
@@ -124,6 +134,8 @@ async function refreshItems() {
     if (!seen.has(id)) {
       state.items.delete(id);
       document.querySelector(`[data-item-id="${CSS.escape(id)}"]`)?.remove();
+      if (state.presentation?.item === id) setPresentation({ item: null, seq: state.presentation.seq });
+      if (state.current === id) clearStage();
     }
   }
 }
@@ -133,7 +145,10 @@ function isPdf(item) {
   return (item.content_type || "").split(";")[0].trim() === "application/pdf" || /\.pdf$/i.test(item.name);
 }
 
+let renderSeq = 0; // the latest render wins: quick turns may finish out of order
+
 async function renderPdfPage(entry, number) {
+  const token = ++renderSeq;
   if (!entry.pdf) {
     entry.pdf = await getDocument({ data: new Uint8Array(await entry.blob.arrayBuffer()) }).promise;
   }
@@ -149,23 +164,66 @@ async function renderPdfPage(entry, number) {
   canvas.height = Math.floor(viewport.height);
   canvas.style.width = `${Math.floor(viewport.width / (window.devicePixelRatio || 1))}px`;
   await page.render({ canvas, viewport }).promise;
-  if (state.current !== entry.item.id) return; // another item was picked meanwhile
+  if (state.current !== entry.item.id || token !== renderSeq) return; // superseded meanwhile
   slide.replaceChildren(canvas);
   slide.dataset.page = String(n);
   entry.page = n;
   $("page-label").textContent = `${n} / ${doc.numPages}`;
   $("prev").disabled = n <= 1;
   $("next").disabled = n >= doc.numPages;
+  updatePresentUi();
 }
 
-function turn(delta) {
+function pageCount(entry) {
+  return entry.pdf ? entry.pdf.numPages : (entry.item.pages || 1);
+}
+
+/** Prev/next: a presenter turns the page for everyone (§9.1); anyone else browses alone. */
+async function turn(delta) {
   const entry = state.current && state.items.get(state.current);
-  if (entry && entry.pdf) renderPdfPage(entry, (entry.page || 1) + delta).catch(() => {});
+  if (!entry) return;
+  const page = Math.min(Math.max(1, (entry.page || 1) + delta), pageCount(entry));
+  if (canPresent()) {
+    await present(entry.item.id, page);
+  } else if (entry.pdf) {
+    setFollow(false);
+    renderPdfPage(entry, page).catch(() => {});
+  }
 }
 
-function show(id) {
+async function present(item, page) {
+  const error = $("present-error");
+  error.textContent = "";
+  try {
+    const now = await state.api.setPresentation(item, page);
+    setPresentation(now);
+    const entry = state.items.get(item);
+    if (entry && entry.blob) show(item, page); // the presenter sees it at once, following or not
+  } catch (e) {
+    error.textContent = e instanceof ApiError ? `Cannot turn the page: ${e.message}` : `Cannot turn the page: ${e}`;
+  }
+}
+
+function clearStage() {
+  state.current = null;
+  $("slide-title").textContent = "No item shown";
+  const p = document.createElement("p");
+  p.className = "muted";
+  p.textContent = "Pick an item to show it.";
+  $("slide").replaceChildren(p);
+  $("slide").dataset.page = "0";
+  $("page-label").textContent = "";
+  updatePresentUi();
+}
+
+function show(id, page = null) {
   const entry = state.items.get(id);
   if (!entry || !entry.blob) return;
+  if (state.current === id && entry.pdf && page) { // the same deck: just turn the page
+    renderPdfPage(entry, page).catch(() => {});
+    return;
+  }
+  if (page) entry.page = page;
   state.current = id;
   for (const li of document.querySelectorAll("[data-item-id]")) {
     li.classList.toggle("current", li.dataset.itemId === id);
@@ -198,6 +256,107 @@ function show(id) {
     slide.dataset.page = "0";
     $("page-label").textContent = "";
   }
+  updatePresentUi();
+}
+
+// -- following the presenter (docs/protocol.md §9.1) ----------------------------------------
+function following() {
+  return state.follow;
+}
+
+function canPresent() {
+  return PRESENTING_ROLES.has(state.role);
+}
+
+/** Keep the presentation with the larger seq; a stopped one is { item: null, seq }. */
+function setPresentation(p) {
+  const next = p && p.item ? { item: p.item, page: p.page || 1, presenter: p.presenter, seq: p.seq ?? 0 }
+    : { item: null, seq: p?.seq ?? 0 };
+  if (state.presentation && next.seq < state.presentation.seq) return;
+  state.presentation = next.item ? next : (next.seq ? next : null);
+  applyPresentation();
+}
+
+function applyPresentation() {
+  updatePresentUi();
+  const p = state.presentation;
+  if (!following() || !p || !p.item) return;
+  const entry = state.items.get(p.item);
+  if (entry && entry.blob) show(p.item, p.page); // else when decrypted (decrypt())
+}
+
+function setFollow(on) {
+  state.follow = on;
+  $("follow").checked = on;
+  document.body.dataset.follow = on ? "on" : "off";
+  if (on) applyPresentation();
+  else updatePresentUi();
+}
+
+function updatePresentUi() {
+  const p = state.presentation;
+  const label = $("presenting");
+  if (p && p.item) {
+    const entry = state.items.get(p.item);
+    const who = p.presenter === state.pid ? "You are" : `${roster.get(p.presenter)?.user || "The presenter"} is`;
+    label.textContent = `${who} presenting ${entry ? entry.item.name : "an item"}, page ${p.page}`;
+    label.dataset.live = "on";
+  } else {
+    label.textContent = "Nobody is presenting";
+    label.dataset.live = "off";
+  }
+  for (const li of document.querySelectorAll("[data-item-id]")) {
+    li.classList.toggle("presented", Boolean(p && p.item === li.dataset.itemId));
+  }
+  const presentBtn = $("present");
+  presentBtn.hidden = !canPresent() || !state.current || Boolean(p && p.item === state.current);
+}
+
+function setRole(role) {
+  state.role = role;
+  document.body.dataset.role = role;
+  $("presenter-tools").hidden = !canPresent();
+  updatePresentUi();
+}
+
+// -- uploads (docs/protocol.md §4.1): a presenter drops files, or picks them ----------------
+async function uploadFiles(files) {
+  if (!state.api || !canPresent()) return;
+  const bar = $("upload-progress");
+  const text = $("upload-status");
+  for (const file of files) {
+    bar.hidden = false;
+    bar.value = 0;
+    text.textContent = `Uploading ${file.name}…`;
+    text.dataset.state = "busy";
+    try {
+      const item = await state.api.upload(file, (sent, total) => {
+        bar.value = Math.floor((100 * sent) / Math.max(total, 1));
+      });
+      bar.value = 100;
+      text.textContent = `Shared ${item.name} (${formatSize(item.size)})`;
+      text.dataset.state = "done";
+      refreshItems(); // item.shared brings it too
+    } catch (e) {
+      text.textContent = `Upload of ${file.name} failed: ${e.message}`;
+      text.dataset.state = "error";
+    }
+  }
+}
+
+function setUpDrop(zone) {
+  zone.addEventListener("dragover", (e) => {
+    if (!canPresent()) return;
+    e.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => {
+    zone.classList.remove("dragging");
+    if (!canPresent()) return;
+    e.preventDefault();
+    uploadFiles([...(e.dataTransfer?.files || [])]);
+  });
 }
 
 // -- the data channel (docs/protocol.md §4.3) ---------------------------------------------
@@ -259,18 +418,31 @@ function onEvent(msg) {
   switch (msg.type) {
     case "resumed":
       document.body.dataset.resumed = String(msg.seq);
+      if (msg.role) setRole(msg.role);
       refreshItems();
       break;
     case "welcome":
+      if (msg.role) setRole(msg.role);
+      setPresentation(msg.presentation ?? { item: null, seq: msg.seq }); // stopped by then
+      refreshItems();
+      loadRoster();
+      break;
     case "item.shared":
     case "item.removed":
       refreshItems();
       break;
+    case "presentation.changed":
+      setPresentation(msg);
+      break;
     case "participant.joined":
-      roster.set(msg.participant.id, msg.participant);
+    case "participant.role_changed":
+      if (msg.seq <= rosterSeq) break; // already in the roster we read (§9.2)
+      roster.set(msg.participant.id, { ...msg.participant });
+      if (msg.participant.id === state.pid) setRole(msg.participant.role);
       renderRoster();
       break;
     case "participant.left":
+      if (msg.seq <= rosterSeq) break;
       roster.delete(msg.participant.id);
       renderRoster();
       break;
@@ -332,11 +504,19 @@ async function onJoin(event) {
     $("join-view").hidden = true;
     $("meeting-view").hidden = false;
     $("leave").hidden = false;
+    state.pid = meeting.admission.participant;
+    state.presentation = null;
     roster.clear();
-    roster.set(meeting.admission.participant, { user: `${$("user").value.trim()} (you)`, role: meeting.admission.role });
+    rosterSeq = -1;
+    roster.set(state.pid, { id: state.pid, user: $("user").value.trim(), role: meeting.admission.role });
+    setRole(meeting.admission.role || "attendee");
+    setFollow(true);
     renderRoster();
+    const id = /opaque=app:conf:focus:id:([^;>]+)/.exec($("conference").value);
+    $("meeting-name").textContent = id ? `Meeting ${id[1]}` : "Meeting";
+    $("meeting-name").title = $("conference").value.trim();
     setStatus("joined", "joined");
-    await refreshItems();
+    await Promise.all([refreshItems(), loadRoster()]);
     startPolling();
     openChannel();
   } catch (e) {
@@ -347,18 +527,61 @@ async function onJoin(event) {
   }
 }
 
+/** The roster as the WCS has it (§9.2); pushes with a larger seq are applied on top. */
+async function loadRoster() {
+  const api = state.api;
+  if (!api) return;
+  let body;
+  try {
+    body = await api.participants();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) removed();
+    return;
+  }
+  if (state.api !== api || body.seq < rosterSeq) return;
+  roster.clear();
+  for (const p of body.participants) roster.set(p.id, { id: p.id, user: p.user, role: p.role });
+  rosterSeq = body.seq;
+  const me = roster.get(state.pid);
+  if (me) setRole(me.role);
+  renderRoster();
+}
+
+function initials(user) {
+  const name = user.split("@")[0];
+  return name.slice(0, 2).toUpperCase();
+}
+
 function renderRoster() {
-  const rows = [...roster.values()].map((p) => {
+  const order = { organizer: 0, presenter: 1, attendee: 2 };
+  const people = [...roster.values()].sort((a, b) => (order[a.role] ?? 3) - (order[b.role] ?? 3)
+    || a.user.localeCompare(b.user));
+  const rows = people.map((p) => {
     const li = document.createElement("li");
+    li.dataset.participantId = p.id;
+    li.dataset.role = p.role;
+    li.dataset.user = p.user;
+    const badge = document.createElement("span");
+    badge.className = "avatar";
+    badge.textContent = initials(p.user);
     const who = document.createElement("span");
-    who.textContent = p.user;
+    who.className = "who";
+    const [local, domain] = p.user.split("@");
+    who.textContent = local;
+    const host = document.createElement("span");
+    host.className = "host";
+    host.textContent = p.id === state.pid ? " (you)" : domain ? `@${domain}` : "";
+    who.append(host);
+    who.title = p.user;
     const role = document.createElement("span");
-    role.className = "role";
+    role.className = `role ${p.role}`;
     role.textContent = p.role;
-    li.append(who, role);
+    li.append(badge, who, role);
     return li;
   });
   $("roster").replaceChildren(...rows);
+  $("roster-count").textContent = String(people.length);
+  updatePresentUi();
 }
 
 async function onLeave() {
@@ -375,6 +598,22 @@ function main() {
   $("leave").addEventListener("click", onLeave);
   $("prev").addEventListener("click", () => turn(-1));
   $("next").addEventListener("click", () => turn(1));
+  $("follow").addEventListener("change", (e) => setFollow(e.target.checked));
+  $("present").addEventListener("click", () => {
+    const entry = state.current && state.items.get(state.current);
+    if (entry) present(entry.item.id, entry.page || 1);
+  });
+  $("upload").addEventListener("change", (e) => {
+    uploadFiles([...e.target.files]);
+    e.target.value = "";
+  });
+  setUpDrop($("drop"));
+  setUpDrop($("stage"));
+  document.addEventListener("keydown", (e) => {
+    if (!state.api || e.target instanceof HTMLInputElement) return;
+    if (e.key === "ArrowRight" || e.key === "PageDown") turn(1);
+    if (e.key === "ArrowLeft" || e.key === "PageUp") turn(-1);
+  });
   window.addEventListener("pagehide", () => { if (state.meeting) state.meeting.leave(); });
   loadConfig().then((c) => { state.config = c; }).catch(() => {});
 }
