@@ -21,6 +21,8 @@ const BYE_GRACE_MS = 2000; // how long a BYE waits for the channel to say why (r
 const channel = { ws: null, seq: null, retry: 0, ping: null, timer: null };
 const roster = new Map(); // participant id -> { id, user, role }
 let rosterSeq = -1; // the roster's seq (§9.2): events at or below it are already in it
+const rosterEvents = []; // roster pushes heard lately: replayed over a roster read meanwhile
+const MAX_ROSTER_EVENTS = 256;
 
 function setStatus(text, kind = "idle") {
   const status = $("status");
@@ -436,15 +438,10 @@ function onEvent(msg) {
       break;
     case "participant.joined":
     case "participant.role_changed":
-      if (msg.seq <= rosterSeq) break; // already in the roster we read (§9.2)
-      roster.set(msg.participant.id, { ...msg.participant });
-      if (msg.participant.id === state.pid) setRole(msg.participant.role);
-      renderRoster();
-      break;
     case "participant.left":
-      if (msg.seq <= rosterSeq) break;
-      roster.delete(msg.participant.id);
-      renderRoster();
+      rosterEvents.push(msg);
+      if (rosterEvents.length > MAX_ROSTER_EVENTS) rosterEvents.shift();
+      if (applyRosterEvent(msg)) renderRoster();
       break;
     case "revoked":
       removed();
@@ -508,6 +505,7 @@ async function onJoin(event) {
     state.presentation = null;
     roster.clear();
     rosterSeq = -1;
+    rosterEvents.length = 0;
     roster.set(state.pid, { id: state.pid, user: $("user").value.trim(), role: meeting.admission.role });
     setRole(meeting.admission.role || "attendee");
     setFollow(true);
@@ -527,6 +525,18 @@ async function onJoin(event) {
   }
 }
 
+/** Apply a roster push unless the roster read already holds it (its seq, §9.2). */
+function applyRosterEvent(msg, replay = false) {
+  if (!replay && msg.seq <= rosterSeq) return false;
+  if (msg.type === "participant.left") {
+    roster.delete(msg.participant.id);
+  } else {
+    roster.set(msg.participant.id, { ...msg.participant });
+    if (msg.participant.id === state.pid) setRole(msg.participant.role);
+  }
+  return true;
+}
+
 /** The roster as the WCS has it (§9.2); pushes with a larger seq are applied on top. */
 async function loadRoster() {
   const api = state.api;
@@ -542,6 +552,11 @@ async function loadRoster() {
   roster.clear();
   for (const p of body.participants) roster.set(p.id, { id: p.id, user: p.user, role: p.role });
   rosterSeq = body.seq;
+  // Pushes that arrived while the read was out and are newer than it go back on top.
+  const newer = rosterEvents.filter((msg) => msg.seq > body.seq);
+  rosterEvents.length = 0;
+  rosterEvents.push(...newer);
+  for (const msg of newer) applyRosterEvent(msg, true);
   const me = roster.get(state.pid);
   if (me) setRole(me.role);
   renderRoster();

@@ -82,6 +82,7 @@ try {
   out.presenterRole = await presenter.getAttribute("body", "data-role");
   await waitPage(presenter, 1);
   await presenter.click("#next");
+  await waitPage(presenter, 2); // its own page re-renders when its turn comes back
   await waitPage(follower, 2);
   await waitPresenting(other, 2); // the browser heard the turn ...
   out.afterFirstTurn = { presenter: await slidePage(presenter), follower: await slidePage(follower),
