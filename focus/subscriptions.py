@@ -204,7 +204,8 @@ class Subscriptions:
         self._per_user[sub.user] += 1
         return self._send(sub, now) + [Log({
             "event": "subscribe", "conference": conference, "user": sub.user,
-            "expires": pending.expires, "peer": sub.conn.peer_host})]
+            "expires": pending.expires, "peer": sub.conn.peer_host,
+            "transport": sub.conn.transport})]
 
     def refresh(self, sub: Subscription, expires: int, now: float) -> list[Output]:
         """An in-dialog SUBSCRIBE was answered 200: renew, or end (`expires` 0)."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the tests (and, with --bench, the benchmarks) drive:
-# real SIP user agents, SIPp, PostgreSQL (the tests start a throwaway cluster with its
-# initdb when no server runs on 127.0.0.1:5432; tests/backends.py), HAProxy (the balancer
+# real SIP user agents, SIPp (and socat, its TLS in the RFC 4575 interop test), PostgreSQL
+# (the tests start a throwaway cluster with its initdb when no server runs on
+# 127.0.0.1:5432; tests/backends.py), HAProxy (the balancer
 # in front of two nodes in tests/test_multinode.py; the tests start their own), SoftHSM2
 # (the PKCS#11 HSM of the Customer Key tests; tests/hsm.py makes its tokens in a temp dir),
 # LibreOffice Impress (the WCS converts shared decks to PDF with it, docs/protocol.md §9.4;
@@ -13,7 +14,7 @@
 # missing SIP tool or HAProxy skip and say why; the PostgreSQL tests fail and say so, unless
 # WEBCONF_TEST_BACKENDS=sqlite.
 set -u
-packages="baresip-core linphone-cli sip-tester postgresql haproxy softhsm2 libreoffice-impress chromium nodejs"
+packages="baresip-core linphone-cli sip-tester socat postgresql haproxy softhsm2 libreoffice-impress chromium nodejs"
 if [ "${1:-}" = "--bench" ]; then
   packages="$packages kamailio kamailio-tls-modules nginx-light wrk nghttp2-client"
 fi
