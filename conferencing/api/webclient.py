@@ -24,6 +24,7 @@ WSS origin, `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
@@ -38,6 +39,10 @@ from .context import AUTH_COOKIE, authenticate
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parents[2] / "web" / "dist"
 """`web/dist` beside the packages: where `make web` puts the build."""
+MAX_ASSET_BYTES = 32 * 1024 * 1024
+"""The largest built file served (pdf.js's worker, the largest, is about 1 MiB): each answer
+is read whole into memory and sent as one body, which over TLS is much faster than
+`web.FileResponse`'s sendfile fallback, so this bounds what one request can hold."""
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
@@ -94,16 +99,20 @@ def add_routes(app: web.Application, cfg: Config) -> None:
         return ServiceError("web_client_missing",
                             "the web client is not built on this server: run `make web`")
 
-    def file_response(path: Path, content_type: str) -> web.FileResponse:
-        return web.FileResponse(path, headers={**security_headers(cfg),
-                                               "Content-Type": content_type,
-                                               "Cache-Control": "no-cache"})
+    async def file_response(path: Path, content_type: str) -> web.Response:
+        body = await asyncio.to_thread(_read_asset, path)
+        if body is None:
+            raise ServiceError("web_client_missing",
+                               f"a built file is over {MAX_ASSET_BYTES} bytes: rebuild it")
+        return web.Response(body=body, headers={**security_headers(cfg),
+                                                "Content-Type": content_type,
+                                                "Cache-Control": "no-cache"})
 
     async def index(request: web.Request) -> web.StreamResponse:
         path = root / "index.html"
         if not path.is_file():
             raise missing()
-        return file_response(path, "text/html; charset=utf-8")
+        return await file_response(path, "text/html; charset=utf-8")
 
     async def asset(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -115,7 +124,7 @@ def add_routes(app: web.Application, cfg: Config) -> None:
         path = root / "assets" / name
         if not path.is_file():
             raise ServiceError("not_found", "no such file")
-        return file_response(path, content_type)
+        return await file_response(path, content_type)
 
     async def config(request: web.Request) -> web.Response:
         page_config = {"webconf_url": cfg.public_url, "wss_url": wss_url(cfg)}
@@ -139,5 +148,12 @@ def add_routes(app: web.Application, cfg: Config) -> None:
     app.router.add_get("/config.json", config)
 
 
-__all__ = ["CONTENT_TYPES", "DEFAULT_WEB_DIR", "add_routes", "content_security_policy",
-           "security_headers", "web_dir", "wss_url"]
+def _read_asset(path: Path) -> bytes | None:
+    """The file's bytes, or None if it is over `MAX_ASSET_BYTES`."""
+    with path.open("rb") as file:
+        body = file.read(MAX_ASSET_BYTES + 1)
+    return None if len(body) > MAX_ASSET_BYTES else body
+
+
+__all__ = ["CONTENT_TYPES", "DEFAULT_WEB_DIR", "MAX_ASSET_BYTES", "add_routes",
+           "content_security_policy", "security_headers", "web_dir", "wss_url"]
