@@ -36,8 +36,8 @@ from .commands import (
 from .meeting import MeetingClient
 from .roster import Member
 
-__all__ = ["add_eject_arguments", "add_lock_arguments", "add_role_arguments", "run_eject",
-           "run_lock", "run_role"]
+__all__ = ["add_eject_arguments", "add_lock_arguments", "add_role_arguments",
+           "run_as_organizer", "run_eject", "run_lock", "run_role"]
 
 Work = Callable[[MeetingClient], Awaitable[list[str]]]
 
@@ -82,7 +82,7 @@ def run_role(args: argparse.Namespace) -> int:
                          f"(participant {show(member.id)})")
         return lines
 
-    return _run(args, work)
+    return run_as_organizer(args, work)
 
 
 def run_eject(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def run_eject(args: argparse.Namespace) -> int:
             lines.append(f"ejected {show(member.user)} (participant {show(member.id)})")
         return lines
 
-    return _run(args, work)
+    return run_as_organizer(args, work)
 
 
 def run_lock(args: argparse.Namespace) -> int:
@@ -102,10 +102,12 @@ def run_lock(args: argparse.Namespace) -> int:
         state = "locked" if settings.get("locked") else "unlocked"
         return [f"{state} {show(settings.get('conference', ''))}"]
 
-    return _run(args, work)
+    return run_as_organizer(args, work)
 
 
-def _run(args: argparse.Namespace, work: Work) -> int:
+def run_as_organizer(args: argparse.Namespace, work: Work) -> int:
+    """Join as `args.user`, run `work`, print its lines, leave: one line and a code on
+    failure (the join commands' lines and exit codes)."""
     conference = conference_id(args.uri)
     password = ""
     label = "the focus"

@@ -405,7 +405,6 @@ async def test_rotation_rotate_root_and_purge_of_a_customer_key_tenant(
     root key), `webconf keys rotate-root` leaves such versions alone, and `webconf tenant
     purge` drops the tenant's Customer Key settings with its keys (docs/protocol.md §8.4,
     §8.5)."""
-    pytest.importorskip("conferencing.rotation", exc_type=ImportError)  # merged with §8.5
     wcs, cfg = ck_wcs, ck_wcs.cfg
     alice, item, data = await protected_item(wcs, softhsm)
     carol = await wcs.admit("CKO", f"carol@{OTHER}", role="organizer")
