@@ -24,6 +24,7 @@ from webconf.origins import allowed_origins, parse_origin
 from ..metrics import Metrics
 from ..service import ConferenceService, Principal, ServiceError, valid_id
 from ..store import DownloadSwitches, ItemRow
+from . import strict_json
 from .strict_json import JsonError
 from .strict_json import loads as strict_loads
 
@@ -108,18 +109,20 @@ def _checked_credentials(request: web.Request) -> tuple[str, str | None]:
     return conference_id, token
 
 
-async def json_body(request: web.Request) -> object:
+async def json_body(request: web.Request, *, max_bytes: int = MAX_JSON_BODY,
+                    max_depth: int = strict_json.MAX_DEPTH) -> object:
     """A small JSON request body, strictly parsed (strict_json): `application/json` or no
-    `Content-Type` (else 415), at most `MAX_JSON_BODY` bytes (else 413), JSON (else 400)."""
+    `Content-Type` (else 415), at most `max_bytes` bytes (else 413), JSON no deeper than
+    `max_depth` (else 400)."""
     content_type = request.headers.get("Content-Type")
     if content_type is not None and request.content_type != "application/json":
         raise ServiceError("unsupported_media_type", "the body must be application/json")
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+    if request.content_length is not None and request.content_length > max_bytes:
         raise ServiceError("too_large", "request body too large")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
         raise ServiceError("too_large", "request body too large")
     try:
-        return strict_loads(raw)
+        return strict_loads(raw, max_depth=max_depth)
     except JsonError as exc:
         raise ServiceError("bad_request", f"body is not acceptable JSON: {exc}") from None

@@ -7,10 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..presenting import parse_set, presenting
-from ..service import ServiceError
-from .context import SERVICE, authenticate
-from .strict_json import JsonError
-from .strict_json import loads as strict_loads
+from .context import SERVICE, authenticate, json_body
 
 MAX_BODY = 1024
 """`{"item": <id>, "page": N}` fits in far less."""
@@ -18,18 +15,7 @@ MAX_BODY = 1024
 
 async def set_presentation(request: web.Request) -> web.Response:
     who = await authenticate(request)
-    content_type = request.headers.get("Content-Type")
-    if content_type is not None and request.content_type != "application/json":
-        raise ServiceError("unsupported_media_type", "the body must be application/json")
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ServiceError("too_large", "request body too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ServiceError("too_large", "request body too large")
-    try:
-        body = strict_loads(raw, max_depth=2)
-    except JsonError as exc:
-        raise ServiceError("bad_request", f"body is not acceptable JSON: {exc}") from None
+    body = await json_body(request, max_bytes=MAX_BODY, max_depth=2)
     changed = await presenting(request.app[SERVICE]).set(who, parse_set(body))
     state = changed.to_json()
     del state["type"]
