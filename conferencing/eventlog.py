@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
@@ -190,19 +190,22 @@ class EventFeed:
         self._forget_if_unused(track)  # every watcher may have gone meanwhile
 
     # -- wakes ------------------------------------------------------------------------
-    def wake(self, conference_id: str, seq: int) -> None:
-        """The conference's log has reached `seq`: read what is new (if tracked)."""
+    def wake(self, conference_id: str, seq: int, rows: Sequence[EventRow] = ()) -> None:
+        """The conference's log has reached `seq`: read what is new (if tracked). `rows`,
+        when given, are the rows up to `seq` that this process's own commit appended: if
+        they follow on from what was read, they are delivered without reading them back."""
         track = self._tracks.get(conference_id)
         if track is None or (seq <= track.delivered and track.ready.is_set()):
             return
         if not track.ready.is_set() or (track.task is not None and not track.task.done()):
             track.again = True
             return
-        self._start(track)
+        follows = bool(rows) and rows[0].seq == track.delivered + 1 and rows[-1].seq == seq
+        self._start(track, rows if follows else ())
 
-    def _start(self, track: Track) -> None:
+    def _start(self, track: Track, rows: Sequence[EventRow] = ()) -> None:
         track.task = asyncio.get_running_loop().create_task(
-            self._catch_up(track), name="wcs-events-catch-up")
+            self._catch_up(track, rows), name="wcs-events-catch-up")
 
     def wake_all(self, seqs: dict[str, int]) -> None:
         for conference_id, seq in seqs.items():
@@ -225,24 +228,20 @@ class EventFeed:
             elif seq is not None:
                 self.wake(conference_id, seq)
 
-    async def _catch_up(self, track: Track) -> None:
+    async def _catch_up(self, track: Track, committed: Sequence[EventRow] = ()) -> None:
+        """Deliver the rows after `track.delivered`: `committed` first (a commit's own
+        rows, which follow on from it), then whatever the log holds."""
         conference_id = track.conference_id
         try:
+            if committed:
+                await self._deliver(track, committed)
+                if not track.again:
+                    return  # in sync as of no read: `synced_at` waits for a read or poll
             while True:
                 track.again = False
                 started = time.monotonic()
                 rows = await self.store.events_after(conference_id, track.delivered, BATCH)
-                for row in rows:
-                    for listener in self.row_listeners:
-                        listener(row)
-                    if self.hub.has(conference_id):  # no channel here: no key to unwrap
-                        message = await self.render(row)
-                        if message is not None:
-                            self.hub.deliver(conference_id, row.seq, message,
-                                             participant_id=row.participant_id,
-                                             final=row.final)
-                            self.delivered_total += 1
-                    track.delivered = row.seq
+                await self._deliver(track, rows)
                 if len(rows) < BATCH and not track.again:
                     track.synced_at = max(track.synced_at, started)
                     break
@@ -261,6 +260,20 @@ class EventFeed:
             if (track.subscribers <= 0 and track.watchers <= 0
                     and self._tracks.get(conference_id) is track):
                 del self._tracks[conference_id]
+
+    async def _deliver(self, track: Track, rows: Sequence[EventRow]) -> None:
+        """Show `rows` (the next in seq order) to the listeners and the hub."""
+        conference_id = track.conference_id
+        for row in rows:
+            for listener in self.row_listeners:
+                listener(row)
+            if self.hub.has(conference_id):  # no channel here: no key to unwrap
+                message = await self.render(row)
+                if message is not None:
+                    self.hub.deliver(conference_id, row.seq, message,
+                                     participant_id=row.participant_id, final=row.final)
+                    self.delivered_total += 1
+            track.delivered = row.seq
 
     async def run_poller(self) -> None:
         """Poll forever (cancel to stop), every `poll_seconds` from the previous poll's

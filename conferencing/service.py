@@ -75,6 +75,11 @@ CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 UPLOADERS = ("organizer", "presenter")
 KEY_RETIRED_RETRIES = 3
+ADMIT_ATTEMPTS = 3
+"""Reads of a conference whose state changed between the read and the admission's
+transaction (a lock or an end racing the join) before the join is answered 503."""
+CONFERENCE_IDS_KEPT = 65536
+"""Conference ids remembered by URI (oldest out first): ~10 MiB at most."""
 """Times an upload wraps its DEK again after a rotation retired the version it used."""
 
 
@@ -214,6 +219,9 @@ class ConferenceService:
         """Unwrapped tenant keys, each for a bounded time (keyring.py)."""
         self.keyring.unwrap_seconds = metrics.decrypt_seconds.observe
         self._known_tenants: set[str] = set()
+        self._conference_ids: dict[tuple[str, str, str], str] = {}
+        """(tenant, organizer, URI id) -> public id, which never changes once created: an
+        admission needs no read before its transaction, which checks the state itself."""
         """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
         self.converter: Converter | None = None
         """Converts shared decks to PDFs (convert.py); set by the WCS app."""
@@ -259,6 +267,28 @@ class ConferenceService:
         if tenant not in self._known_tenants:
             await self._tenant_key(tenant)  # creates the tenant and its key on first sight
             self._known_tenants.add(tenant)
+        key = (tenant, organizer, uri_id)
+        known = self._conference_ids.get(key)
+        if known is not None:  # its state is checked in the admission's own transaction
+            admission = await self._admit_into(known, organizer, tenant=tenant, user=user,
+                                               role=role, focus_node=focus_node)
+            if admission is not None:
+                return admission
+        for _ in range(ADMIT_ATTEMPTS):
+            conf = await self._conference_to_join(tenant, organizer, uri_id, user)
+            if len(self._conference_ids) >= CONFERENCE_IDS_KEPT:
+                del self._conference_ids[next(iter(self._conference_ids))]
+            self._conference_ids[key] = conf.id
+            admission = await self._admit_into(conf.id, conf.organizer, tenant=tenant,
+                                               user=user, role=role, focus_node=focus_node)
+            if admission is not None:
+                return admission
+        raise ServiceError("unavailable", "the conference changed during the join; retry")
+
+    async def _conference_to_join(self, tenant: str, organizer: str, uri_id: str,
+                                  user: str) -> ConferenceRow:
+        """The conference `user` joins: created by its organizer's first join, reopened by
+        the organizer after its end (§8.6); refused while locked or ended for others."""
         now = time.time()
         conf = await self.store.conference_by_uri(tenant, organizer, uri_id)
         if conf is None:
@@ -267,7 +297,6 @@ class ConferenceService:
             conf = await self.store.create_conference(ConferenceRow(
                 id=new_conference_id(), tenant=tenant, organizer=organizer, uri_id=uri_id,
                 created_at=now, ended_at=None))
-        conference_id = conf.id
         if conf.locked and conf.ended_at is None and user != conf.organizer:
             # docs/protocol.md §9.2: the focus answers the INVITE with 403.
             raise ServiceError("conference_locked", "the organizer has locked the conference")
@@ -276,20 +305,28 @@ class ConferenceService:
                 raise ServiceError("not_found", "conference has ended")
             grace_before = now - self.cfg.wcs.content_grace_seconds
             if conf.ended_at < grace_before:  # the sweep has not come yet: start empty
-                await self.lifecycle.shred(conference_id, tenant=tenant,
-                                           ended_before=grace_before)
-            await self.store.reopen_conference(conference_id)
-        effective_role = "organizer" if user == conf.organizer else (
+                await self.lifecycle.shred(conf.id, tenant=tenant, ended_before=grace_before)
+            await self.store.reopen_conference(conf.id)
+        return conf
+
+    async def _admit_into(self, conference_id: str, organizer: str, *, tenant: str,
+                          user: str, role: str, focus_node: str | None) -> Admission | None:
+        """Mint the cookie and commit the participant, if the conference is still open to
+        `user` when the row is written (None: ended or locked meanwhile, nothing kept)."""
+        now = time.time()
+        effective_role = "organizer" if user == organizer else (
             role if role in ("attendee", "presenter") else "attendee")
         pid = protocol.new_id(12)
         cookie, claims = self.cookies.mint(
             sub=f"sip:{user}", tenant=tenant, conference_id=conference_id, participant_id=pid,
             role=effective_role, now=now)
-        await self.store.add_participant(ParticipantRow(
-            id=pid, conference_id=conference_id, tenant=tenant, user=user, role=effective_role,
-            jti=claims.jti, joined_at=now, expires_at=float(claims.expires_at), left_at=None,
-            focus_node=focus_node), events=[_log(ParticipantJoined(Participant(
-                id=pid, user=user, role=effective_role)))])
+        if not await self.store.add_participant_if_open(ParticipantRow(
+                id=pid, conference_id=conference_id, tenant=tenant, user=user,
+                role=effective_role, jti=claims.jti, joined_at=now,
+                expires_at=float(claims.expires_at), left_at=None, focus_node=focus_node),
+                events=[_log(ParticipantJoined(Participant(
+                    id=pid, user=user, role=effective_role)))]):
+            return None
         return Admission(conference=conference_id, participant=pid, role=effective_role,
                          cookie=cookie, expires_at=rfc3339(claims.expires_at),
                          webconf_url=self.cfg.public_url)

@@ -99,7 +99,7 @@ async def test_concurrent_admissions_share_transactions(store: Store) -> None:
     before = store.writer.transactions
     rows = [participant(f"p{i}", CONFERENCES[i % 5]) for i in range(300)]
     woken: list[tuple[str, int]] = []
-    store.on_commit = lambda conference, seq: woken.append((conference, seq))
+    store.on_commit = lambda conference, seq, _rows: woken.append((conference, seq))
     results = await asyncio.gather(*(store.add_participant(r, joined(r.id)) for r in rows))
     assert results == [None] * 300
     transactions = store.writer.transactions - before
@@ -380,3 +380,48 @@ async def test_an_outage_fails_every_caller_with_the_original_error(
     assert await store.participant("after") is not None
     await assert_gap_free(store, CONFERENCES[0])
 
+
+
+# -- guarded admissions: the conference's state is read in the admission's transaction -------
+
+
+async def test_a_guarded_admission_goes_in_only_while_the_conference_is_open(
+        store: Store) -> None:
+    conference, organizer = CONFERENCES[1], f"org1@{TENANT}"
+    assert await store.add_participant_if_open(participant("open", conference), joined("open"))
+    assert await store.set_conference_settings(conference, {"locked": True}, time.time(),
+                                               lambda _s: ())
+    assert not await store.add_participant_if_open(participant("late", conference),
+                                                   joined("late"))
+    boss = participant("boss", conference)
+    boss = ParticipantRow(**{**boss.__dict__, "user": organizer})
+    assert await store.add_participant_if_open(boss, joined("boss"))  # the organizer may
+    assert await store.end_conference(conference, time.time()) is not None
+    assert not await store.add_participant_if_open(
+        ParticipantRow(**{**participant("again", conference).__dict__, "user": organizer}))
+    assert not await store.add_participant_if_open(participant("nowhere", "no-such-conf"))
+    assert await store.participant("late") is None and await store.participant("again") is None
+    types = [t for _, t, _ in await assert_gap_free(store, conference)]
+    assert types.count("participant.joined") == 2  # the refused ones logged nothing
+
+
+async def test_guarded_admissions_in_one_batch_are_decided_one_by_one(store: Store) -> None:
+    await store.set_conference_settings(CONFERENCES[2], {"locked": True}, time.time(),
+                                        lambda _s: ())
+    rows = [participant(f"g{i}", CONFERENCES[2 + i % 2]) for i in range(40)]
+    results = await asyncio.gather(*(store.add_participant_if_open(r, joined(r.id))
+                                     for r in rows))
+    assert results == [i % 2 == 1 for i in range(40)]
+    for conference in CONFERENCES[2:4]:
+        await assert_gap_free(store, conference)
+
+
+async def test_a_commit_hands_its_own_log_rows_to_the_hook(store: Store) -> None:
+    seen: list[tuple[str, int, list[tuple[int, str]]]] = []
+    store.on_commit = lambda conference, seq, rows: seen.append(
+        (conference, seq, [(r.seq, r.type) for r in rows]))
+    await asyncio.gather(*(store.add_participant(participant(f"h{i}", CONFERENCES[4]),
+                                                 joined(f"h{i}")) for i in range(5)))
+    logged = [(seq, t) for seq, t, _ in await log_of(store, CONFERENCES[4])]
+    assert [row for _, _, rows in seen for row in rows] == logged  # exactly the log's rows
+    assert seen[-1][1] == logged[-1][0]

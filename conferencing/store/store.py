@@ -145,8 +145,10 @@ the tenant key version its DEK is wrapped under was retired meanwhile: rewrap an
 `original_gone`: a derived item's original was deleted meanwhile; `forbidden`: the
 uploader's role no longer shares)."""
 
-EventHook = Callable[[str, int], None]
-"""Told (conference id, seq) after a transaction that appended events commits."""
+EventHook = Callable[[str, int, Sequence[EventRow]], None]
+"""Told (conference id, seq, rows) after a transaction that appended events commits:
+`rows` are the rows it appended when the writer has them at hand (the group commit),
+else empty (read them from the log)."""
 
 
 def tenant_key_row(row: Any) -> TenantKeyRow:
@@ -185,9 +187,10 @@ class Store(ParticipationQueries):
         """Admissions and revocations: group commit (writer.py). On SQLite it shares
         `_write_lock` with the other writers."""
 
-    def _announce(self, conference_id: str, seq: int) -> None:
+    def _announce(self, conference_id: str, seq: int,
+                  rows: Sequence[EventRow] = ()) -> None:
         if seq and self.on_commit is not None:
-            self.on_commit(conference_id, seq)
+            self.on_commit(conference_id, seq, rows)
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -391,6 +394,15 @@ class Store(ParticipationQueries):
         Concurrent calls share a transaction (writer.py), each failing alone."""
         await self.writer.submit(Admit(row.conference_id, row.__dict__, tuple(events),
                                        row.joined_at))
+
+    async def add_participant_if_open(self, row: ParticipantRow,
+                                      events: Sequence[NewEvent] = ()) -> bool:
+        """`add_participant`, only if its conference has not ended and, unless `row.user`
+        is the organizer, is not locked, as read in the same transaction; False (nothing
+        written) otherwise, or when the conference does not exist."""
+        return bool(await self.writer.submit(Admit(
+            row.conference_id, row.__dict__, tuple(events), row.joined_at,
+            only_if_open=True)))
 
     async def participant(self, pid: str) -> ParticipantRow | None:
         async with self.engine.connect() as conn:

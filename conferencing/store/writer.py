@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import bindparam, exc, insert, text, update
+from sqlalchemy import bindparam, exc, insert, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -83,13 +83,23 @@ P = TypeVar("P", bound=ParticipantLike)
 
 @dataclass(eq=False)
 class Admit:
-    """Insert a participant row (`values`, its columns) and append `events`."""
+    """Insert a participant row (`values`, its columns) and append `events`. With
+    `only_if_open`, only if the conference, read in the same transaction, has not ended
+    and, unless the user is its organizer, is not locked: its result says whether it was
+    admitted (without: None). The admission's checks and its row are then one atomic
+    step, so a join cannot slip in between a lock (or an end) and its commit."""
 
     conference_id: str
     values: Mapping[str, Any]
     events: Sequence[NewEvent]
     now: float
+    only_if_open: bool = False
     future: asyncio.Future[Any] | None = field(default=None, repr=False)
+
+
+def _open_for(admit: Admit, organizer: str, locked: bool, ended_at: float | None) -> bool:
+    """Whether a guarded admission may go in, given its conference's row."""
+    return ended_at is None and (not locked or admit.values["user"] == organizer)
 
 
 @dataclass(eq=False)
@@ -117,8 +127,9 @@ class NotStarted(Exception):
         self.error = error
 
 
-Outcome = tuple[list[Any], dict[str, int]]
-"""Each operation's result in batch order, and each conference's new last seq."""
+Outcome = tuple[list[Any], dict[str, list[log.EventRow]]]
+"""Each operation's result in batch order, and each conference's new log rows (in seq
+order; the last one's seq is the conference's new last seq)."""
 
 
 class Target(Protocol):
@@ -132,7 +143,8 @@ class Target(Protocol):
 class GroupWriter:
     """The queue of pending operations and the task that commits them in batches."""
 
-    def __init__(self, target: Target, announce: Callable[[str, int], None], *,
+    def __init__(self, target: Target,
+                 announce: Callable[[str, int, Sequence[log.EventRow]], None], *,
                  max_batch: int = MAX_BATCH) -> None:
         self._target = target
         self._announce = announce
@@ -205,7 +217,7 @@ class GroupWriter:
         """Write `batch`, answer its callers; the error if the database is unavailable
         (or the transaction could not begin): the rest of a retry is failed with it."""
         try:
-            results, seqs = await self._target.run(batch)
+            results, logged = await self._target.run(batch)
         except NotStarted as not_started:
             _fail(batch, not_started.error)
             return not_started.error
@@ -224,9 +236,9 @@ class GroupWriter:
             return None
         self.transactions += 1
         self.operations += len(batch)
-        for conference_id, seq in seqs.items():
+        for conference_id, rows in logged.items():
             try:
-                self._announce(conference_id, seq)
+                self._announce(conference_id, rows[-1].seq, rows)
             except Exception:  # a wake hook must not keep callers from their answers
                 logger.exception(json.dumps({"event": "store.announce_failed"}))
         for op, result in zip(batch, results, strict=True):
@@ -248,11 +260,11 @@ def _collect(pending: dict[str, list[tuple[NewEvent, float]]], conference_id: st
 
 
 def _event_rows(conference_id: str, last: int,
-                events: list[tuple[NewEvent, float]]) -> list[dict[str, object]]:
+                events: list[tuple[NewEvent, float]]) -> list[log.EventRow]:
     """The conference's new log rows, numbered up to `last` in the callers' order."""
     first = last - len(events) + 1
-    return [log.event_row(conference_id, first + i, e, now)
-            for i, (e, now) in enumerate(events)]
+    return [log.EventRow(conference_id, first + i, e.type, e.participant_id, e.final,
+                         e.payload, now) for i, (e, now) in enumerate(events)]
 
 
 # -- SQLite: one synchronous function per batch, in the writer thread ------------------------
@@ -276,6 +288,9 @@ _INSERT_REVOKED = _sql(insert(revoked_cookies))
 _BUMP = _sql(update(conferences).where(conferences.c.id == bindparam("conf")).values(
     last_seq=conferences.c.last_seq + bindparam("n")).returning(conferences.c.last_seq))
 _INSERT_EVENT = _sql(insert(conference_events))
+_CONFERENCE_STATE = _sql(select(conferences.c.organizer, conferences.c.locked,
+                                conferences.c.ended_at).where(
+    conferences.c.id == bindparam("conf")))
 
 
 class SqliteTarget(Generic[P]):
@@ -340,8 +355,14 @@ class SqliteTarget(Generic[P]):
             pending: dict[str, list[tuple[NewEvent, float]]] = {}
             for op in batch:
                 if isinstance(op, Admit):
+                    if op.only_if_open:
+                        state = _run(conn, _CONFERENCE_STATE,
+                                     {"conf": op.conference_id}).fetchone()
+                        if state is None or not _open_for(op, *state):
+                            results.append(False)
+                            continue
                     _run(conn, _INSERT_PARTICIPANT, op.values)
-                    results.append(None)
+                    results.append(True if op.only_if_open else None)
                     _collect(pending, op.conference_id, op.events, op.now)
                     continue
                 row = _run(conn, _REVOKE, {"pid": op.pid, "conf": op.conference_id,
@@ -354,19 +375,19 @@ class SqliteTarget(Generic[P]):
                                              "expires_at": p.expires_at})
                 results.append(p)
                 _collect(pending, op.conference_id, op.events(p), op.now)
-            seqs: dict[str, int] = {}
+            logged: dict[str, list[log.EventRow]] = {}
             for conference_id, events in pending.items():
                 last = int(_run(conn, _BUMP, {"conf": conference_id,
                                               "n": len(events)}).fetchall()[0][0])
-                _run_many(conn, _INSERT_EVENT, _event_rows(conference_id, last, events))
-                seqs[conference_id] = last
+                rows = logged[conference_id] = _event_rows(conference_id, last, events)
+                _run_many(conn, _INSERT_EVENT, [r.__dict__ for r in rows])
             _run(conn, "COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             raise
-        return results, seqs
+        return results, logged
 
 
 def _wrapped(statement: str, error: sqlite3.Error) -> exc.StatementError:
@@ -395,8 +416,10 @@ def _run_many(conn: sqlite3.Connection, sql: str,
 # -- PostgreSQL: one async transaction per batch, a fixed number of statements ---------------
 
 _PG_LOCK = text(
-    "SELECT id FROM conferences WHERE id = ANY(CAST(:ids AS TEXT[])) ORDER BY id FOR UPDATE")
-"""Locks the batch's conferences in id order (the rows are locked as the sort emits them)."""
+    "SELECT id, organizer, locked, ended_at FROM conferences "
+    "WHERE id = ANY(CAST(:ids AS TEXT[])) ORDER BY id FOR UPDATE")
+"""Locks the batch's conferences in id order (the rows are locked as the sort emits them);
+their state decides the guarded admissions (`Admit.only_if_open`)."""
 _PG_REVOKE = text(
     "WITH revoked AS (UPDATE participants AS p SET left_at = v.now "
     "FROM unnest(CAST(:pids AS TEXT[]), CAST(:confs AS TEXT[]), "
@@ -452,9 +475,18 @@ class PgTarget(Generic[P]):
         for op in batch:
             if isinstance(op, Revoke):
                 revokes.setdefault((op.conference_id, op.pid), op)  # the first in order
-        admits = [dict(op.values) for op in batch if isinstance(op, Admit)]
         async with self._engine.begin() as conn:
-            await conn.execute(_PG_LOCK, {"ids": sorted({op.conference_id for op in batch})})
+            states = {r.id: r for r in (await conn.execute(
+                _PG_LOCK, {"ids": sorted({op.conference_id for op in batch})})).all()}
+            refused: set[int] = set()
+            for i, op in enumerate(batch):
+                if isinstance(op, Admit) and op.only_if_open:
+                    state = states.get(op.conference_id)
+                    if state is None or not _open_for(op, state.organizer, state.locked,
+                                                      state.ended_at):
+                        refused.add(i)
+            admits = [dict(op.values) for i, op in enumerate(batch)
+                      if isinstance(op, Admit) and i not in refused]
             if admits:
                 await conn.execute(insert(participants), admits)
             revoked: dict[tuple[str, str], P] = {}
@@ -467,17 +499,21 @@ class PgTarget(Generic[P]):
                     revoked[(r.conference_id, r.id)] = self._make(**dict(r._mapping))
             results: list[Any] = []
             pending: dict[str, list[tuple[NewEvent, float]]] = {}
-            for op in batch:
+            for i, op in enumerate(batch):
                 if isinstance(op, Admit):
-                    results.append(None)
+                    if i in refused:
+                        results.append(False)
+                        continue
+                    results.append(True if op.only_if_open else None)
                     _collect(pending, op.conference_id, op.events, op.now)
                     continue
                 p = revoked.pop((op.conference_id, op.pid), None)  # duplicates: None
                 results.append(p)
                 if p is not None:
                     _collect(pending, op.conference_id, op.events(p), op.now)
-            seqs: dict[str, int] = {}
+            logged: dict[str, list[log.EventRow]] = {}
             if pending:
                 rows = (await conn.execute(_PG_LOG, _log_params(pending))).all()
-                seqs = {r.id: int(r.last_seq) for r in rows}
-        return results, seqs
+                logged = {r.id: _event_rows(r.id, int(r.last_seq), pending[r.id])
+                          for r in rows}
+        return results, logged

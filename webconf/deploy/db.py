@@ -65,7 +65,12 @@ def open_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Asy
     There is no single-writer lock there (the store takes SQLite's itself)."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+        # Every connection is kept (no overflow): an overflow connection is closed when
+        # returned, and a burst of joins reading at once opened and closed one per query
+        # (a thread, the file and its pragmas each time).
+        kwargs.update(connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+                      pool_size=pool_size + max_overflow, max_overflow=0,
+                      pool_timeout=PG_POOL_TIMEOUT_SECONDS)
     else:
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
                       pool_timeout=PG_POOL_TIMEOUT_SECONDS,
