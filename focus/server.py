@@ -66,6 +66,9 @@ from .wss import Sink, WssListener
 
 log = logging.getLogger("webconf.focus")
 READ_SIZE = 65536
+REQUESTS_PER_TURN = 8
+"""Pipelined requests of one connection handled before the others get a turn: their
+answers leave in one write (`_StreamSink`), and a flood's turn stays well under 1 ms."""
 RETRY_AFTER_SECONDS = 5
 REVOKE_WORKERS = 16
 """Concurrent revocations in flight to the WCS (the rest wait in a queue)."""
@@ -80,22 +83,43 @@ class _Connection:
     closing: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class _StreamSink:
-    """A TLS/TCP connection's writer as a `Sink`."""
+    """A TLS/TCP connection's writer as a `Sink`, writing once per loop turn.
 
-    writer: asyncio.StreamWriter
+    Every response of one turn (a read's requests, a link frame's admissions) leaves in one
+    `write`: one TLS record and one send instead of one each, which was a quarter of the
+    focus's CPU per join. The bytes wait at most until the end of the turn; the reader
+    loop's `drain` still bounds what a peer that does not read can make us hold."""
+
+    __slots__ = ("writer", "_loop", "_pending")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        """Write what this turn produced (nothing once the connection is closing)."""
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            if not self.writer.is_closing():
+                self.writer.write(data)
 
     def is_closing(self) -> bool:
         return self.writer.is_closing()
 
     def close(self) -> None:
+        self.flush()
         self.writer.close()
 
     def abort(self) -> None:
+        self._pending.clear()
         self.writer.transport.abort()
 
 
@@ -151,7 +175,7 @@ class FocusServer:
                 answer_sdp=lambda offer, **kw: sdp.answer_offer(
                     offer, address=self.cfg.public_host, **kw),
                 make_multipart=sdp.multipart_mixed, accepts=sdp.accepts,
-                requests_per_turn=1),
+                requests_per_turn=REQUESTS_PER_TURN),
             digest.NonceService(self.nonce_secret, lifetime=f.nonce_lifetime_seconds),
             digest.FailureThrottle(max_failures=f.auth_failures_per_user,
                                    max_source_failures=f.auth_failures_per_source))
@@ -266,7 +290,8 @@ class FocusServer:
         conn = Conn(self._next_id, host, port, transport,
                     tls_version=ssl_object.version() if ssl_object is not None else None)
         self._next_id += 1
-        entry = _Connection(conn, _StreamSink(writer))
+        sink = _StreamSink(writer)
+        entry = _Connection(conn, sink)
         self._connections[conn.id] = entry
         self._per_source[host] += 1
         self.core.connection_made(conn)
@@ -300,6 +325,7 @@ class FocusServer:
                     partial_since = None  # the slowloris clock runs per message
                 if entry.closing:
                     break
+                sink.flush()  # this read's answers count in the drain below
                 try:  # a peer that sends but never reads must not park us here forever
                     async with asyncio.timeout(f.header_timeout_seconds):
                         await writer.drain()
@@ -315,7 +341,7 @@ class FocusServer:
             self._release_source(host)
             self._run(self.core.connection_lost(conn.id, time.time()))
             self._timer_wakeup.set()
-            writer.close()
+            sink.close()  # what the last turn answered (a final error) leaves first
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
