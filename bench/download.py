@@ -3,7 +3,7 @@
     python -m bench.download [--smoke]
 
 One real deployment runs under `webconf serve`; an organizer is admitted over the internal
-mTLS API, and one item of each size (5 MiB: a typical slide deck or PDF; 100 MiB: a
+mTLS API, and one item of each size (1 and 5 MiB: a typical slide deck or PDF; 100 MiB: a
 recording or large video) is uploaded through the public API. The baseline is Debian's
 nginx with one worker process, TLS 1.3 / TLS_AES_256_GCM_SHA384, the deployment's own
 wcs.pem/wcs.key, sendfile on, access_log off, serving the *very blob file* from the share
@@ -64,7 +64,9 @@ TENANT = "contoso.example"
 ORGANIZER = "alice@contoso.example"
 TEMPLATE = Path(__file__).resolve().parent / "nginx" / "nginx.conf.template"
 TLS13_SUITE = "TLS_AES_256_GCM_SHA384"
-SIZES_MIB = (5, 100)
+SIZES_MIB = (1, 5, 100)
+GOAL_RATIO = {100: 1.3}
+"""Issue 11's goals, ours / nginx: >= 1.0x for the small items, the large stay >= 1.3x."""
 SMOKE_SIZES_MIB = (5,)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -341,9 +343,10 @@ def _measure(st: Stack, admitted: Admission, size_mib: int, smoke: bool, rounds:
         ours = median([x["mb_s"] for x in ours_runs])
         base = median([x["mb_s"] for x in base_runs])
         name = "wrk" if tool == "wrk" else "h2load --h1"
+        goal = GOAL_RATIO.get(size_mib, 1.0)
         rows.append(Row(
             metric=f"download MB/s ({name}, {size_mib} MiB item)", ours=round(ours, 1),
-            baseline=round(base, 1), target=">= 1.0x", passed=base > 0 and ours / base >= 1.0,
+            baseline=round(base, 1), target=f">= {goal}x", passed=base > 0 and ours / base >= goal,
             unit="MB/s", detail={
                 "tool": label, "rounds": rounds, "item_mib": size_mib,
                 "ciphertext_bytes": item["ciphertext_size"],

@@ -42,6 +42,7 @@ from typing import Any
 
 from webconf.deploy.config import Config
 from webconf.deploy.db import is_unavailable
+from webconf.deploy.logs import Event
 from webconf.retry import Backoff
 from webconf.sip import digest, sdp
 
@@ -454,9 +455,9 @@ class FocusServer:
                 self._revokes.put_nowait(out)
             elif isinstance(out, Log):
                 if out.level == "warning":
-                    log.warning(json.dumps(out.event))
+                    log.warning(Event(out.event))
                 else:
-                    log.info(json.dumps(out.event))
+                    log.info(Event(out.event))
             # LookupCredentials: answered by the connection's reader loop (`_perform`)
 
     def _spawn(self, coro: Any) -> None:

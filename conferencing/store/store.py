@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,6 +29,7 @@ from webconf.deploy.migrate import (
 )
 
 from . import log
+from .fastread import FastReadUnavailable, SqliteReads, compiled
 from .log import EventRow, NewEvent
 from .migrations import SCHEMA
 from .participation import ParticipantRow, ParticipationQueries, RoleChange, RosterRows
@@ -167,8 +168,39 @@ _SWITCH_COLUMNS = (conferences.c.downloads.label("switch_downloads"),
 
 
 def _switches(m: Any) -> DownloadSwitches:
-    return DownloadSwitches(downloads=m["switch_downloads"] is not False,
-                            server_decrypt=m["switch_server_decrypt"] is not False)
+    """From a row of either reader: SQLite's own gives 0/1 where the engine gives bools."""
+    return DownloadSwitches(downloads=m["switch_downloads"] in (None, True, 1),
+                            server_decrypt=m["switch_server_decrypt"] in (None, True, 1))
+
+
+_ITEM_ACCESS = (
+    select(*items.c, *_SWITCH_COLUMNS)
+    .select_from(conferences.outerjoin(items, and_(
+        items.c.conference_id == conferences.c.id, items.c.id == bindparam("item"))).outerjoin(
+        tenant_settings, tenant_settings.c.tenant == conferences.c.tenant))
+    .where(conferences.c.id == bindparam("conf")))
+_ITEM_ACCESS_SQL = compiled(_ITEM_ACCESS)
+_EVENTS_AFTER = (select(conference_events).where(
+    conference_events.c.conference_id == bindparam("conf"),
+    conference_events.c.seq > bindparam("after")).order_by(conference_events.c.seq)
+    .limit(bindparam("limit")))
+_EVENTS_AFTER_SQL = compiled(_EVENTS_AFTER)
+_REVOKED = select(exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"))
+_COOKIE_STATE_COLUMNS = (
+    exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"),
+    conferences.c.tenant.label("conference_tenant"),
+    conferences.c.ended_at.label("conference_ended_at"),
+    select(participants.c.role).where(participants.c.jti == bindparam("jti"))
+    .scalar_subquery().label("participant_role"))
+_COOKIE_STATE = select(*_COOKIE_STATE_COLUMNS).where(conferences.c.id == bindparam("conf"))
+"""A cookie's revocation, its conference's tenant and end, and its participant's role."""
+_COOKIE_STATE_ITEM = select(*_COOKIE_STATE_COLUMNS, *items.c, *_SWITCH_COLUMNS).select_from(
+    conferences.outerjoin(items, and_(
+        items.c.conference_id == conferences.c.id, items.c.id == bindparam("item"))).outerjoin(
+        tenant_settings, tenant_settings.c.tenant == conferences.c.tenant)).where(
+    conferences.c.id == bindparam("conf"))
+"""The same with an item of the conference and its download switches (a download)."""
+_COMPILED = {q: compiled(q) for q in (_REVOKED, _COOKIE_STATE, _COOKIE_STATE_ITEM)}
 
 
 class Store(ParticipationQueries):
@@ -179,6 +211,8 @@ class Store(ParticipationQueries):
         self.engine = engine
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self.on_commit: EventHook | None = None
+        self._reads = SqliteReads(engine.url) if engine.dialect.name == "sqlite" else None
+        """Per-request point reads without a thread hop (fastread.py), on SQLite."""
         """This node's event feed: woken at once by its own writes (others', by NOTIFY)."""
         target: Target = (
             PgTarget(engine, ParticipantRow) if self._write_lock is None
@@ -233,6 +267,8 @@ class Store(ParticipationQueries):
         try:
             await self.writer.close()
         finally:
+            if self._reads is not None:
+                self._reads.close()
             await self.engine.dispose()
 
     # -- tenants ---------------------------------------------------------------
@@ -435,24 +471,22 @@ class Store(ParticipationQueries):
                            item_id: str | None = None) -> CookieState:
         """Revocation and conference state for one cookie, in one round trip; with
         `item_id`, that item of the conference too (a download's one query)."""
-        revoked = exists().where(revoked_cookies.c.jti == jti).label("revoked")
-        role = select(participants.c.role).where(
-            participants.c.jti == jti).scalar_subquery().label("participant_role")
-        source: Any = conferences
-        columns: list[Any] = [revoked, conferences.c.tenant.label("conference_tenant"),
-                              conferences.c.ended_at.label("conference_ended_at"), role]
-        if item_id is not None:
-            source = conferences.outerjoin(items, and_(
-                items.c.conference_id == conferences.c.id, items.c.id == item_id)).outerjoin(
-                tenant_settings, tenant_settings.c.tenant == conferences.c.tenant)
-            columns += [*items.c, *_SWITCH_COLUMNS]
-        q = select(*columns).select_from(source).where(conferences.c.id == conference_id)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).first()
-            if row is None:
-                is_revoked = bool(await conn.scalar(select(revoked)))
-                return CookieState(is_revoked, None, False)
-        m = row._mapping
+        params = {"jti": jti, "conf": conference_id, "item": item_id}
+        statement = _COOKIE_STATE if item_id is None else _COOKIE_STATE_ITEM
+        m: Any
+        try:
+            fast = self._fast_rows(_COMPILED[statement], params)
+            m = fast[0] if fast else None
+            if m is None:
+                fast = self._fast_rows(_COMPILED[_REVOKED], params)
+                return CookieState(bool(fast[0][0]), None, False)
+        except FastReadUnavailable:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(statement, params)).first()
+                if row is None:
+                    is_revoked = bool(await conn.scalar(_REVOKED, params))
+                    return CookieState(is_revoked, None, False)
+            m = row._mapping
         item = None
         switches = None
         if item_id is not None:
@@ -533,16 +567,17 @@ class Store(ParticipationQueries):
     async def item_access(self, conference_id: str,
                           item_id: str) -> tuple[ItemRow | None, DownloadSwitches]:
         """The item and its download switches, in one query (a cached cookie's download)."""
-        q = (select(*items.c, *_SWITCH_COLUMNS)
-             .select_from(conferences.outerjoin(items, and_(
-                 items.c.conference_id == conferences.c.id, items.c.id == item_id)).outerjoin(
-                 tenant_settings, tenant_settings.c.tenant == conferences.c.tenant))
-             .where(conferences.c.id == conference_id))
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).first()
-        if row is None:
+        params = {"conf": conference_id, "item": item_id}
+        m: Any
+        try:
+            fast = self._fast_rows(_ITEM_ACCESS_SQL, params)
+            m = fast[0] if fast else None
+        except FastReadUnavailable:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(_ITEM_ACCESS, params)).first()
+            m = None if row is None else row._mapping
+        if m is None:
             return None, DownloadSwitches()
-        m = row._mapping
         item = None if m["id"] is None else ItemRow(**{c.name: m[c.name] for c in items.c})
         return item, _switches(m)
 
@@ -619,8 +654,22 @@ class Store(ParticipationQueries):
     async def events_after(self, conference_id: str, after: int,
                            limit: int = 256) -> list[EventRow]:
         """The conference's logged events with seq > `after`, oldest first, at most `limit`."""
-        async with self.engine.connect() as conn:
-            return await log.rows_after(conn, conference_id, after, limit)
+        params = {"conf": conference_id, "after": after, "limit": limit}
+        try:
+            rows: Sequence[Any] = self._fast_rows(_EVENTS_AFTER_SQL, params)
+        except FastReadUnavailable:
+            async with self.engine.connect() as conn:
+                rows = [r._mapping for r in (await conn.execute(_EVENTS_AFTER, params)).all()]
+        return [EventRow(conference_id=r["conference_id"], seq=r["seq"], type=r["type"],
+                         participant_id=r["participant_id"], final=bool(r["final"]),
+                         payload=r["payload"], created_at=r["created_at"]) for r in rows]
+
+    def _fast_rows(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        """A hot read's rows from SQLite on the loop (fastread.py); `FastReadUnavailable`
+        on PostgreSQL or when it cannot run now (the caller reads through the engine)."""
+        if self._reads is None:
+            raise FastReadUnavailable("not SQLite")
+        return self._reads.rows(sql, params)
 
     async def last_seqs(self, conference_ids: Sequence[str]) -> dict[str, int]:
         """The newest seq of each of these conferences (unknown ones are left out)."""
