@@ -10,8 +10,7 @@ production.
 Several processes (WCS workers, the `webconf tenant ...` commands) append to one file: each
 record is one `write` on an `O_APPEND` descriptor, so lines never interleave. The server
 appends from a writer thread that batches whatever is queued into one write and one `fsync`
-(a group commit, at most one per `SYNC_INTERVAL_SECONDS`), so a download never waits on the
-disk; `close` drains the queue.
+(a group commit), so a download never waits on the disk; `close` drains the queue.
 """
 
 from __future__ import annotations
@@ -32,9 +31,6 @@ AUDIT_LOG_NAME = "audit.log"
 QUEUE_LENGTH = 65_536
 """Records waiting for the writer thread; a full queue makes `record` wait (bounded)."""
 FULL_QUEUE_WAIT_SECONDS = 5.0
-SYNC_INTERVAL_SECONDS = 0.05
-"""The writer thread fsyncs at most this often: under load (a download is a record) one
-fsync per request cost more CPU than serving it; a record is on disk within ~50 ms."""
 
 FORBIDDEN_FIELDS = frozenset({
     "key", "dek", "tik", "secret", "pin", "password", "cookie", "token", "name", "filename",
@@ -95,12 +91,8 @@ class AuditLog:
 
     def _drain(self) -> None:
         stop = False
-        synced_at = -SYNC_INTERVAL_SECONDS
         while not stop:
             batch = [self._queue.get()]
-            wait = synced_at + SYNC_INTERVAL_SECONDS - time.monotonic()
-            if wait > 0 and batch[0] is not None:
-                time.sleep(wait)  # what comes meanwhile shares this write and fsync
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -113,7 +105,6 @@ class AuditLog:
                     with self._lock:
                         os.write(self._fd, data)
                         os.fsync(self._fd)
-                    synced_at = time.monotonic()
                 except OSError:
                     log.exception("audit log write failed")
 

@@ -155,6 +155,8 @@ class BlobRef:
     blob_id: str
     size: int
     etag: str
+    fd: int
+    """Open for reading (`FileShare.open_blob`): the caller streams from it and closes it."""
 
 
 def valid_id(value: str) -> bool:
@@ -655,10 +657,11 @@ class ConferenceService:
         §8.4: the blob too, not only its key)."""
         await self._tenant_key(row.tenant, row.tenant_key_version)
         try:
-            size = await self.share.size(row.blob_id)
+            fd, size = await self.share.open_blob(row.blob_id)
         except ShareError:
             raise ServiceError("not_found", "item content missing from the share") from None
-        return BlobRef(blob_id=row.blob_id, size=size, etag=self.etags.etag(row.blob_id))
+        return BlobRef(blob_id=row.blob_id, size=size, etag=self.etags.etag(row.blob_id),
+                       fd=fd)
 
     async def delete_item(self, who: Principal, item_id: str) -> None:
         if who.role not in UPLOADERS:

@@ -36,7 +36,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from pathlib import Path
 
 import aiofiles
@@ -155,13 +155,6 @@ class FileShare:
         file = await aiofiles.open(tmp_path, "xb", buffering=0, opener=_owner_only)
         return BlobWriter(self, blob_id, file, tmp_path)
 
-    async def size(self, blob_id: str) -> int:
-        try:
-            st = await aiofiles.os.stat(self.blob_path(blob_id))
-        except FileNotFoundError:
-            raise ShareError("blob missing") from None
-        return st.st_size
-
     async def head(self, blob_id: str, length: int) -> tuple[bytes, int]:
         """The blob's first `length` bytes (fewer if it is shorter) and its size, in one
         worker-thread hop (the decrypting download's header and size check)."""
@@ -176,8 +169,28 @@ class FileShare:
         except FileNotFoundError:
             raise ShareError("blob missing") from None
 
+    async def open_blob(self, blob_id: str) -> tuple[int, int]:
+        """(a read-only descriptor of the blob, its size), in one worker-thread hop (a
+        download's existence check, Content-Length and stream). The caller closes it
+        (`os.close`: closing a read-only descriptor waits for no disk)."""
+        path = self.blob_path(blob_id)
+
+        def opened() -> tuple[int, int]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return fd, os.fstat(fd).st_size
+            except BaseException:
+                os.close(fd)
+                raise
+
+        try:
+            return await asyncio.to_thread(opened)
+        except FileNotFoundError:
+            raise ShareError("blob missing") from None
+
     async def stream(self, blob_id: str, offset: int = 0, length: int | None = None,
-                     chunk_size: int = 1024 * 1024) -> AsyncIterator[memoryview]:
+                     chunk_size: int = 1024 * 1024, *,
+                     fd: int | None = None) -> AsyncGenerator[memoryview, None]:
         """Stream `length` bytes of the blob from `offset` as views of reused buffers.
 
         A fresh 1 MiB `bytes` per chunk costs page faults (zeroing new pages) that measured
@@ -187,12 +200,14 @@ class FileShare:
         returns what is cached instead of waiting for the disk), else in a worker thread.
         A buffer is refilled only once nothing exports it any more (`_unexported`), so a
         view still held by the consumer or queued in a transport is never overwritten.
+        With `fd` (from `open_blob`) it reads that descriptor and leaves it open.
         """
-        path = self.blob_path(blob_id)
-        try:
-            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise ShareError("blob missing") from None
+        own = fd is None
+        if fd is None:
+            try:
+                fd = await asyncio.to_thread(os.open, self.blob_path(blob_id), os.O_RDONLY)
+            except FileNotFoundError:
+                raise ShareError("blob missing") from None
         held: list[bytearray] = []
         try:
             pos = offset
@@ -213,7 +228,8 @@ class FileShare:
                 del chunk
         finally:
             self._give_back(held, chunk_size)
-            await asyncio.to_thread(os.close, fd)
+            if own:
+                os.close(fd)  # read-only: no flush to wait for
 
     async def _pread(self, fd: int, view: memoryview, pos: int) -> int:
         if self._nowait:
