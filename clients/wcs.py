@@ -424,9 +424,9 @@ class Channel:
 
     async def _open(self) -> dict[str, Any]:
         """One connect attempt: handshake, then the welcome (or `resumed`) frame."""
-        url = self.session.channel_url
+        url = self.session.channel_url + "?batch=1"  # bursts come as arrays (§4.4)
         if self.seq is not None:
-            url += f"?after={self.seq}"
+            url += f"&after={self.seq}"
         try:
             ws = await asyncio.wait_for(self.session.http.ws_connect(
                 url, headers=self.session.auth_headers,
@@ -542,8 +542,7 @@ class Channel:
                 except TimeoutError:
                     msg = None  # not even a pong: the path is dead
                 if msg is not None and msg.type == WSMsgType.TEXT:
-                    accepted = self._accept(msg.data)
-                    if accepted is not None:
+                    for accepted in self._accept_frame(msg.data):
                         yield accepted
                     continue
                 if msg is not None and msg.type in (WSMsgType.BINARY, WSMsgType.PING,
@@ -561,16 +560,25 @@ class Channel:
                 self.end_reason = "closed"
             await self._drop()
 
-    def _accept(self, text: str) -> dict[str, Any] | None:
-        """Parse one frame and apply de-duplication; None means nothing to pass on.
-
-        Decisions are made on the typed event (`webconf.events`); the consumer still gets
-        the frame's JSON object, as sent. A frame that is not a well-formed event is dropped.
-        """
+    def _accept_frame(self, text: str) -> list[dict[str, Any]]:
+        """The events of one frame to pass on: one event, or a batch (a JSON array of
+        events in seq order, docs/protocol.md §4.4), each through `_accept`."""
         try:
             data = json.loads(text)
+        except ValueError:
+            return []
+        events = data if isinstance(data, list) else [data]
+        return [e for e in map(self._accept, events) if e is not None]
+
+    def _accept(self, data: object) -> dict[str, Any] | None:
+        """Check one event and apply de-duplication; None means nothing to pass on.
+
+        Decisions are made on the typed event (`webconf.events`); the consumer still gets
+        the event's JSON object, as sent. What is not a well-formed event is dropped.
+        """
+        try:
             event = parse_event(data)
-        except (ValueError, EventError):
+        except EventError:
             return None
         if isinstance(event, Pong):
             return None

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
 
+from webconf.events import ParticipantJoined, ParticipantLeft
 from webconf.retry import Backoff
 
 from .events import EventHub, Subscription
@@ -59,6 +60,8 @@ APPLICATION_NAME = "webconf-events-listen"
 
 BATCH = 256
 """Rows read per query while catching up."""
+ROSTER_EVENT_TYPES = frozenset({ParticipantJoined.TYPE, ParticipantLeft.TYPE})
+"""Held back briefly by the hub to go to channels together (events.ROSTER_HOLD_SECONDS)."""
 
 
 @dataclass(eq=False)
@@ -271,7 +274,8 @@ class EventFeed:
                 message = await self.render(row)
                 if message is not None:
                     self.hub.deliver(conference_id, row.seq, message,
-                                     participant_id=row.participant_id, final=row.final)
+                                     participant_id=row.participant_id, final=row.final,
+                                     hold=row.type in ROSTER_EVENT_TYPES)
                     self.delivered_total += 1
             track.delivered = row.seq
 

@@ -281,6 +281,49 @@ async def test_participant_joined_and_left(wcs: Wcs) -> None:
         await ws.close()
 
 
+async def test_a_burst_comes_batched_to_a_channel_that_asked(wcs: Wcs) -> None:
+    """`?batch=1` (docs/protocol.md §4.4): the joins of one group commit are pending at once,
+    so they come as JSON arrays, in seq order, nothing missed; a channel that did not ask
+    gets the same events one object per frame."""
+    (alice,) = await meeting(wcs, "B1")
+    plain, hello = await connect(wcs, alice)
+    batched = await asyncio.wait_for(wcs.http.ws_connect(
+        channel_url(wcs, alice.conference) + "?batch=1", headers=alice.headers,
+        heartbeat=None), TIMEOUT)
+    try:
+        assert (await recv_json(batched))["type"] == "welcome"
+        users = [f"b{i}@contoso.example" for i in range(40)]
+        joined = await asyncio.gather(*(wcs.admit("B1", u, organizer=ORGANIZER)
+                                        for u in users))
+        frames: list[Any] = []
+        events: list[dict[str, Any]] = []
+        while len(events) < len(users):
+            msg = await asyncio.wait_for(batched.receive(), TIMEOUT)
+            assert msg.type == WSMsgType.TEXT
+            frames.append(json.loads(msg.data))
+            events += frames[-1] if isinstance(frames[-1], list) else [frames[-1]]
+        assert any(isinstance(f, list) and len(f) > 1 for f in frames)
+        assert len(frames) < len(users)
+        seqs = [e["seq"] for e in events]
+        assert seqs == list(range(hello["seq"] + 1, hello["seq"] + 1 + len(users)))
+        assert {e["participant"]["id"] for e in events} == {p.pid for p in joined}
+        singles = [await recv_json(plain) for _ in users]  # dicts only (recv_json asserts)
+        assert [e["seq"] for e in singles] == seqs
+        await assert_silent(batched)
+    finally:
+        await batched.close()
+        await plain.close()
+
+
+async def test_batch_takes_only_1(wcs: Wcs) -> None:
+    (alice,) = await meeting(wcs, "B2")
+    for value in ("0", "2", "yes", "1&batch=1"):
+        async with wcs.http.get(channel_url(wcs, alice.conference) + f"?batch={value}",
+                                headers=alice.headers) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "bad_request"
+
+
 # -- revocation and the end of a conference -------------------------------------------------
 
 async def test_revoked_socket_closed_within_a_second(wcs: Wcs) -> None:

@@ -51,6 +51,10 @@ CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION
 CHANNEL_MAX_DEPTH = 4
 """A ping is one flat object; anything nested deeper is abuse."""
 MAX_SEQ_DIGITS = 18
+BATCH_MAX_EVENTS = 256
+BATCH_MAX_CHARS = 1024 * 1024
+"""A batched frame (`?batch=1`, docs/protocol.md §4.4) holds at most this many events and,
+past its first event, this many characters."""
 
 log = logging.getLogger("webconf.wcs.channel")
 
@@ -74,8 +78,19 @@ def _after(request: web.Request) -> int | None:
     return int(raw[0])
 
 
+def _batched(request: web.Request) -> bool:
+    """The `batch` query parameter: absent, or `1` (else a 400)."""
+    raw = request.query.getall("batch", [])
+    if not raw:
+        return False
+    if raw != ["1"]:
+        raise ServiceError("bad_request", "batch must be 1")
+    return True
+
+
 async def channel(request: web.Request) -> web.StreamResponse:
     after = _after(request)
+    batched = _batched(request)
     who = await authenticate(request)
     service = request.app[SERVICE]
     cfg = service.cfg.wcs
@@ -132,7 +147,7 @@ async def channel(request: web.Request) -> web.StreamResponse:
         if ended is not None:
             await ws.close(code=ended[0], message=ended[1])
         else:
-            await _serve(ws, sub, who.claims.expires_at, request, who)
+            await _serve(ws, sub, who.claims.expires_at, request, who, batched)
     finally:
         sub.unsubscribe()
         request.app[CHANNELS].discard(ws)
@@ -174,7 +189,7 @@ def _final_close(event_type: str) -> tuple[int, bytes]:
 
 
 async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int,
-                 request: web.Request, who: Principal) -> None:
+                 request: web.Request, who: Principal, batched: bool) -> None:
     """Read the client and pump events until either ends; close as the pump decides.
 
     The pump's close happens here, once the reader task is gone: closing from one task while
@@ -183,7 +198,7 @@ async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int,
     """
     lock = asyncio.Lock()
     reader = asyncio.create_task(_read_client(ws, lock, request, who))
-    pump = asyncio.create_task(_pump_events(ws, sub, lock, expires_at))
+    pump = asyncio.create_task(_pump_events(ws, sub, lock, expires_at, batched))
     try:
         await asyncio.wait({reader, pump}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -199,8 +214,13 @@ async def _serve(ws: web.WebSocketResponse, sub: Subscription, expires_at: int,
 
 
 async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: asyncio.Lock,
-                       expires_at: int) -> tuple[int, bytes]:
-    """Send events until the subscription ends; return the close code and reason."""
+                       expires_at: int, batched: bool) -> tuple[int, bytes]:
+    """Send events until the subscription ends; return the close code and reason.
+
+    Whatever is pending when the pump wakes is sent together: with `batched`, several
+    events go as one frame, a JSON array (docs/protocol.md §4.4), so a burst (a thousand
+    joins to a large meeting) costs each channel one frame per wake-up instead of one per
+    event; otherwise as consecutive frames."""
     while True:
         timeout = expires_at - time.time()
         if timeout <= 0:
@@ -208,10 +228,10 @@ async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: async
         try:
             # asyncio.timeout, not wait_for: no extra Task per idle channel and per event.
             async with asyncio.timeout(timeout):
-                message = await sub.next()
+                messages = await sub.next_batch(BATCH_MAX_EVENTS, BATCH_MAX_CHARS)
         except TimeoutError:
             return CLOSE_REVOKED, b"cookie expired"
-        if message is None:
+        if messages is None:
             reason = sub.close_reason
             if reason in ("conference.ended", "revoked"):
                 return _final_close(reason)
@@ -219,7 +239,11 @@ async def _pump_events(ws: web.WebSocketResponse, sub: Subscription, lock: async
                 return WSCloseCode.TRY_AGAIN_LATER, b"too slow"
             return WSCloseCode.GOING_AWAY, b"server shutting down"
         async with lock:
-            await ws.send_str(message)
+            if batched and len(messages) > 1:
+                await ws.send_str(f"[{','.join(messages)}]")
+            else:
+                for message in messages:
+                    await ws.send_str(message)
 
 
 async def _read_client(ws: web.WebSocketResponse, lock: asyncio.Lock, request: web.Request,
