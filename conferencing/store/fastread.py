@@ -28,8 +28,14 @@ _SQLITE = sqlite.dialect(paramstyle="named")
 
 
 def compiled(statement: ClauseElement) -> str:
-    """`statement` as SQLite SQL with `:name` parameters (the schema names the columns)."""
-    return str(statement.compile(dialect=_SQLITE))
+    """`statement` as SQLite SQL with `:name` parameters (the schema names the columns).
+    Every parameter must be a named `bindparam`: an anonymous one (a literal in the
+    statement, or one the dialect adds, like LIMIT's OFFSET) would have no value here."""
+    sql = statement.compile(dialect=_SQLITE)
+    anonymous = [name for name in sql.params if name.startswith("param_")]
+    if anonymous:
+        raise ValueError(f"unnamed parameters {anonymous} in {str(sql)!r}")
+    return str(sql)
 
 
 class FastReadUnavailable(Exception):

@@ -183,7 +183,7 @@ _ITEM_ACCESS_SQL = compiled(_ITEM_ACCESS)
 _EVENTS_AFTER = (select(conference_events).where(
     conference_events.c.conference_id == bindparam("conf"),
     conference_events.c.seq > bindparam("after")).order_by(conference_events.c.seq)
-    .limit(bindparam("limit")))
+    .limit(bindparam("limit")).offset(bindparam("offset")))
 _EVENTS_AFTER_SQL = compiled(_EVENTS_AFTER)
 _REVOKED = select(exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"))
 _COOKIE_STATE_COLUMNS = (
@@ -654,7 +654,7 @@ class Store(ParticipationQueries):
     async def events_after(self, conference_id: str, after: int,
                            limit: int = 256) -> list[EventRow]:
         """The conference's logged events with seq > `after`, oldest first, at most `limit`."""
-        params = {"conf": conference_id, "after": after, "limit": limit}
+        params = {"conf": conference_id, "after": after, "limit": limit, "offset": 0}
         try:
             rows: Sequence[Any] = self._fast_rows(_EVENTS_AFTER_SQL, params)
         except FastReadUnavailable:
