@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,7 +29,17 @@ from webconf.deploy.migrate import (
 )
 
 from . import log
-from .fastread import FastReadUnavailable, SqliteReads, compiled
+from .fastread import FastReadUnavailable, SqliteReads
+from .hot_queries import (
+    COMPILED,
+    COOKIE_STATE,
+    COOKIE_STATE_ITEM,
+    EVENTS_AFTER,
+    EVENTS_AFTER_SQL,
+    ITEM_ACCESS,
+    ITEM_ACCESS_SQL,
+    REVOKED,
+)
 from .log import EventRow, NewEvent
 from .migrations import SCHEMA
 from .participation import ParticipantRow, ParticipationQueries, RoleChange, RosterRows
@@ -162,45 +172,12 @@ def _row(cls: Any, row: Any) -> Any:
     return cls(**dict(row._mapping))
 
 
-_SWITCH_COLUMNS = (conferences.c.downloads.label("switch_downloads"),
-                   tenant_settings.c.server_decrypt.label("switch_server_decrypt"))
-"""The download switches, selected with an item (a missing settings row is NULL: on)."""
 
 
-def _switches(m: Any) -> DownloadSwitches:
+def switches_of(m: Any) -> DownloadSwitches:
     """From a row of either reader: SQLite's own gives 0/1 where the engine gives bools."""
     return DownloadSwitches(downloads=m["switch_downloads"] in (None, True, 1),
                             server_decrypt=m["switch_server_decrypt"] in (None, True, 1))
-
-
-_ITEM_ACCESS = (
-    select(*items.c, *_SWITCH_COLUMNS)
-    .select_from(conferences.outerjoin(items, and_(
-        items.c.conference_id == conferences.c.id, items.c.id == bindparam("item"))).outerjoin(
-        tenant_settings, tenant_settings.c.tenant == conferences.c.tenant))
-    .where(conferences.c.id == bindparam("conf")))
-_ITEM_ACCESS_SQL = compiled(_ITEM_ACCESS)
-_EVENTS_AFTER = (select(conference_events).where(
-    conference_events.c.conference_id == bindparam("conf"),
-    conference_events.c.seq > bindparam("after")).order_by(conference_events.c.seq)
-    .limit(bindparam("limit")).offset(bindparam("offset")))
-_EVENTS_AFTER_SQL = compiled(_EVENTS_AFTER)
-_REVOKED = select(exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"))
-_COOKIE_STATE_COLUMNS = (
-    exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"),
-    conferences.c.tenant.label("conference_tenant"),
-    conferences.c.ended_at.label("conference_ended_at"),
-    select(participants.c.role).where(participants.c.jti == bindparam("jti"))
-    .scalar_subquery().label("participant_role"))
-_COOKIE_STATE = select(*_COOKIE_STATE_COLUMNS).where(conferences.c.id == bindparam("conf"))
-"""A cookie's revocation, its conference's tenant and end, and its participant's role."""
-_COOKIE_STATE_ITEM = select(*_COOKIE_STATE_COLUMNS, *items.c, *_SWITCH_COLUMNS).select_from(
-    conferences.outerjoin(items, and_(
-        items.c.conference_id == conferences.c.id, items.c.id == bindparam("item"))).outerjoin(
-        tenant_settings, tenant_settings.c.tenant == conferences.c.tenant)).where(
-    conferences.c.id == bindparam("conf"))
-"""The same with an item of the conference and its download switches (a download)."""
-_COMPILED = {q: compiled(q) for q in (_REVOKED, _COOKIE_STATE, _COOKIE_STATE_ITEM)}
 
 
 class Store(ParticipationQueries):
@@ -472,25 +449,25 @@ class Store(ParticipationQueries):
         """Revocation and conference state for one cookie, in one round trip; with
         `item_id`, that item of the conference too (a download's one query)."""
         params = {"jti": jti, "conf": conference_id, "item": item_id}
-        statement = _COOKIE_STATE if item_id is None else _COOKIE_STATE_ITEM
+        statement = COOKIE_STATE if item_id is None else COOKIE_STATE_ITEM
         m: Any
         try:
-            fast = self._fast_rows(_COMPILED[statement], params)
+            fast = self._fast_rows(COMPILED[statement], params)
             m = fast[0] if fast else None
             if m is None:
-                fast = self._fast_rows(_COMPILED[_REVOKED], params)
+                fast = self._fast_rows(COMPILED[REVOKED], params)
                 return CookieState(bool(fast[0][0]), None, False)
         except FastReadUnavailable:
             async with self.engine.connect() as conn:
                 row = (await conn.execute(statement, params)).first()
                 if row is None:
-                    is_revoked = bool(await conn.scalar(_REVOKED, params))
+                    is_revoked = bool(await conn.scalar(REVOKED, params))
                     return CookieState(is_revoked, None, False)
             m = row._mapping
         item = None
         switches = None
         if item_id is not None:
-            switches = _switches(m)
+            switches = switches_of(m)
             if m["id"] is not None:
                 item = ItemRow(**{c.name: m[c.name] for c in items.c})
         return CookieState(bool(m["revoked"]), m["conference_tenant"],
@@ -570,16 +547,16 @@ class Store(ParticipationQueries):
         params = {"conf": conference_id, "item": item_id}
         m: Any
         try:
-            fast = self._fast_rows(_ITEM_ACCESS_SQL, params)
+            fast = self._fast_rows(ITEM_ACCESS_SQL, params)
             m = fast[0] if fast else None
         except FastReadUnavailable:
             async with self.engine.connect() as conn:
-                row = (await conn.execute(_ITEM_ACCESS, params)).first()
+                row = (await conn.execute(ITEM_ACCESS, params)).first()
             m = None if row is None else row._mapping
         if m is None:
             return None, DownloadSwitches()
         item = None if m["id"] is None else ItemRow(**{c.name: m[c.name] for c in items.c})
-        return item, _switches(m)
+        return item, switches_of(m)
 
     async def items(self, conference_id: str) -> list[ItemRow]:
         async with self.engine.connect() as conn:
@@ -656,10 +633,10 @@ class Store(ParticipationQueries):
         """The conference's logged events with seq > `after`, oldest first, at most `limit`."""
         params = {"conf": conference_id, "after": after, "limit": limit, "offset": 0}
         try:
-            rows: Sequence[Any] = self._fast_rows(_EVENTS_AFTER_SQL, params)
+            rows: Sequence[Any] = self._fast_rows(EVENTS_AFTER_SQL, params)
         except FastReadUnavailable:
             async with self.engine.connect() as conn:
-                rows = [r._mapping for r in (await conn.execute(_EVENTS_AFTER, params)).all()]
+                rows = [r._mapping for r in (await conn.execute(EVENTS_AFTER, params)).all()]
         return [EventRow(conference_id=r["conference_id"], seq=r["seq"], type=r["type"],
                          participant_id=r["participant_id"], final=bool(r["final"]),
                          payload=r["payload"], created_at=r["created_at"]) for r in rows]
