@@ -27,6 +27,7 @@ import resource
 import secrets
 import socket
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -868,10 +869,11 @@ async def test_per_source_connection_cap(capped_stack: Stack) -> None:
 
 # -- password guessing ------------------------------------------------------------------------
 async def test_password_guessing_is_throttled_while_others_join(stack: Stack) -> None:
-    """5,000 INVITEs with wrong Digest credentials, pipelined over 4 connections from one
+    """12,000 INVITEs with wrong Digest credentials, pipelined over 4 connections from one
     source: two connections guess the victim's password, two spray user names. After the
     first few 401s (the per-user, then the per-source failure limit) the focus answers
-    429 + Retry-After, and a user from another source joins with normal latency meanwhile."""
+    429 + Retry-After, and a user from another source joins with normal latency meanwhile
+    (the join starts once a tenth of the flood is answered, whatever the focus's speed)."""
     cfg = stack.cfg
     attacker = "127.0.0.4"
     uri = conference_uri("GUESS")
@@ -882,8 +884,9 @@ async def test_password_guessing_is_throttled_while_others_join(stack: Stack) ->
     nonce = nonce_of(challenge)
     writer.close()
 
-    total, per_conn = 5000, 1250
+    total, per_conn = 12000, 3000
     statuses: Counter[int] = Counter()
+    under_way = threading.Event()
     retry_after: set[str | None] = set()
 
     def guess(index: int, n: int) -> bytes:
@@ -900,6 +903,8 @@ async def test_password_guessing_is_throttled_while_others_join(stack: Stack) ->
         for _ in range(per_conn):
             resp = await read_response(reader, framer, timeout=30)
             statuses[resp.status] += 1
+            if statuses.total() >= total // 10:
+                under_way.set()
             if resp.status == 429:
                 retry_after.add(resp.headers.get("Retry-After"))
         await sender
@@ -912,12 +917,12 @@ async def test_password_guessing_is_throttled_while_others_join(stack: Stack) ->
     # its Python work must not slow the joining user's client down.
     started = time.monotonic()
     attack = asyncio.create_task(asyncio.to_thread(asyncio.run, flood()))
-    await asyncio.sleep(0.5)  # the flood is under way
+    assert await asyncio.to_thread(under_way.wait, 60)  # the flood is under way
     join_time = await join_once(cfg, "alice@contoso.example", "GUESS2", "127.0.0.3")
     assert not attack.done(), "the flood ended before the join: make it bigger"
     await attack
     elapsed = time.monotonic() - started
-    print(f"5000 guesses in {elapsed:.1f}s: {dict(statuses)}; join during the flood "
+    print(f"{total} guesses in {elapsed:.1f}s: {dict(statuses)}; join during the flood "
           f"{join_time * 1000:.0f} ms")
     assert sum(statuses.values()) == total
     assert set(statuses) <= {401, 403, 429}, statuses
