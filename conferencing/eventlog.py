@@ -236,11 +236,11 @@ class EventFeed:
         rows, which follow on from it), then whatever the log holds."""
         conference_id = track.conference_id
         try:
+            read = True
             if committed:
                 await self._deliver(track, committed)
-                if not track.again:
-                    return  # in sync as of no read: `synced_at` waits for a read or poll
-            while True:
+                read = track.again  # else in sync as of no read: `synced_at` waits for one
+            while read:
                 track.again = False
                 started = time.monotonic()
                 rows = await self.store.events_after(conference_id, track.delivered, BATCH)

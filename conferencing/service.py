@@ -75,12 +75,12 @@ CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 UPLOADERS = ("organizer", "presenter")
 KEY_RETIRED_RETRIES = 3
+"""Times an upload wraps its DEK again after a rotation retired the version it used."""
 ADMIT_ATTEMPTS = 3
 """Reads of a conference whose state changed between the read and the admission's
 transaction (a lock or an end racing the join) before the join is answered 503."""
 CONFERENCE_IDS_KEPT = 65536
 """Conference ids remembered by URI (oldest out first): ~10 MiB at most."""
-"""Times an upload wraps its DEK again after a rotation retired the version it used."""
 
 
 class ServiceError(Exception):
@@ -221,10 +221,10 @@ class ConferenceService:
         """Unwrapped tenant keys, each for a bounded time (keyring.py)."""
         self.keyring.unwrap_seconds = metrics.decrypt_seconds.observe
         self._known_tenants: set[str] = set()
+        """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
         self._conference_ids: dict[tuple[str, str, str], str] = {}
         """(tenant, organizer, URI id) -> public id, which never changes once created: an
         admission needs no read before its transaction, which checks the state itself."""
-        """Tenants whose key row exists (tenants are never deleted): admit skips the query."""
         self.converter: Converter | None = None
         """Converts shared decks to PDFs (convert.py); set by the WCS app."""
 
