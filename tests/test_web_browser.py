@@ -75,38 +75,14 @@ def png(width: int, height: int, seed: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def slides(pages: int) -> bytes:
-    """A small PDF deck (a title bar, a heading, a few bars per page), written by hand: the
-    vector drawing pdf.js renders onto the page's canvas."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
-    kids = []
-    for n in range(1, pages + 1):
-        bars = "".join(f"0.{3 + i} 0.{5 + i % 3} 0.85 rg {120 + 90 * i} 90 60 {40 + 35 * i} re f\n"
-                       for i in range(4))
-        stream = (f"0.14 0.34 0.84 rg 0 400 640 80 re f\n"
-                  f"BT /F1 30 Tf 1 1 1 rg 36 428 Td (Quarterly review) Tj ET\n"
-                  f"BT /F1 18 Tf 0.11 0.14 0.19 rg 36 350 Td (Slide {n} of {pages}: "
-                  f"sharing, decrypted in the browser) Tj ET\n{bars}").encode()
-        content = len(objects) + 1
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        kids.append(len(objects) + 1)
-        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 640 480] "
-                       b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>"
-                       % (3 + 2 * pages, content))
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
-        b" ".join(b"%d 0 R" % k for k in kids), pages)
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for i, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
-    return bytes(out)
+async def organizer_dialog(deployment: Config) -> tuple[SipConnection, ConferenceDialog]:
+    """alice's SIP/TLS connection to the focus and her dialog with the conference (not yet
+    joined)."""
+    conn = await SipConnection.open("127.0.0.1", deployment.focus.sip_port,
+                                    ssl_context=tls.client_context(deployment),
+                                    server_hostname="contoso.example")
+    return conn, ConferenceDialog(conn, CONF, "alice@contoso.example",
+                                  USERS["alice@contoso.example"])
 
 
 def spki_pin(cert_path: Path) -> str:
@@ -137,14 +113,10 @@ async def test_attendee_joins_decrypts_and_leaves_in_chromium(
         await directory.close()
     serve.env["WEBCONF_FOCUS_LEAVE_GRACE_SECONDS"] = "1"
     await asyncio.to_thread(serve.start)
-    conn = await SipConnection.open("127.0.0.1", deployment.focus.sip_port,
-                                    ssl_context=tls.client_context(deployment),
-                                    server_hostname="contoso.example")
-    organizer = ConferenceDialog(conn, CONF, "alice@contoso.example",
-                                 USERS["alice@contoso.example"])
+    conn, organizer = await organizer_dialog(deployment)
     joined = await organizer.join()
     images = {f"picture-{i}.png": png(96 + 32 * i, 64, i) for i in range(2)}
-    pdf = slides(3)
+    pdf = slides_pdf(3)
     assert len(PdfReader(io.BytesIO(pdf)).pages) == 3
     uploads = [(name, data, "image/png") for name, data in images.items()]
     uploads.append(("quarterly-review.pdf", pdf, "application/pdf"))
@@ -257,11 +229,7 @@ async def test_browsers_follow_the_presenter_and_upload(
     finally:
         await directory.close()
     await asyncio.to_thread(serve.start)
-    conn = await SipConnection.open("127.0.0.1", deployment.focus.sip_port,
-                                    ssl_context=tls.client_context(deployment),
-                                    server_hostname="contoso.example")
-    organizer = ConferenceDialog(conn, CONF, "alice@contoso.example",
-                                 USERS["alice@contoso.example"])
+    conn, organizer = await organizer_dialog(deployment)
     joined = await organizer.join()
     api = f"{joined.webconf_url}/v1/conferences/{joined.conference}"
     auth = {"Authorization": f"Bearer {joined.cookie}"}

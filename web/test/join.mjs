@@ -7,19 +7,13 @@
 //   node join.mjs --url U --user A --password P --conference URI --items N --spki H1,H2
 //        --shots DIR [--chromium PATH]
 import { readFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import https from "node:https";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launch, options } from "./launch.mjs";
 
-const opts = {};
-const argv = process.argv.slice(2);
-for (let i = 0; i < argv.length; i += 2) opts[argv[i].replace(/^--/, "")] = argv[i + 1];
+const opts = options();
 const shots = opts.shots || ".";
-await mkdir(shots, { recursive: true });
-const args = [`--ignore-certificate-errors-spki-list=${opts.spki}`];
-if (process.getuid && process.getuid() === 0) args.push("--no-sandbox"); // root (CI) only
-const browser = await chromium.launch({ executablePath: opts.chromium || "/usr/bin/chromium", headless: true, args });
+const browser = await launch(opts);
 const out = { console: [] };
 let page;
 try {

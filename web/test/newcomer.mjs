@@ -4,17 +4,11 @@
 // three pages; then leaves. Prints one JSON line {role, pages, presenting, left}.
 //   node newcomer.mjs --url U --spki H1,H2 --user A --password P --conference URI
 //        --shots DIR [--chromium PATH]
-import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launch, options } from "./launch.mjs";
 
-const opts = {};
-const argv = process.argv.slice(2);
-for (let i = 0; i < argv.length; i += 2) opts[argv[i].replace(/^--/, "")] = argv[i + 1];
-await mkdir(opts.shots || ".", { recursive: true });
-const args = [`--ignore-certificate-errors-spki-list=${opts.spki}`];
-if (process.getuid && process.getuid() === 0) args.push("--no-sandbox"); // root (CI) only
-const browser = await chromium.launch({ executablePath: opts.chromium || "/usr/bin/chromium", headless: true, args });
+const opts = options();
+const browser = await launch(opts);
 const out = { console: [] };
 let page;
 try {

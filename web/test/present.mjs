@@ -8,18 +8,13 @@
 // drops another on #drop; the follower decrypts both. Prints one JSON line.
 //   node present.mjs --url U --spki H1,H2 --conference URI --organizer A:P --follower B:P
 //        --browser C:P --api-base URL --upload-file F --drop-file F --shots DIR [--readme-shot PNG] [--chromium PATH]
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launch, options } from "./launch.mjs";
 
-const opts = {};
-const argv = process.argv.slice(2);
-for (let i = 0; i < argv.length; i += 2) opts[argv[i].replace(/^--/, "")] = argv[i + 1];
+const opts = options();
 const shots = opts.shots || ".";
-await mkdir(shots, { recursive: true });
-const args = [`--ignore-certificate-errors-spki-list=${opts.spki}`];
-if (process.getuid && process.getuid() === 0) args.push("--no-sandbox"); // root (CI) only
-const browser = await chromium.launch({ executablePath: opts.chromium || "/usr/bin/chromium", headless: true, args });
+const browser = await launch(opts);
 const out = { console: [] };
 const pages = {};
 const T = { timeout: 30000 };
