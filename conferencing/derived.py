@@ -49,14 +49,17 @@ class ServiceDeckHost:
                                       row.ciphertext_size)
         except (ServiceError, ShareError):
             return False
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            async for view in plaintext(service.share, doc, 0, doc.size):
-                await asyncio.to_thread(_write_all, fd, bytes(view))
-        except DocumentCorrupt:  # a blob tampered with on the share
-            raise ConversionRefused(soffice.INTERNAL, "corrupt") from None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                async for view in plaintext(service.share, doc, 0, doc.size):
+                    await asyncio.to_thread(_write_all, fd, bytes(view))
+            except DocumentCorrupt:  # a blob tampered with on the share
+                raise ConversionRefused(soffice.INTERNAL, "corrupt") from None
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            doc.close()
         return True
 
     async def share_pdf(self, request: DeckRequest, pdf: Path) -> bool:

@@ -1,9 +1,10 @@
 """The decrypting download's core (docs/protocol.md §8.3): verified plaintext of an item,
 any byte range of it, streamed from the share with memory flat in the item's size.
 
-Operations: `open_document` reads the blob's 56-byte header and its size, checks the size
-against the item's row and the key commitment (once per response), before any status is
-sent; `plaintext` then yields the plaintext of `[start, end)`.
+Operations: `open_document` opens the blob (one worker-thread hop, as a ciphertext download
+does), reads its 56-byte header, and checks its size against the item's row and the key
+commitment (once per response), before any status is sent; `plaintext` then yields the
+plaintext of `[start, end)` from that same descriptor, and `Document.close` closes it.
 
 Plan: the Cobblestone chunk arithmetic (`RangeDecryptor.span`) maps the plaintext range to
 the ciphertext chunks that hold it (plus the final chunk when the range reaches the end,
@@ -21,6 +22,7 @@ does); a stream holds a handful at most.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -56,27 +58,37 @@ class DocumentCorrupt(Exception):
 
 @dataclass(frozen=True)
 class Document:
-    """A blob whose header and size checked out, ready for `plaintext`."""
+    """An open blob whose header and size checked out, ready for `plaintext`; the caller
+    `close`s it (closing a read-only descriptor waits for no disk)."""
 
     blob_id: str
     decryptor: RangeDecryptor
+    fd: int
 
     @property
     def size(self) -> int:
         return self.decryptor.plaintext_size
 
+    def close(self) -> None:
+        os.close(self.fd)
+
 
 async def open_document(share: FileShare, blob_id: str, key: bytes, context: bytes,
                         ciphertext_size: int) -> Document:
-    """Check the blob's size against its row's and its key commitment; raises
-    `DocumentCorrupt` (or `ShareError` for a blob that is gone)."""
-    header, size = await share.head(blob_id, HEADER_SIZE)
-    if size != ciphertext_size:
-        raise DocumentCorrupt("size")
+    """Open the blob and check its size against its row's and its key commitment; raises
+    `DocumentCorrupt` (or `ShareError` for a blob that is gone), with nothing left open."""
+    fd, size = await share.open_blob(blob_id)
     try:
-        return Document(blob_id, RangeDecryptor(key, context, header, size))
-    except CobblestoneError as exc:
-        raise DocumentCorrupt(exc.kind, exc.chunk) from None
+        if size != ciphertext_size:
+            raise DocumentCorrupt("size")
+        header = await share.read_at(fd, HEADER_SIZE, 0)
+        try:
+            return Document(blob_id, RangeDecryptor(key, context, header, size), fd)
+        except CobblestoneError as exc:
+            raise DocumentCorrupt(exc.kind, exc.chunk) from None
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 async def plaintext(share: FileShare, doc: Document, start: int,
@@ -103,7 +115,7 @@ async def _verified(share: FileShare, doc: Document, ct_offset: int, ct_length: 
     rd = doc.decryptor
     sent = 0
     carry = b""  # a partial chunk from a short read (never on a local disk)
-    async for piece in share.stream(doc.blob_id, ct_offset, ct_length, READ_BYTES):
+    async for piece in share.stream(doc.blob_id, ct_offset, ct_length, READ_BYTES, fd=doc.fd):
         data: bytes | memoryview = piece
         if carry:
             data = carry + piece

@@ -155,19 +155,13 @@ class FileShare:
         file = await aiofiles.open(tmp_path, "xb", buffering=0, opener=_owner_only)
         return BlobWriter(self, blob_id, file, tmp_path)
 
-    async def head(self, blob_id: str, length: int) -> tuple[bytes, int]:
-        """The blob's first `length` bytes (fewer if it is shorter) and its size, in one
-        worker-thread hop (the decrypting download's header and size check)."""
-        path = self.blob_path(blob_id)
-
-        def read() -> tuple[bytes, int]:
-            with open(path, "rb", buffering=0) as file:
-                return file.read(length) or b"", os.fstat(file.fileno()).st_size
-
-        try:
-            return await asyncio.to_thread(read)
-        except FileNotFoundError:
-            raise ShareError("blob missing") from None
+    async def read_at(self, fd: int, length: int, pos: int) -> bytes:
+        """Up to `length` bytes of an open blob from `pos` (fewer at its end): in the event
+        loop when the page cache holds them, else in a worker thread (`_pread`)."""
+        buf = bytearray(length)
+        with memoryview(buf) as view:
+            n = await self._pread(fd, view, pos)
+        return bytes(buf[:n])
 
     async def open_blob(self, blob_id: str) -> tuple[int, int]:
         """(a read-only descriptor of the blob, its size), in one worker-thread hop (a

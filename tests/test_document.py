@@ -10,6 +10,7 @@ with on the real share, the real `webconf` commands as subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -298,6 +299,48 @@ async def test_tampered_chunk_cuts_the_response_after_the_verified_prefix(
     other_data = os.urandom(50_000)
     other = await share(wcs, alice, other_data, name="other.bin")
     assert (await get(wcs, bob, other))[2] == other_data
+
+
+def open_blobs(wcs: Wcs) -> list[str]:
+    """The share files this process (the in-process WCS) holds open."""
+    share_dir = str(wcs.cfg.share_dir.resolve())
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(share_dir + os.sep):
+                held.append(target)
+    return held
+
+
+async def test_no_download_leaves_its_blob_open(wcs: Wcs) -> None:
+    """Each response opens its blob once and closes it, whichever way it ends: whole, a
+    range, HEAD, 304, a refused size, a chunk failing its tag, a missing blob."""
+    alice, _, bob = await meeting(wcs, "DOC9")
+    data = os.urandom(3 * CHUNK + 5)
+    before = blob_files(wcs)
+    item = await share(wcs, alice, data)
+    blob = blob_of(wcs, item, before)
+    status, headers, body = await get(wcs, bob, item)
+    assert (status, body) == (200, data)
+    assert (await get(wcs, bob, item, Range="bytes=5-20"))[2] == data[5:21]
+    assert (await get(wcs, bob, item, **{"If-None-Match": headers["ETag"]}))[0] == 304
+    assert (await get(wcs, bob, item, path="content"))[0] == 200
+    async with wcs.http.head(document_url(wcs, bob, item), headers=bob.headers) as resp:
+        assert resp.status == 200
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-1])
+    assert (await get(wcs, bob, item))[0] == 500  # the size refused before the status
+    flipped = bytearray(original)
+    flipped[HEADER + CT_CHUNK + 9] ^= 1
+    blob.write_bytes(bytes(flipped))
+    status, received, cut = await get_cut(wcs, bob, item)
+    assert (status, received, cut) == (200, data[:CHUNK], True)
+    blob.unlink()
+    assert (await get(wcs, bob, item))[0] == 404
+    assert (await get(wcs, bob, item, path="content"))[0] == 404
+    await wait_for(lambda: not open_blobs(wcs))
+    assert open_blobs(wcs) == []
 
 
 async def test_truncated_or_swapped_blob_is_refused_before_any_byte(

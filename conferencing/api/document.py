@@ -19,10 +19,11 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..conference_settings import parse_conference_changes, require_organizer, update_conference
-from ..document import DocumentCorrupt, open_document, plaintext
+from ..document import Document, DocumentCorrupt, open_document, plaintext
 from ..downloads import check_download, record_download, report_tampered
-from ..service import ServiceError
+from ..service import Principal, ServiceError
 from ..share import ShareError
+from ..store import ItemRow
 from .context import METRICS, SERVICE, authenticate, authenticate_download, json_body
 from .errors import json_error
 from .ranges import etag_matches, requested_span
@@ -72,23 +73,36 @@ async def item_document(request: web.Request) -> web.StreamResponse:
         return json_error(416, exc.message, headers={
             "Content-Range": f"bytes */{size}", "ETag": etag, "Accept-Ranges": "bytes"})
     start, end = span if span is not None else (0, size)
-    if request.method != "HEAD":
-        try:
-            doc = await open_document(service.share, row.blob_id, key.dek, key.context,
-                                      row.ciphertext_size)
-        except ShareError:
-            raise ServiceError("not_found", "item content missing from the share") from None
-        except DocumentCorrupt as exc:
-            report_tampered(metrics, who, row, exc.kind, exc.chunk, 0)
-            raise ServiceError("internal", "the item's content failed verification") from None
     resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
     resp.content_length = end - start
     if span is not None:
         resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    await resp.prepare(request)
     if request.method == "HEAD":
+        await resp.prepare(request)
         await resp.write_eof()
         return resp
+    try:
+        doc = await open_document(service.share, row.blob_id, key.dek, key.context,
+                                  row.ciphertext_size)
+    except ShareError:
+        raise ServiceError("not_found", "item content missing from the share") from None
+    except DocumentCorrupt as exc:
+        report_tampered(metrics, who, row, exc.kind, exc.chunk, 0)
+        raise ServiceError("internal", "the item's content failed verification") from None
+    try:
+        return await _send_plaintext(request, resp, who, row, doc, start, end)
+    finally:
+        doc.close()
+
+
+async def _send_plaintext(request: web.Request, resp: web.StreamResponse, who: Principal,
+                          row: ItemRow, doc: Document, start: int,
+                          end: int) -> web.StreamResponse:
+    """Send `[start, end)` of the verified plaintext; a chunk failing its tag cuts the
+    response after the verified bytes before it."""
+    metrics = request.app[METRICS]
+    service = request.app[SERVICE]
+    await resp.prepare(request)
     sent = 0
     try:
         async for view in plaintext(service.share, doc, start, end):
