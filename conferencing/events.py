@@ -39,6 +39,24 @@ ROSTER_HOLD_MAX = 64
 to its channels together: a meeting of a thousand joining people costs each channel a
 wake-up and a (batched) frame per 100 ms instead of one per join. Any other event sends
 what is held first, so the order stays the log's."""
+ROSTER_FRAMES_PER_SECOND = 2000
+"""In a large meeting the hold grows with its audience, so that a burst of joins costs
+the conference's channels about this many roster frames a second in all, whatever their
+number (each frame is a TLS record, a send and a wake-up: the cost of a burst of joins to
+a thousand channels was that, not the events): 100 ms up to 200 channels, then longer."""
+ROSTER_HOLD_LONGEST = 1.0
+"""The hold never exceeds this: a join shows in every roster within a second."""
+ROSTER_HOLD_MOST = 256
+"""A large meeting's hold ends early once this many events are held (one batch frame's
+worth, docs/protocol.md §4.3)."""
+
+
+def roster_hold(channels: int) -> tuple[float, int]:
+    """(seconds, events) a conference with `channels` open channels holds joins and leaves."""
+    seconds = min(max(ROSTER_HOLD_SECONDS, channels / ROSTER_FRAMES_PER_SECOND),
+                  ROSTER_HOLD_LONGEST)
+    most = ROSTER_HOLD_MAX if seconds <= ROSTER_HOLD_SECONDS else ROSTER_HOLD_MOST
+    return seconds, most
 
 
 @dataclass(eq=False, slots=True)
@@ -185,19 +203,19 @@ class EventHub:
                 hold: bool = False) -> None:
         """Queue event `seq` (serialized) for the conference's channels (or one
         participant's). With `hold` (a join or a leave), it may wait up to
-        `ROSTER_HOLD_SECONDS` to go with the next ones."""
+        `roster_hold` to go with the next ones."""
         subs = self._by_conference.get(conference_id)
         if not subs:
             self._held.pop(conference_id, None)
             return
         if hold and participant_id is None and not final:
+            seconds, most = roster_hold(len(subs))
             held = self._held.get(conference_id)
             if held is None:
                 held = self._held[conference_id] = []
-                asyncio.get_running_loop().call_later(
-                    ROSTER_HOLD_SECONDS, self.release, conference_id)
+                asyncio.get_running_loop().call_later(seconds, self.release, conference_id)
             held.append((seq, message))
-            if len(held) >= ROSTER_HOLD_MAX:
+            if len(held) >= most:
                 self.release(conference_id)
             return
         self.release(conference_id)  # what was held comes first: the log's order
