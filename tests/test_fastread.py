@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conferencing.store import ConferenceRow, ItemRow, ParticipantRow, Store
+from conferencing.store import ConferenceRow, ItemRow, ParticipantRow, Store, presentation
 from conferencing.store.log import NewEvent
 from conferencing.store.schema import items
 
@@ -45,7 +46,10 @@ async def _answers(store: Store) -> tuple[object, ...]:
             await store.cookie_state("jti-p1", CONF, "item1"),
             await store.cookie_state("jti-gone", "no-such-conf"),
             await store.item_access(CONF, "item1"), await store.item_access(CONF, "nope"),
-            await store.item_access("no-such-conf", "item1"))
+            await store.item_access("no-such-conf", "item1"),
+            await store.last_seqs([CONF]), await store.last_seqs(["no-such-conf"]),
+            await store.items(CONF), await store.items("no-such-conf"),
+            await presentation.current(store, CONF))
 
 
 async def test_the_same_answers_as_through_the_engine(
@@ -62,6 +66,10 @@ async def test_the_same_answers_as_through_the_engine(
             sealed_sha256=None, plaintext_size=1, ciphertext_size=2, created_at=1.5))
     await store.set_conference_settings(CONF, {"downloads": False}, time.time(),
                                         lambda _s: ())
+    await store.add_participant(replace(_participant("p3"), role="presenter"))
+    outcome, _ = await presentation.set_state(store, CONF, "p3", "item1", 1, 1, time.time(),
+                                              lambda: {"type": "presentation.shown"})
+    assert outcome == "ok"
     fast = await _answers(store)
     assert store._reads is not None and store._reads.fallbacks == 0  # all ran on the loop
     monkeypatch.setattr(store, "_reads", None)
@@ -70,6 +78,9 @@ async def test_the_same_answers_as_through_the_engine(
     assert isinstance(item, ItemRow) and item.blob_id == "blob1"
     assert not switches.downloads and switches.server_decrypt
     assert fast[1].revoked and fast[0][1].final  # type: ignore[attr-defined,index]
+    assert fast[7] == {CONF: 3} and fast[8] == {} and fast[10] == []  # type: ignore[misc]
+    assert [i.id for i in fast[9]] == ["item1"]  # type: ignore[attr-defined]
+    assert fast[11] is not None and fast[11].page == 1  # type: ignore[attr-defined]
 
 
 async def test_a_read_that_cannot_run_here_goes_to_the_engine(

@@ -1,5 +1,5 @@
 """The store's per-request queries (a download's item, a cookie's state, the event feed's
-rows): built once with named parameters, and compiled for the SQLite fast path
+rows, a channel's welcome): built once with named parameters, and compiled for the SQLite fast path
 (fastread.py), which runs them on the loop; the engine runs the same statements elsewhere."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .schema import (
     conferences,
     items,
     participants,
+    presentations,
     revoked_cookies,
     tenant_settings,
 )
@@ -46,4 +47,16 @@ COOKIE_STATE_ITEM = select(*_COOKIE_STATE_COLUMNS, *items.c, *SWITCH_COLUMNS).se
         tenant_settings, tenant_settings.c.tenant == conferences.c.tenant)).where(
     conferences.c.id == bindparam("conf"))
 """The same with an item of the conference and its download switches (a download)."""
-COMPILED = {q: compiled(q) for q in (REVOKED, COOKIE_STATE, COOKIE_STATE_ITEM)}
+LAST_SEQ = select(conferences.c.id, conferences.c.last_seq).where(
+    conferences.c.id == bindparam("conf"))
+"""A conference's newest seq (a channel's welcome, the event feed's start)."""
+ITEMS_OF = select(items).where(items.c.conference_id == bindparam("conf")).order_by(
+    items.c.created_at, items.c.id)
+"""A conference's items, oldest first (a channel's welcome)."""
+PRESENTATION_NOW = select(presentations).where(
+    presentations.c.conference_id == bindparam("conf"),
+    exists().where(and_(items.c.conference_id == presentations.c.conference_id,
+                        items.c.id == presentations.c.item_id)))
+"""What a conference shows, unless its item is gone (a channel's welcome)."""
+COMPILED = {q: compiled(q) for q in (REVOKED, COOKIE_STATE, COOKIE_STATE_ITEM, LAST_SEQ,
+                                     ITEMS_OF, PRESENTATION_NOW)}

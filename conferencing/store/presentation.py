@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import and_, delete, exists, insert, select, update
 
 from . import log
+from .hot_queries import PRESENTATION_NOW
 from .log import NewEvent
 from .schema import conferences, items, participants, presentations
 
@@ -42,13 +43,9 @@ class PresentationRow:
 
 async def current(store: Store, conference_id: str) -> PresentationRow | None:
     """The conference's presentation, None when nothing (or a deleted item) is shown."""
-    q = select(presentations).where(
-        presentations.c.conference_id == conference_id,
-        exists().where(and_(items.c.conference_id == presentations.c.conference_id,
-                            items.c.id == presentations.c.item_id)))
-    async with store.engine.connect() as conn:
-        row = (await conn.execute(q)).first()
-    return None if row is None else PresentationRow(**dict(row._mapping))
+    rows = await store.hot_rows(PRESENTATION_NOW, {"conf": conference_id})
+    return None if not rows else PresentationRow(
+        **{c.name: rows[0][c.name] for c in presentations.c})
 
 
 async def set_state(store: Store, conference_id: str, pid: str, item_id: str | None,

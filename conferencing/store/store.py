@@ -38,6 +38,8 @@ from .hot_queries import (
     EVENTS_AFTER_SQL,
     ITEM_ACCESS,
     ITEM_ACCESS_SQL,
+    ITEMS_OF,
+    LAST_SEQ,
     REVOKED,
 )
 from .log import EventRow, NewEvent
@@ -559,11 +561,8 @@ class Store(ParticipationQueries):
         return item, switches_of(m)
 
     async def items(self, conference_id: str) -> list[ItemRow]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(items).where(
-                items.c.conference_id == conference_id).order_by(
-                items.c.created_at, items.c.id))).all()
-        return [_row(ItemRow, r) for r in rows]
+        rows = await self.hot_rows(ITEMS_OF, {"conf": conference_id})
+        return [ItemRow(**{c.name: r[c.name] for c in items.c}) for r in rows]
 
     async def delete_item(self, conference_id: str, item_id: str, now: float,
                           events: Sequence[NewEvent] = ()) -> ItemRow | None:
@@ -648,8 +647,20 @@ class Store(ParticipationQueries):
             raise FastReadUnavailable("not SQLite")
         return self._reads.rows(sql, params)
 
+    async def hot_rows(self, statement: Any, params: Mapping[str, Any]) -> Sequence[Any]:
+        """The rows (columns by name) of one of `hot_queries.COMPILED`'s statements: on the
+        loop on SQLite (fastread.py), else, or when that cannot run now, by the engine."""
+        try:
+            return self._fast_rows(COMPILED[statement], params)
+        except FastReadUnavailable:
+            async with self.engine.connect() as conn:
+                return [r._mapping for r in (await conn.execute(statement, params)).all()]
+
     async def last_seqs(self, conference_ids: Sequence[str]) -> dict[str, int]:
         """The newest seq of each of these conferences (unknown ones are left out)."""
+        if len(conference_ids) == 1:  # a channel's welcome, a feed's start: the hot case
+            rows = await self.hot_rows(LAST_SEQ, {"conf": conference_ids[0]})
+            return {r["id"]: int(r["last_seq"]) for r in rows}
         out: dict[str, int] = {}
         async with self.engine.connect() as conn:
             for start in range(0, len(conference_ids), 500):
