@@ -46,9 +46,10 @@ number (each frame is a TLS record, a send and a wake-up: the cost of a burst of
 a thousand channels was that, not the events): 100 ms up to 200 channels, then longer."""
 ROSTER_HOLD_LONGEST = 1.0
 """The hold never exceeds this: a join shows in every roster within a second."""
-ROSTER_HOLD_MOST = 256
-"""A large meeting's hold ends early once this many events are held (one batch frame's
-worth, docs/protocol.md §4.3)."""
+ROSTER_HOLD_MOST = 128
+"""A large meeting's hold ends early once this many events are held: half a channel's
+queue (`EventHub.queue_length`), so a channel without batches that is still sending the
+last release is not cut off as too slow by the next."""
 
 
 def roster_hold(channels: int) -> tuple[float, int]:
