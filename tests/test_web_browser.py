@@ -272,6 +272,8 @@ async def test_browsers_follow_the_presenter_and_upload(
     assert ("alice@contoso.example", "organizer") in at_join
     assert ("bob@contoso.example", "attendee") in at_join
     assert report["rosterAfterJoin"] == 4 and report["rosterAfterLeave"] == 3  # kept live
+    assert len(report["channelUrls"]) >= 3  # each page's data channel takes batch frames
+    assert all(url.endswith("batch=1") for url in report["channelUrls"])
     assert report["welcomePage"] == ["1", "1"]
     assert report["followerRole"] == "attendee" and report["toolsHiddenForAttendee"] is True
     assert report["presenterRole"] == "organizer"

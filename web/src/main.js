@@ -389,8 +389,10 @@ async function openChannel() {
     if (resp.status === 401) return removed();
   } catch { /* the network: retried below */ }
   if (state.api !== api) return;
-  const after = channel.seq === null ? "" : `?after=${channel.seq}`;
-  const ws = new WebSocket(`${api.base.replace(/^http/, "ws")}/v1/conferences/${encodeURIComponent(api.conference)}/channel${after}`);
+  // batch=1: a burst (a thousand joins to a large meeting) may come as one frame holding
+  // an array of events (docs/protocol.md §4.3), and the roster is drawn once per frame.
+  const query = channel.seq === null ? "?batch=1" : `?after=${channel.seq}&batch=1`;
+  const ws = new WebSocket(`${api.base.replace(/^http/, "ws")}/v1/conferences/${encodeURIComponent(api.conference)}/channel${query}`);
   channel.ws = ws;
   ws.onopen = () => {
     channel.retry = 0;
@@ -399,9 +401,13 @@ async function openChannel() {
     channel.ping = setInterval(() => ws.readyState === 1 && ws.send('{"type":"ping"}'), PING_MS);
   };
   ws.onmessage = (event) => {
-    let msg;
-    try { msg = JSON.parse(event.data); } catch { return; }
-    onEvent(msg);
+    let frame;
+    try { frame = JSON.parse(event.data); } catch { return; }
+    let rosterChanged = false;
+    for (const msg of Array.isArray(frame) ? frame : [frame]) {
+      if (msg !== null && typeof msg === "object") rosterChanged = onEvent(msg) || rosterChanged;
+    }
+    if (rosterChanged) renderRoster();
   };
   ws.onclose = (event) => {
     if (channel.ws !== ws) return; // closed by us
@@ -415,6 +421,7 @@ async function openChannel() {
   };
 }
 
+// One event of the channel; true when it changed the roster (the caller draws it once).
 function onEvent(msg) {
   if (typeof msg.seq === "number") channel.seq = Math.max(channel.seq ?? 0, msg.seq);
   switch (msg.type) {
@@ -441,8 +448,7 @@ function onEvent(msg) {
     case "participant.left":
       rosterEvents.push(msg);
       if (rosterEvents.length > MAX_ROSTER_EVENTS) rosterEvents.shift();
-      if (applyRosterEvent(msg)) renderRoster();
-      break;
+      return applyRosterEvent(msg);
     case "revoked":
       removed();
       break;
@@ -454,6 +460,7 @@ function onEvent(msg) {
     default:
       break;
   }
+  return false;
 }
 
 // -- join and leave ----------------------------------------------------------------------

@@ -29,6 +29,9 @@ async function open(who) {
     const auth = req.headers().authorization;
     if (auth && auth.startsWith("Bearer ")) out[`${who}Cookie`] = auth.slice(7);
   });
+  page.on("websocket", (ws) => { // the data channel asks for batch frames (§4.3)
+    if (ws.url().includes("/channel")) (out.channelUrls ??= []).push(ws.url());
+  });
   await page.goto(opts.url);
   await page.fill("#user", user);
   await page.fill("#password", password);
