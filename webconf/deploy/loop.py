@@ -1,4 +1,5 @@
-"""Event-loop choice shared by the server processes (WCS and focus).
+"""Event-loop choice shared by the server processes (WCS and focus) and the load generator
+(`webconf loadtest`).
 
 `install_fast_loop()` makes the next `asyncio.run()` use uvloop when it is importable (the
 optional `fast` extra: `pip install 'webconf[fast]'`); `WEBCONF_UVLOOP=0` keeps the stdlib
