@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import ssl
@@ -95,10 +96,14 @@ def test_item_source(size: int) -> None:
 
 
 def test_bad_target_options(capsys: pytest.CaptureFixture[str]) -> None:
+    policy = asyncio.get_event_loop_policy()
     assert cli_main(["loadtest", "--focus", "127.0.0.1:5061"]) == 2
     assert "--ca" in capsys.readouterr().err
     assert cli_main(["loadtest", "--ca", "x.pem"]) == 2
     assert cli_main(["loadtest", "--participants", "1", "--conferences", "2"]) == 2
+    # Run in-process (as here), the command leaves the program's event loop policy alone:
+    # it runs its own loop (uvloop when installed) through `asyncio.Runner`.
+    assert asyncio.get_event_loop_policy() is policy
 
 
 @pytest.mark.parametrize("connection", ["per-join", "reused"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from webconf.deploy.local import kill_leftover_servers
-from webconf.deploy.loop import install_fast_loop
+from webconf.deploy.loop import fast_loop_factory
 
 from ..meeting import FocusAddress
 from .errors import LoadtestError
@@ -172,12 +172,12 @@ def run_loadtest(args: argparse.Namespace) -> int:
         print(f"webconf loadtest: {exc}", file=sys.stderr)
         return 2
     live_enabled = not args.json and sys.stderr.isatty()
-    # The simulated participants share the machine with the servers they measure: on
-    # uvloop their TLS and WebSockets cost far less CPU (as bench/sip_gen.py's do).
-    install_fast_loop()
     try:
-        with Live(live_enabled) as live:
-            report = asyncio.run(_main(args, plan, live))
+        # The simulated participants share the machine with the servers they measure: on
+        # uvloop their TLS and WebSockets cost less CPU (as bench/sip_gen.py's do).
+        with Live(live_enabled) as live, asyncio.Runner(
+                loop_factory=fast_loop_factory()) as runner:
+            report = runner.run(_main(args, plan, live))
     except LoadtestError as exc:
         print(f"webconf loadtest: {exc}", file=sys.stderr)
         return 2
