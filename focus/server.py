@@ -297,6 +297,8 @@ class FocusServer:
         self._per_source[host] += 1
         self.core.connection_made(conn)
         partial_since: float | None = None
+        # Above this much unsent the transport pauses us: only then is `drain` worth a timer.
+        _, write_high = writer.transport.get_write_buffer_limits()
         try:
             while not entry.closing:
                 now = time.monotonic()
@@ -307,8 +309,11 @@ class FocusServer:
                     partial_since = None
                     timeout = None if self.core.has_dialogs(conn.id) else f.idle_timeout_seconds
                 try:
-                    async with asyncio.timeout(timeout):  # no Task per read, unlike wait_for
+                    if timeout is None:  # a connection with dialogs: no timer at all
                         data = await reader.read(READ_SIZE)
+                    else:
+                        async with asyncio.timeout(timeout):  # no Task, unlike wait_for
+                            data = await reader.read(READ_SIZE)
                 except TimeoutError:
                     reason = "header timeout" if self.core.buffered(conn.id) else "idle timeout"
                     log.info(json.dumps({"event": "connection.timeout", "peer": host,
@@ -327,6 +332,8 @@ class FocusServer:
                 if entry.closing:
                     break
                 sink.flush()  # this read's answers count in the drain below
+                if writer.transport.get_write_buffer_size() <= write_high:
+                    continue  # nothing to wait for: a timer per read costs ~14 us
                 try:  # a peer that sends but never reads must not park us here forever
                     async with asyncio.timeout(f.header_timeout_seconds):
                         await writer.drain()

@@ -430,6 +430,31 @@ async def test_no_answer_on_the_link_times_out(deployment: Config) -> None:
         assert time.monotonic() - started < 1.0 + 1.0
 
 
+async def test_each_call_times_out_on_its_own_deadline(deployment: Config) -> None:
+    """The link keeps one timer for all its calls (focus/wcs_link.py `_expire_at`): a short
+    call made after long ones still fails at its own deadline, each pending call fails
+    once, and a call answered before its deadline is untouched by the sweep."""
+    async with fake_link_server(deployment, answer=False), linked(deployment) as client:
+        link = client.link
+        assert link is not None
+        slow = [asyncio.ensure_future(link.call({"op": "heartbeat", "name": "n"}, 30.0))
+                for _ in range(3)]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await link.call({"op": "heartbeat", "name": "n"}, 0.3)
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 0.3 + 0.5, waited
+        medium = [asyncio.ensure_future(link.call({"op": "heartbeat", "name": "n"}, 0.2))
+                  for _ in range(50)]
+        done = await asyncio.gather(*medium, return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in done)
+        assert not any(t.done() for t in slow)  # their deadline is far off
+        for t in slow:
+            t.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        assert not link._pending
+
+
 async def test_a_revoke_lost_with_the_link_is_retried_over_http(deployment: Config) -> None:
     async with fake_link_server(deployment, answer=True) as served, \
             linked(deployment) as client:
