@@ -106,6 +106,17 @@ class Subscription:
     def _clear(self) -> None:
         self._pending = None
 
+    def end(self, reason: str) -> None:
+        """Finish now, dropping whatever is pending (its cookie expired): `next` and
+        `next_batch` return None from here on. No-op once closed (a final event queued
+        goes out as the last one)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._clear()
+        self._put(CLOSE)
+
     async def next(self) -> str | None:
         """The next serialized event, or None once the subscription is finished."""
         while True:

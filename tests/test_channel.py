@@ -23,7 +23,7 @@ from webconf.deploy.config import Config
 from webconf.events import Participant as Who
 from webconf.events import ParticipantJoined
 
-from .conftest import Participant, Wcs, wait_for
+from .conftest import Participant, Wcs, running_wcs, wait_for
 
 TIMEOUT = 3.0
 ORGANIZER = "alice@contoso.example"
@@ -693,3 +693,22 @@ async def test_server_shutdown_closes_sockets_with_1001(deployment: Config) -> N
         await client.close()
         if not stopped:
             await server.stop()
+
+
+async def test_a_channel_closes_when_its_cookie_expires(deployment: Config) -> None:
+    """The channel closes (1008, "cookie expired") at its cookie's `exp`, whatever it is
+    waiting for; what came before that was delivered."""
+    deployment.wcs.cookie_ttl_seconds = 3
+    async with running_wcs(deployment) as wcs:
+        alice = await wcs.admit("EXP1", ORGANIZER)
+        ws, _ = await connect(wcs, alice)
+        opened = time.monotonic()
+        await wcs.admit("EXP1", "bob@contoso.example", organizer=ORGANIZER)
+        joined = await recv_type(ws, "participant.joined")
+        assert joined["participant"]["user"] == "bob@contoso.example"
+        msg = await asyncio.wait_for(ws.receive(), 3 + TIMEOUT)
+        while msg.type is WSMsgType.TEXT:  # anything else queued before the end
+            msg = await asyncio.wait_for(ws.receive(), 3 + TIMEOUT)
+        assert msg.type is WSMsgType.CLOSE, msg
+        assert (ws.close_code, msg.extra) == (1008, "cookie expired")
+        assert time.monotonic() - opened < 3 + 1.5
