@@ -1,6 +1,7 @@
 """The store's per-request queries (a download's item, a cookie's state, the event feed's
-rows, a channel's welcome): built once with named parameters, and compiled for the SQLite fast path
-(fastread.py), which runs them on the loop; the engine runs the same statements elsewhere."""
+rows, a channel's welcome): built once with named parameters, and compiled for the SQLite
+fast path (fastread.py), which runs them on the loop; the engine runs the same statements
+elsewhere (`Store.hot_rows`)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,10 @@ ITEM_ACCESS = (
         items.c.conference_id == conferences.c.id, items.c.id == bindparam("item"))).outerjoin(
         tenant_settings, tenant_settings.c.tenant == conferences.c.tenant))
     .where(conferences.c.id == bindparam("conf")))
-ITEM_ACCESS_SQL = compiled(ITEM_ACCESS)
 EVENTS_AFTER = (select(conference_events).where(
     conference_events.c.conference_id == bindparam("conf"),
     conference_events.c.seq > bindparam("after")).order_by(conference_events.c.seq)
     .limit(bindparam("limit")).offset(bindparam("offset")))
-EVENTS_AFTER_SQL = compiled(EVENTS_AFTER)
 REVOKED = select(exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"))
 _COOKIE_STATE_COLUMNS = (
     exists().where(revoked_cookies.c.jti == bindparam("jti")).label("revoked"),
@@ -58,5 +57,6 @@ PRESENTATION_NOW = select(presentations).where(
     exists().where(and_(items.c.conference_id == presentations.c.conference_id,
                         items.c.id == presentations.c.item_id)))
 """What a conference shows, unless its item is gone (a channel's welcome)."""
-COMPILED = {q: compiled(q) for q in (REVOKED, COOKIE_STATE, COOKIE_STATE_ITEM, LAST_SEQ,
-                                     ITEMS_OF, PRESENTATION_NOW)}
+COMPILED = {q: compiled(q) for q in (ITEM_ACCESS, EVENTS_AFTER, REVOKED, COOKIE_STATE,
+                                     COOKIE_STATE_ITEM, LAST_SEQ, ITEMS_OF, PRESENTATION_NOW)}
+"""Each statement above as SQLite SQL (fastread.compiled)."""

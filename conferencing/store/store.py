@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
+from sqlalchemy import Select, and_, delete, exists, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -35,9 +35,7 @@ from .hot_queries import (
     COOKIE_STATE,
     COOKIE_STATE_ITEM,
     EVENTS_AFTER,
-    EVENTS_AFTER_SQL,
     ITEM_ACCESS,
-    ITEM_ACCESS_SQL,
     ITEMS_OF,
     LAST_SEQ,
     REVOKED,
@@ -174,6 +172,9 @@ def _row(cls: Any, row: Any) -> Any:
     return cls(**dict(row._mapping))
 
 
+def item_of(m: Any) -> ItemRow:
+    """The item in a row of either reader (columns by name, maybe among others)."""
+    return ItemRow(**{c.name: m[c.name] for c in items.c})
 
 
 def switches_of(m: Any) -> DownloadSwitches:
@@ -471,7 +472,7 @@ class Store(ParticipationQueries):
         if item_id is not None:
             switches = switches_of(m)
             if m["id"] is not None:
-                item = ItemRow(**{c.name: m[c.name] for c in items.c})
+                item = item_of(m)
         return CookieState(bool(m["revoked"]), m["conference_tenant"],
                            m["conference_ended_at"] is not None, item, switches,
                            m["participant_role"])
@@ -546,23 +547,14 @@ class Store(ParticipationQueries):
     async def item_access(self, conference_id: str,
                           item_id: str) -> tuple[ItemRow | None, DownloadSwitches]:
         """The item and its download switches, in one query (a cached cookie's download)."""
-        params = {"conf": conference_id, "item": item_id}
-        m: Any
-        try:
-            fast = self._fast_rows(ITEM_ACCESS_SQL, params)
-            m = fast[0] if fast else None
-        except FastReadUnavailable:
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(ITEM_ACCESS, params)).first()
-            m = None if row is None else row._mapping
-        if m is None:
+        rows = await self.hot_rows(ITEM_ACCESS, {"conf": conference_id, "item": item_id})
+        if not rows:
             return None, DownloadSwitches()
-        item = None if m["id"] is None else ItemRow(**{c.name: m[c.name] for c in items.c})
-        return item, switches_of(m)
+        m = rows[0]
+        return (None if m["id"] is None else item_of(m)), switches_of(m)
 
     async def items(self, conference_id: str) -> list[ItemRow]:
-        rows = await self.hot_rows(ITEMS_OF, {"conf": conference_id})
-        return [ItemRow(**{c.name: r[c.name] for c in items.c}) for r in rows]
+        return [item_of(r) for r in await self.hot_rows(ITEMS_OF, {"conf": conference_id})]
 
     async def delete_item(self, conference_id: str, item_id: str, now: float,
                           events: Sequence[NewEvent] = ()) -> ItemRow | None:
@@ -630,12 +622,8 @@ class Store(ParticipationQueries):
     async def events_after(self, conference_id: str, after: int,
                            limit: int = 256) -> list[EventRow]:
         """The conference's logged events with seq > `after`, oldest first, at most `limit`."""
-        params = {"conf": conference_id, "after": after, "limit": limit, "offset": 0}
-        try:
-            rows: Sequence[Any] = self._fast_rows(EVENTS_AFTER_SQL, params)
-        except FastReadUnavailable:
-            async with self.engine.connect() as conn:
-                rows = [r._mapping for r in (await conn.execute(EVENTS_AFTER, params)).all()]
+        rows = await self.hot_rows(EVENTS_AFTER, {"conf": conference_id, "after": after,
+                                                  "limit": limit, "offset": 0})
         return [EventRow(conference_id=r["conference_id"], seq=r["seq"], type=r["type"],
                          participant_id=r["participant_id"], final=bool(r["final"]),
                          payload=r["payload"], created_at=r["created_at"]) for r in rows]
@@ -647,7 +635,8 @@ class Store(ParticipationQueries):
             raise FastReadUnavailable("not SQLite")
         return self._reads.rows(sql, params)
 
-    async def hot_rows(self, statement: Any, params: Mapping[str, Any]) -> Sequence[Any]:
+    async def hot_rows(self, statement: Select[Any],
+                       params: Mapping[str, Any]) -> Sequence[Any]:
         """The rows (columns by name) of one of `hot_queries.COMPILED`'s statements: on the
         loop on SQLite (fastread.py), else, or when that cannot run now, by the engine."""
         try:
